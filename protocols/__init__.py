@@ -1,0 +1,1 @@
+"""Wire contracts shared by the gateway and the devices."""

@@ -1,0 +1,39 @@
+"""Shared test fixtures: where the MicroPython interpreter and the source folders are."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOLS = ROOT / "protocols"
+FIRMWARE = ROOT / "firmware"
+
+
+def micropython_path():
+    """The `micropython` command installed with the test extra (beside this Python)."""
+    here = Path(sys.executable).parent / "micropython"
+    return str(here) if here.exists() else shutil.which("micropython")
+
+
+def run_micropython(script, *args, heapsize="48k", path=(FIRMWARE, PROTOCOLS), timeout=120):
+    """Run a script on the MicroPython interpreter with firmware/ and protocols/ importable."""
+    exe = micropython_path()
+    if exe is None:
+        raise RuntimeError("micropython not found: run `make test`, which installs it")
+    env = dict(os.environ, MICROPYPATH=":".join(str(p) for p in path) + ":.frozen")
+    return subprocess.run(
+        [exe, "-X", f"heapsize={heapsize}", str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def micropython():
+    return run_micropython
