@@ -11,7 +11,9 @@
 # Plan: a frame is SYNC ADDR TYPE LEN PAYLOAD CRC16. The decoder hunts for SYNC; a header
 # with an impossible LEN or ADDR, or a frame whose CRC fails, costs only its SYNC byte, and
 # the hunt goes on from the next byte, so a valid frame that follows (or hides inside)
-# garbage is always found. Worst case: each byte of input starts at most one candidate
+# garbage is always found. A frame cut short (a device unplugged mid-reply) waits for
+# bytes that never come; the I/O side says when the line went quiet (`line_idle`) and the
+# decoder then gives the candidate up and looks past it. Worst case: each byte of input starts at most one candidate
 # frame, and a candidate costs at most one CRC over MAX_PAYLOAD + 3 bytes, so decoding is
 # linear in the input (never quadratic), whatever a hostile line sends.
 
@@ -159,8 +161,14 @@ class Decoder:
         """Bytes held that are not yet part of a returned frame."""
         return len(self._buf) - self._pos
 
-    def maybe_extract_frame(self):
-        """The next whole, checked frame, or None until more bytes arrive."""
+    def maybe_extract_frame(self, line_idle=False):
+        """The next whole, checked frame, or None until more bytes arrive.
+
+        line_idle: the caller saw the line go quiet after the last feed (a few character
+        times without a byte). A candidate still waiting for bytes was then cut short, or
+        was garbage whose LEN reached past the end: give it up and look past it, so a real
+        frame behind it is not held back until the next traffic.
+        """
         buf = self._buf
         size = len(buf)
         while True:
@@ -173,6 +181,9 @@ class Decoder:
             self.discarded += start - pos
             self._pos = pos = start
             if size - pos < HEADER:
+                if line_idle:
+                    self.discarded += size - pos
+                    self._pos = size
                 return None
             addr, n = buf[pos + 1], buf[pos + 3]
             if addr > MAX_ADDRESS or n > MAX_PAYLOAD:
@@ -181,7 +192,11 @@ class Decoder:
                 continue
             end = pos + HEADER + n + 2
             if size < end:
-                return None
+                if not line_idle:
+                    return None
+                self.discarded += 1
+                self._pos = pos + 1
+                continue
             crc = crc16(memoryview(buf)[pos + 1 : end - 2])
             if buf[end - 2] != crc & 0xFF or buf[end - 1] != crc >> 8:
                 self.crc_errors += 1

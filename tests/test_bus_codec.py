@@ -1,0 +1,151 @@
+"""The bus codec on CPython: vectors, CRC, resynchronisation, and property tests."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PROTOCOLS, ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hallgate.protocols import bus
+
+VECTORS = PROTOCOLS / "bus_vectors.json"
+CHECKER = ROOT / "tests" / "mp" / "check_vectors.py"
+
+
+def decode_all(data, chunk=None):
+    """Feeds data in chunks, then tells the decoder the line went quiet, as the I/O does."""
+    d = bus.Decoder()
+    frames = []
+    step = chunk or max(len(data), 1)
+    for i in range(0, len(data), step):
+        d.feed(data[i : i + step])
+        while (f := d.maybe_extract_frame()) is not None:
+            frames.append(f)
+    while (f := d.maybe_extract_frame(line_idle=True)) is not None:
+        frames.append(f)
+    return frames, d
+
+
+def test_crc_is_modbus_crc16():
+    # The Modbus RTU read of one holding register at address 1: 01 03 00 00 00 01 84 0A.
+    assert bus.crc16(bytes.fromhex("010300000001")) == 0x0A84
+
+
+def test_vectors_hold_on_cpython():
+    env = dict(os.environ, PYTHONPATH=str(PROTOCOLS))
+    out = subprocess.run(
+        [sys.executable, str(CHECKER), str(VECTORS)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", str(len(json.loads(VECTORS.read_text())["vectors"]))]
+
+
+@pytest.mark.micropython
+def test_vectors_hold_on_micropython(micropython):
+    # A roomy heap: this checks bytes, not memory (the firmware's heap is tested with it).
+    out = micropython(CHECKER, VECTORS, path=(PROTOCOLS,), heapsize="512k")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["ok", str(len(json.loads(VECTORS.read_text())["vectors"]))]
+
+
+def test_every_message_type_has_a_vector():
+    types = {v["frame"]["type"] for v in json.loads(VECTORS.read_text())["vectors"]}
+    assert types == set(bus.TYPE_NAMES)
+
+
+def test_idle_exchange_is_leaner_than_modbus_read():
+    # Modbus RTU "read one register": 8-byte request + 7-byte reply = 15 bytes.
+    poll, status = bus.encode_poll(5), bus.encode_status(5, 1234)
+    assert len(poll) + len(status) == 14 <= 15
+    assert len(bus.encode_poll(5, (1, 2))) + len(status) <= 17
+
+
+def test_resync_after_garbage_and_split_reads():
+    frames = [bus.encode_poll(3), bus.encode_status(3, 7), bus.encode_get_info(200)]
+    noise = b"\xa5\xa5\x00\xff\xa5\x03\x01\x05garbage"
+    data = noise + frames[0] + noise + frames[1] + b"\xa5" + frames[2]
+    for chunk in (1, 2, 3, 7, None):
+        got, _ = decode_all(data, chunk)
+        assert [f.to_bytes() for f in got] == frames
+
+
+def test_frame_hidden_in_a_bad_frame_is_found():
+    # A truncated frame whose LEN swallows the next real one: the CRC fails, and the hunt
+    # restarts one byte later, so the real frame is still found.
+    real = bus.encode_status(9, 1)
+    data = bytes((bus.SYNC, 9, bus.STATUS, 10)) + real + b"\x00" * 10
+    got, d = decode_all(data)
+    assert got == [bus.Frame(9, bus.STATUS, b"\x01\x00")]
+    assert d.crc_errors == 1
+
+
+def test_a_cut_frame_waits_for_bytes_until_the_line_goes_quiet():
+    # Garbage whose LEN reaches past the real frame: without the quiet line the decoder
+    # must wait (more bytes could complete it); once the line is quiet it looks past it.
+    real = bus.encode_status(9, 1)
+    d = bus.Decoder()
+    d.feed(bytes((bus.SYNC, 0, 0, 20)) + real)
+    assert d.maybe_extract_frame() is None
+    assert d.maybe_extract_frame(line_idle=True) == bus.Frame(9, bus.STATUS, b"\x01\x00")
+    assert d.pending() == 0
+
+
+def test_encode_rejects_out_of_range():
+    with pytest.raises(ValueError, match="address 248"):
+        bus.encode(248, bus.POLL)
+    with pytest.raises(ValueError, match="payload of 129 bytes"):
+        bus.encode(1, bus.POLL, bytes(129))
+    with pytest.raises(ValueError, match="longer than 8"):
+        bus.encode_set(1, 1, bus.DisplayState("A042A042X"))
+    with pytest.raises(ValueError, match="printable ASCII"):
+        bus.encode_set(1, 1, bus.DisplayState("A\n42"))
+    with pytest.raises(ValueError, match="brightness 16"):
+        bus.encode_set(1, 1, bus.DisplayState("A042", brightness=16))
+    with pytest.raises(ValueError, match="version 0"):
+        bus.encode_set(1, 0, bus.DisplayState("A042"))
+
+
+def test_malformed_payloads_name_the_problem():
+    with pytest.raises(ValueError, match="POLL payload of 2 bytes"):
+        bus.decode_poll(b"\x01\x02")
+    with pytest.raises(ValueError, match="unknown role 9"):
+        bus.decode_set(b"\x09\x01\x00")
+    with pytest.raises(ValueError, match="version 0"):
+        bus.decode_set(b"\x02\x00\x00\x00\x08")
+    with pytest.raises(ValueError, match="panel mode 7"):
+        bus.decode_set(b"\x01\x01\x00\x07\x00\x00\x00\x00\x00")
+    with pytest.raises(ValueError, match="EVENT payload of 3 bytes"):
+        bus.decode_event(b"\x00\x00\x00")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600), st.integers(1, 64))
+def test_random_bytes_never_crash_and_never_yield_a_bad_frame(data, chunk):
+    frames, d = decode_all(data, chunk)
+    for f in frames:
+        # Every frame returned re-encodes to bytes whose CRC checks: nothing unchecked leaks.
+        raw = f.to_bytes()
+        assert bus.crc16(raw[1:-2]) == raw[-2] | raw[-1] << 8
+        assert f.addr <= bus.MAX_ADDRESS and len(f.payload) <= bus.MAX_PAYLOAD
+    assert d.pending() <= len(data)
+
+
+frames_st = st.builds(
+    lambda addr, mtype, payload: bus.encode(addr, mtype, payload),
+    st.integers(0, bus.MAX_ADDRESS),
+    st.integers(0, 255),
+    st.binary(max_size=bus.MAX_PAYLOAD),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), frames_st, st.integers(1, 64))
+def test_one_valid_frame_after_any_garbage_is_found(garbage, frame, chunk):
+    # The garbage may itself hold a frame-looking prefix whose LEN covers the real frame;
+    # the real frame must still come out, last, exactly once.
+    frames, _ = decode_all(garbage + frame, chunk)
+    assert frames and frames[-1].to_bytes() == frame
