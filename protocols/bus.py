@@ -7,15 +7,16 @@
 # that passed their CRC, one at a time, through `maybe_extract_frame`; `decode_*` turns a
 # frame's payload back into a message.
 # Goals: one file, no I/O, no threads, nothing CPython-only, so the gateway (CPython) and
-# the devices (MicroPython) import this same file; small allocations on the device.
+# the devices (MicroPython) import this same file; few allocations on the device.
 # Plan: a frame is SYNC ADDR TYPE LEN PAYLOAD CRC16. The decoder hunts for SYNC; a header
 # with an impossible LEN or ADDR, or a frame whose CRC fails, costs only its SYNC byte, and
 # the hunt goes on from the next byte, so a valid frame that follows (or hides inside)
 # garbage is always found. A frame cut short (a device unplugged mid-reply) waits for
 # bytes that never come; the I/O side says when the line went quiet (`line_idle`) and the
-# decoder then gives the candidate up and looks past it. Worst case: each byte of input starts at most one candidate
-# frame, and a candidate costs at most one CRC over MAX_PAYLOAD + 3 bytes, so decoding is
-# linear in the input (never quadratic), whatever a hostile line sends.
+# decoder then gives the candidate up and looks past it.
+# Worst case: each byte of input starts at most one candidate frame, and a candidate costs
+# at most one CRC over MAX_PAYLOAD + 3 bytes, so decoding is linear in the input (never
+# quadratic), whatever a hostile line sends.
 
 import struct
 

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 from conftest import PROTOCOLS, ROOT
+from hallgate.protocols import bus
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hallgate.protocols import bus
 
 VECTORS = PROTOCOLS / "bus_vectors.json"
 CHECKER = ROOT / "tests" / "mp" / "check_vectors.py"

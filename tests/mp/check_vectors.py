@@ -102,7 +102,9 @@ def main(path):
         fr = v["frame"]
         made = encode_message(fr["addr"], v["message"])
         if made != raw:
-            raise AssertionError("%s: encoded %s, vector says %s" % (v["name"], made.hex(), raw.hex()))
+            raise AssertionError(
+                "%s: encoded %s, vector says %s" % (v["name"], made.hex(), raw.hex())
+            )
         # Split the frame byte by byte and put garbage in front: the decoder must still
         # return exactly this frame.
         d = bus.Decoder()
