@@ -1,0 +1,421 @@
+"""A simulated multi-drop RS-485 line over pseudo-terminals.
+
+Design note
+-----------
+Operations: the gateway opens `hub.master_path` with pyserial; each device process opens a
+path from `hub.add_port()`. A thread moves bytes like one shared half-duplex line: what the
+master sends reaches every device, what a device sends reaches the master and every other
+device (never its own sender), and `inject()` puts noise on the line for everyone.
+Goals: timings measured through the hub are the wire's, not the pty's; a dead, restarting or
+hung device never stalls or crashes the hub; collisions are visible, so a test of a correct
+master and firmware can assert there were none.
+Plan:
+- One pty pair per talker. The hub reads and writes the pty master side (non-blocking) and
+  keeps the slave side open itself for the port's lifetime, raw from the start (no echo), so
+  a device process that dies or restarts never turns reads on the master fd into EIO.
+- Pacing (baud set): a chunk read from a talker occupies the line for len * 10 / baud
+  seconds, starting when that talker's previous bytes are out (a UART sends in order). It is
+  cut into pieces of at most PIECE bytes, each delivered when its last byte has crossed the
+  wire, so receivers see the bytes at wire speed. Without baud, bytes are forwarded at once
+  (and no collision can be seen: bytes never occupy the line).
+- Collisions: a talker that starts while another talker's bytes are still on the line (real
+  devices have no carrier sense) collides with them: both are counted once per overlap and
+  the overlapping bytes are OR-ed together in both pieces, which a receiver sees as garbage
+  with a failing CRC, as on a real line. Injected noise waits for the bytes already on the
+  line, so it never garbles what was sent before it; a talker that starts while noise is on
+  the line collides with the noise (counted apart, in `noise_collisions`).
+- Writes that do not fit (a device that stopped reading) are dropped and counted, like bytes
+  on a wire to an unplugged device. A port whose reader has read nothing for `stale_after`
+  seconds while bytes waited is flushed (counted), so a restarted device does not answer a
+  backlog of stale requests; `reset_port(path)` flushes at once (call it just before
+  (re)starting a device process: MicroPython has no tcflush).
+Cost: per chunk, one read, a few small pieces, and one write per receiver.
+
+    >>> with BusHub(baud=115200) as hub:          # doctest: +SKIP
+    ...     dev = hub.add_port("display-7")       # path for the device process
+    ...     master = serial.Serial(hub.master_path, 115200, timeout=0.1)
+"""
+
+import collections
+import errno
+import fcntl
+import os
+import select
+import struct
+import termios
+import threading
+import time
+import tty
+
+PIECE = 16  # bytes per delivery when paced: receivers see a long chunk arrive progressively
+BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+
+MASTER = "master"
+NOISE = "noise"
+
+
+class LineChunk:
+    """Bytes that crossed the line: when (time.monotonic of the last byte), from whom, and
+    whether a collision garbled them. What a tap receives."""
+
+    __slots__ = ("t", "source", "data", "collided")
+
+    def __init__(self, t, source, data, collided=False):
+        self.t = t
+        self.source = source
+        self.data = data
+        self.collided = collided
+
+    def __repr__(self):
+        collided = ", collided" if self.collided else ""
+        return f"LineChunk({self.t:.6f}, {self.source!r}, {self.data.hex(' ')}{collided})"
+
+
+class HubStats:
+    """Counters of the line. Bytes are counted as read from each talker."""
+
+    def __init__(self):
+        self.from_master = 0
+        self.from_devices = 0
+        self.injected = 0
+        self.collisions = 0  # overlaps between real talkers (master, devices)
+        self.noise_collisions = 0  # overlaps of a talker with injected noise
+        self.drops = 0  # bytes not delivered to a port whose buffer was full or gone
+        self.stale_flushed = 0  # bytes flushed from ports whose reader read nothing
+        self.tap_errors = 0
+
+    def asdict(self):
+        return dict(self.__dict__)
+
+    def __repr__(self):
+        return f"HubStats({self.asdict()!r})"
+
+
+class _Port:
+    __slots__ = (
+        "name", "fd", "slave_fd", "path", "bytes_in", "bytes_out", "drops",
+        "written", "inq", "registered",
+    )  # fmt: skip
+
+    def __init__(self, name):
+        self.name = name
+        self.fd, self.slave_fd = os.openpty()
+        tty.setraw(self.slave_fd)  # raw before anyone opens it: a new pty echoes otherwise
+        os.set_blocking(self.fd, False)
+        self.path = os.ttyname(self.slave_fd)
+        self.bytes_in = 0  # read from this talker
+        self.bytes_out = 0  # delivered to this port
+        self.drops = 0
+        self.written = 0  # delivered since the last stale check
+        self.inq = 0  # unread bytes at the last stale check
+        self.registered = False
+
+    def unread(self):
+        """Bytes delivered to this port that its reader has not read yet."""
+        try:
+            raw = fcntl.ioctl(self.slave_fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return struct.unpack("I", raw)[0]
+
+    def close(self):
+        for fd in (self.fd, self.slave_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _Piece:
+    __slots__ = ("start", "end", "port", "data", "collided")
+
+    def __init__(self, start, end, port, data):
+        self.start = start
+        self.end = end
+        self.port = port  # the talker's _Port, or None for noise
+        self.data = data  # bytearray: a collision garbles it in place
+        self.collided = False
+
+
+class BusHub:
+    """One shared RS-485 line joining a master pty and device ptys.
+
+    baud: pace the line at 10 / baud seconds per byte (None: forward at once).
+    tap: a callable taking a LineChunk, or a list that LineChunks are appended to, for
+    everything delivered on the line (a bus sniffer's view).
+    stale_after: seconds a port's reader may leave delivered bytes unread before they are
+    flushed (None: never).
+    """
+
+    POLL_INTERVAL = 0.05  # housekeeping period while the line is idle
+
+    def __init__(self, baud=None, tap=None, stale_after=0.5):
+        self.baud = baud
+        self._byte_time = BITS_PER_BYTE / baud if baud else 0.0
+        if tap is not None and not callable(tap):
+            tap = tap.append
+        self._tap = tap
+        self.stale_after = stale_after
+        self.stats = HubStats()
+        self._lock = threading.Lock()
+        self._ports = {}  # fd -> _Port
+        self._by_path = {}
+        self._inject = collections.deque()
+        self._pieces = []  # on the line, not yet delivered; in order of scheduling
+        self._busy_until = 0.0
+        self._thread = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._closed = False
+        self._master = self._add(MASTER)
+        self.master_path = self._master.path
+
+    # ---- public face ------------------------------------------------------------------
+
+    def add_port(self, name=None):
+        """A new device drop on the line; returns the pty path the device process opens."""
+        with self._lock:
+            name = name or f"port{len(self._ports)}"
+        return self._add(name).path
+
+    def reset_port(self, path):
+        """Flush what waits unread for the device on `path` (call before (re)starting it)."""
+        port = self._by_path[path]
+        with self._lock:
+            termios.tcflush(port.slave_fd, termios.TCIFLUSH)
+            port.inq = port.written = 0
+
+    def ports(self):
+        """{name: {"path", "bytes_in", "bytes_out", "drops"}} for every port, master first."""
+        with self._lock:
+            return {
+                p.name: {
+                    "path": p.path,
+                    "bytes_in": p.bytes_in,
+                    "bytes_out": p.bytes_out,
+                    "drops": p.drops,
+                }
+                for p in self._ports.values()
+            }
+
+    def inject(self, data):
+        """Put `data` on the line as noise: paced like any talker, delivered to everyone."""
+        self._inject.append(bytes(data))
+        self._wake()
+
+    def start(self):
+        if self._thread is not None:
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bus-hub", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=2.0):
+        """Stop the thread (bytes still on the line are dropped); bounded by `timeout`."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        self._wake()
+        thread.join(timeout)
+        self._thread = None
+
+    def close(self):
+        self.stop()
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            for port in self._ports.values():
+                port.close()
+            self._ports.clear()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- the line -----------------------------------------------------------------------
+
+    def _add(self, name):
+        port = _Port(name)
+        with self._lock:
+            self._ports[port.fd] = port
+            self._by_path[port.path] = port
+        self._wake()  # the thread registers it
+        return port
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:  # pipe full (already woken) or closed
+            pass
+
+    def _register_ports(self):
+        with self._lock:
+            for port in self._ports.values():
+                if not port.registered:
+                    self._poller.register(port.fd, select.POLLIN)
+                    port.registered = True
+
+    def _run(self):
+        next_check = time.monotonic()
+        while not self._stop.is_set():
+            self._register_ports()
+            now = time.monotonic()
+            wait = self.POLL_INTERVAL
+            if self._pieces:
+                wait = min(wait, max(0.0, min(p.end for p in self._pieces) - now))
+            try:
+                ready = self._poller.poll(wait * 1000.0)
+            except InterruptedError:
+                ready = ()
+            now = time.monotonic()
+            for fd, _ in ready:
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except OSError:
+                        pass
+                    continue
+                self._read(fd, now)
+            while self._inject:
+                self._talk(None, bytearray(self._inject.popleft()), now)
+            self._deliver_due(time.monotonic())
+            if self.stale_after and now >= next_check:
+                self._flush_stale()
+                next_check = now + self.stale_after
+
+    def _read(self, fd, now):
+        port = self._ports.get(fd)
+        if port is None:
+            return
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            # EIO: no slave open (cannot happen while the hub holds one; handled anyway).
+            # Unregister so a hung-up fd cannot spin the loop; the next pass re-registers it.
+            if e.errno in (errno.EIO, errno.EBADF):
+                with self._lock:
+                    if port.registered:
+                        self._poller.unregister(fd)
+                        port.registered = False
+                time.sleep(0.01)
+                return
+            raise
+        if not data:
+            return
+        port.bytes_in += len(data)
+        if port is self._master:
+            self.stats.from_master += len(data)
+        else:
+            self.stats.from_devices += len(data)
+        self._talk(port, bytearray(data), now)
+
+    def _talk(self, port, data, now):
+        """`port` (None: noise) puts `data` on the line at `now`."""
+        if port is None:
+            self.stats.injected += len(data)
+        bt = self._byte_time
+        if not bt:
+            self._send(LineChunk(now, port.name if port else NOISE, bytes(data)), port)
+            return
+        mine = [p for p in self._pieces if p.port is port and p.end > now]
+        if port is None:
+            start = max(now, self._busy_until)  # noise waits for the bytes already on the line
+        else:
+            start = max([now] + [p.end for p in mine])
+        end = start + len(data) * bt
+        others = [p for p in self._pieces if p.port is not port and p.end > start and p.start < end]
+        if others:
+            starting = not mine  # a talker continuing its own collided transmission counts once
+            if starting:
+                if port is None or any(p.port is None for p in others):
+                    self.stats.noise_collisions += 1
+                else:
+                    self.stats.collisions += 1
+            for p in others:
+                self._garble(p, data, start)
+        pieces = []
+        for i in range(0, len(data), PIECE):
+            part = data[i : i + PIECE]
+            t0 = start + i * bt
+            piece = _Piece(t0, t0 + len(part) * bt, port, part)
+            piece.collided = bool(others) and any(
+                o.start < piece.end and o.end > piece.start for o in others
+            )
+            pieces.append(piece)
+        self._pieces.extend(pieces)
+        self._busy_until = max(self._busy_until, end)
+
+    def _garble(self, other, data, start):
+        """OR the bytes that share wire time: both talkers' receivers get garbage."""
+        bt = self._byte_time
+        offset = round((start - other.start) / bt)  # index in `other` of data[0]'s slot
+        for j in range(len(data)):
+            k = offset + j
+            if 0 <= k < len(other.data):
+                both = other.data[k] | data[j]
+                other.data[k] = both
+                data[j] = both
+        other.collided = True
+
+    def _deliver_due(self, now):
+        due = [p for p in self._pieces if p.end <= now]
+        if not due:
+            return
+        self._pieces = [p for p in self._pieces if p.end > now]
+        due.sort(key=lambda p: p.end)
+        for p in due:
+            name = p.port.name if p.port else NOISE
+            self._send(LineChunk(p.end, name, bytes(p.data), p.collided), p.port)
+
+    def _send(self, chunk, source):
+        """Write a chunk to every port but its talker's; drop what does not fit."""
+        data = chunk.data
+        with self._lock:
+            targets = [p for p in self._ports.values() if p is not source]
+        for port in targets:
+            try:
+                n = os.write(port.fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:  # EIO and the like: a port being closed; never stall the line
+                n = 0
+            port.bytes_out += n
+            port.written += n
+            if n < len(data):
+                port.drops += len(data) - n
+                self.stats.drops += len(data) - n
+        if self._tap is not None:
+            try:
+                self._tap(chunk)
+            except Exception:  # a broken sniffer must not take the line down
+                self.stats.tap_errors += 1
+
+    def _flush_stale(self):
+        """Flush ports whose reader read nothing since the last check while bytes waited."""
+        with self._lock:
+            ports = list(self._ports.values())
+        for port in ports:
+            unread = port.unread()
+            consumed = port.inq + port.written - unread
+            if unread and port.inq and consumed <= 0:
+                try:
+                    termios.tcflush(port.slave_fd, termios.TCIFLUSH)
+                except termios.error:
+                    pass
+                self.stats.stale_flushed += unread
+                unread = 0
+            port.inq = unread
+            port.written = 0
