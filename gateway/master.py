@@ -543,6 +543,8 @@ class BusMaster:
             self._stop.set()
             thread.join(timeout)
             self._thread = None
+            if not thread.is_alive():
+                self._stop.clear()  # run_cycle() may be called by hand again
         while not self._commands.empty():
             _, _, future = self._commands.get_nowait()
             future.cancel()

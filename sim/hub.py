@@ -94,7 +94,7 @@ class HubStats:
 class _Port:
     __slots__ = (
         "name", "fd", "slave_fd", "path", "bytes_in", "bytes_out", "drops",
-        "written", "inq", "registered",
+        "written", "inq", "deaf_until",
     )  # fmt: skip
 
     def __init__(self, name):
@@ -108,7 +108,7 @@ class _Port:
         self.drops = 0
         self.written = 0  # delivered since the last stale check
         self.inq = 0  # unread bytes at the last stale check
-        self.registered = False
+        self.deaf_until = 0.0  # not read from before this time (after a read error)
 
     def unread(self):
         """Bytes delivered to this port that its reader has not read yet."""
@@ -168,8 +168,6 @@ class BusHub:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._poller = select.poll()
-        self._poller.register(self._wake_r, select.POLLIN)
         self._closed = False
         self._master = self._add(MASTER)
         self.master_path = self._master.path
@@ -250,7 +248,7 @@ class BusHub:
         with self._lock:
             self._ports[port.fd] = port
             self._by_path[port.path] = port
-        self._wake()  # the thread registers it
+        self._wake()  # the thread watches it from its next pass
         return port
 
     def _wake(self):
@@ -259,27 +257,31 @@ class BusHub:
         except OSError:  # pipe full (already woken) or closed
             pass
 
-    def _register_ports(self):
+    def _wait(self, timeout, now):
+        """The fds ready to read within `timeout` s. select() for its microsecond
+        resolution (poll() rounds up to milliseconds, which would stretch every paced
+        delivery); poll() only if an fd is beyond select's FD_SETSIZE."""
         with self._lock:
-            for port in self._ports.values():
-                if not port.registered:
-                    self._poller.register(port.fd, select.POLLIN)
-                    port.registered = True
+            fds = [p.fd for p in self._ports.values() if p.deaf_until <= now]
+        fds.append(self._wake_r)
+        try:
+            return select.select(fds, [], [], timeout)[0]
+        except ValueError:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            return [fd for fd, _ in poller.poll(timeout * 1000.0)]
 
     def _run(self):
         next_check = time.monotonic()
         while not self._stop.is_set():
-            self._register_ports()
             now = time.monotonic()
             wait = self.POLL_INTERVAL
             if self._pieces:
                 wait = min(wait, max(0.0, min(p.end for p in self._pieces) - now))
-            try:
-                ready = self._poller.poll(wait * 1000.0)
-            except InterruptedError:
-                ready = ()
+            ready = self._wait(wait, now)
             now = time.monotonic()
-            for fd, _ in ready:
+            for fd in ready:
                 if fd == self._wake_r:
                     try:
                         os.read(self._wake_r, 4096)
@@ -304,13 +306,9 @@ class BusHub:
             return
         except OSError as e:
             # EIO: no slave open (cannot happen while the hub holds one; handled anyway).
-            # Unregister so a hung-up fd cannot spin the loop; the next pass re-registers it.
+            # Stop watching it for a moment, so a hung-up fd cannot spin the loop.
             if e.errno in (errno.EIO, errno.EBADF):
-                with self._lock:
-                    if port.registered:
-                        self._poller.unregister(fd)
-                        port.registered = False
-                time.sleep(0.01)
+                port.deaf_until = now + 0.1
                 return
             raise
         if not data:
