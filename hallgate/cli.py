@@ -1,2 +1,158 @@
+"""The `hallgate` command: one entry point, a subcommand per job, `--help` on each."""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from hallgate import __version__
+
+
+def _add_port_args(p):
+    p.add_argument("--port", required=True, help="serial port of the RS-485 adapter (or a pty)")
+    p.add_argument("--baud", type=int, default=115200, help="line speed (default 115200)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.02,
+        help="seconds a device has to start its reply (default 0.02)",
+    )
+
+
+def _addresses(text):
+    """'1-8,12' -> [1..8, 12]; a clear error for anything else."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad address range {part!r}: use e.g. 1-8,12"
+            ) from None
+        if not 1 <= first <= last <= 247:
+            raise argparse.ArgumentTypeError(f"address range {part!r} outside 1-247")
+        out.extend(range(first, last + 1))
+    return out
+
+
+def _master(args, **kw):
+    from hallgate.gateway.master import BusMaster
+
+    return BusMaster(args.port, baudrate=args.baud, timeout=args.timeout, **kw)
+
+
+def cmd_bus_scan(args):
+    master = _master(args)
+    try:
+        found = master.scan(args.addresses, add=False)
+    finally:
+        master.close()
+    rows = [dict(address=a, **info.asdict()) for a, info in sorted(found.items())]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{len(rows)} device(s) answered on {args.port} at {args.baud} baud")
+        if rows:
+            print(f"{'addr':>4}  {'role':15} {'window':>6}  {'firmware':9} {'uptime':>8}  "
+                  f"{'crc err':>7} {'overflow':>8} {'resets':>6}")
+        for r in rows:
+            print(f"{r['address']:>4}  {r['role']:15} {r['window']:>6}  {r['firmware']:9} "
+                  f"{r['uptime_s']:>7}s  {r['crc_errors']:>7} {r['overflows']:>8} {r['resets']:>6}")
+    return 0
+
+
+def cmd_bus_watch(args):
+    """Polls the given devices and prints every event and every change of state."""
+    out_json = args.json
+
+    def emit(kind, **fields):
+        fields = {"ts": round(time.time(), 3), "kind": kind, **fields}
+        if out_json:
+            print(json.dumps(fields), flush=True)
+        else:
+            rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("ts", "kind"))
+            print(f"{time.strftime('%H:%M:%S')} {kind:7} {rest}", flush=True)
+
+    def on_event(addr, ev):
+        emit("event", address=addr, boot=ev.boot, seq=ev.seq, key=ev.key_name,
+             action=ev.action_name, age_s=ev.age_ds / 10)
+
+    def on_device(addr, online, info):
+        emit("online" if online else "offline", address=addr,
+             **({"role": info.role_name, "window": info.window} if info else {}))
+
+    master = _master(args, on_event=on_event, on_device=on_device, devices=args.addresses)
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    master.start()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        master.close()
+    stats = master.stats
+    emit("stats", **{k: stats[k] for k in sorted(stats)})
+    return 0
+
+
+def cmd_bus_identify(args):
+    master = _master(args, devices=[args.address] if args.address else ())
+    master.start()
+    try:
+        ok = master.identify(args.address, args.seconds).result(timeout=5)
+    finally:
+        master.close()
+    who = "every device" if args.address == 0 else f"device {args.address}"
+    print(f"{who}: {'showing itself' if ok else 'did not acknowledge'} for {args.seconds} s")
+    return 0 if ok else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="hallgate",
+        description="Edge controller for service-hall hardware: call panels, window displays, "
+        "feedback buttons.",
+    )
+    parser.add_argument("--version", action="version", version=f"hallgate {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    bus_p = sub.add_parser("bus", help="talk to the RS-485 device bus directly")
+    bus_sub = bus_p.add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")
+
+    p = bus_sub.add_parser("scan", help="find the devices that answer on the bus")
+    _add_port_args(p)
+    p.add_argument("--addresses", type=_addresses, default=_addresses("1-247"),
+                   help="addresses to try, e.g. 1-32 or 1-8,12 (default 1-247)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_bus_scan)
+
+    p = bus_sub.add_parser("watch", help="poll devices and print their key events")
+    _add_port_args(p)
+    p.add_argument("addresses", type=_addresses, help="devices to poll, e.g. 1-8")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_bus_watch)
+
+    p = bus_sub.add_parser("identify", help="make a device show itself (blink, beep)")
+    _add_port_args(p)
+    p.add_argument("address", type=int, help="device address, 0 for all")
+    p.add_argument("--seconds", type=int, default=10, help="how long (default 10)")
+    p.set_defaults(func=cmd_bus_identify)
+    return parser
+
+
 def main(argv=None):
-    print("hallgate")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
