@@ -1,0 +1,198 @@
+# The application core shared by every role and board: bus requests in, replies out;
+# key samples in, queued events out.
+#
+# It owns the bus decoder, the event queue and the keys; the role (role_*.py) owns what
+# is shown; the HAL (hal_*.py) owns every board call. The core never reads a clock
+# itself: every entry point takes `now` (ticks_ms), so a test can drive the real core
+# with a synthetic clock and a loopback HAL.
+#
+# HAL interface used here and by the roles:
+#   uart_write(data)      send one reply (an RS-485 HAL drives DE around it)
+#   key_level(i, now)     1 while contact i (role.KEYS[i]) is closed
+#   display               .show(text) .light(on) .intensity(level)
+#   led(on), buzzer(on)   panel outputs
+#   emit(kind, value)     observer channel: what a test or simulator may watch
+#                         (JSON lines on the unix HAL; nothing on a board)
+
+import bus
+import keypad
+from eventqueue import EventQueue
+from compat import ticks_diff
+
+FIRMWARE = (0, 1, 0)
+
+
+class Core:
+    def __init__(self, hal, cfg, role, boot, resets, now):
+        self.hal = hal
+        self.role = role
+        self.address = cfg["address"]
+        self.window = cfg["window"]
+        self.resets = resets  # boot counter, reported in INFO
+        self.decoder = bus.Decoder()
+        self.queue = EventQueue(cfg["queue_len"], boot)
+        long_keys = cfg["long_keys"]
+        self.keys = [
+            keypad.Key(
+                bus.KEYS.index(name) + 1,
+                long=name in long_keys,
+                debounce_ms=cfg["debounce_ms"],
+                long_ms=cfg["long_ms"],
+                lockout_ms=cfg["lockout_ms"],
+            )
+            for name in role.KEYS
+        ]
+        self.lockouts = 0  # presses ignored by the lockout
+        self.shorts = 0  # long-press keys let go too early
+        self.requests = 0  # requests addressed to this device (or broadcast)
+        self.naks = 0
+        self._uptime_s = 0
+        self._uptime_ms = 0  # milliseconds not yet counted into _uptime_s
+        self._last = now
+
+    # ---- bus ----------------------------------------------------------------------
+
+    def feed(self, data, now):
+        """Bytes from the bus; replies go out through the HAL as each request completes."""
+        self.decoder.feed(data)
+        while True:
+            frame = self.decoder.maybe_extract_frame()
+            if frame is None:
+                return
+            reply = self.handle(frame, now)
+            if reply is not None:
+                self.hal.uart_write(reply)
+
+    def handle(self, frame, now):
+        """One checked frame; the reply's bytes, or None (not for us, a reply, broadcast)."""
+        if frame.is_reply:
+            return None  # another device talking to the master
+        if frame.addr != self.address and frame.addr != bus.BROADCAST:
+            return None
+        self.requests += 1
+        reply = self._answer(frame.mtype, frame.payload, now)
+        if frame.addr == bus.BROADCAST:
+            return None  # every device would answer at once
+        return reply
+
+    def _answer(self, mtype, payload, now):
+        addr = self.address
+        if mtype == bus.POLL:
+            try:
+                ack = bus.decode_poll(payload)
+            except ValueError:
+                return self._nak(mtype, bus.NAK_BAD_LENGTH)
+            if ack is not None:
+                self.queue.ack(ack[0], ack[1])
+            queue = self.queue
+            head = queue.head()
+            if head is None:
+                return bus.encode_status(addr, self.role.version)
+            seq, key, action, pressed_at = head
+            age = queue.age_ds(pressed_at, now)
+            return bus.encode_event(
+                addr, bus.Event(queue.boot, seq, key, action, age, len(queue) - 1)
+            )
+        if mtype == bus.GET_INFO:
+            if payload:
+                return self._nak(mtype, bus.NAK_BAD_LENGTH)
+            return bus.encode_info(addr, self.info())
+        if mtype == bus.SET:
+            try:
+                role, version, state = bus.decode_set(payload)
+            except ValueError:
+                return self._nak(mtype, bus.NAK_BAD_VALUE)
+            if role != self.role.ROLE:
+                return self._nak(mtype, bus.NAK_WRONG_ROLE)
+            fresh = version != self.role.version
+            if fresh or state != self.role.state:
+                self.role.apply(version, state, now, fresh)
+            return bus.encode_status(addr, self.role.version)
+        if mtype == bus.IDENTIFY:
+            try:
+                seconds = bus.decode_identify(payload)
+            except ValueError:
+                return self._nak(mtype, bus.NAK_BAD_LENGTH)
+            self.role.identify(seconds, now)
+            self.hal.emit("identify", seconds)
+            return bus.encode_status(addr, self.role.version)
+        return self._nak(mtype, bus.NAK_UNKNOWN_TYPE)
+
+    def _nak(self, mtype, reason):
+        self.naks += 1
+        return bus.encode_nak(self.address, mtype, reason)
+
+    def info(self):
+        return bus.Info(
+            self.role.ROLE,
+            FIRMWARE,
+            self.window,
+            uptime_s=self._uptime_s,
+            crc_errors=self.decoder.crc_errors,
+            overflows=self.queue.overflows,
+            resets=self.resets,
+            version=self.role.version,
+            queued=len(self.queue),
+        )
+
+    # ---- time and keys ------------------------------------------------------------
+
+    def tick(self, now):
+        """Call every few ms (Debouncer.sample_ms): samples the keys, runs the role."""
+        elapsed = ticks_diff(now, self._last)
+        self._last = now
+        if elapsed > 0:
+            # uptime in whole seconds plus a remainder: never a growing millisecond
+            # count, which would become a heap-allocated long int after 12 days
+            self._uptime_ms += elapsed
+            if self._uptime_ms >= 1000:
+                self._uptime_s += self._uptime_ms // 1000
+                self._uptime_ms %= 1000
+        hal = self.hal
+        keys = self.keys
+        for i in range(len(keys)):
+            result = keys[i].sample(hal.key_level(i, now), now)
+            if result:
+                self._key(i, result, now)
+        self.role.tick(now)
+
+    def _key(self, i, result, now):
+        name = self.role.KEYS[i]
+        emit = self.hal.emit
+        if result == keypad.PRESS or result == keypad.LONG:
+            seq = self.queue.add(self.keys[i].code, result, now)
+            what = {"seq": seq or self.queue.last_seq, "key": name,
+                    "action": bus.ACTIONS[result - 1]}
+            if seq:
+                emit("event", what)
+            else:
+                what["overflows"] = self.queue.overflows
+                emit("dropped", what)
+        elif result == keypad.LOCKED:
+            self.lockouts += 1
+            emit("ignored", {"key": name, "why": "lockout"})
+        elif result == keypad.SHORT:
+            self.shorts += 1
+            emit("ignored", {"key": name, "why": "short"})
+        self.role.key_feedback(result, now)
+
+    # ---- observer channel ---------------------------------------------------------
+
+    def counters(self):
+        """Everything the device counts, for the control channel's `info`."""
+        queue = self.queue
+        return {
+            "boot": queue.boot,
+            "resets": self.resets,
+            "uptime_s": self._uptime_s,
+            "version": self.role.version,
+            "queued": len(queue),
+            "last_seq": queue.last_seq,
+            "overflows": queue.overflows,
+            "lockouts": self.lockouts,
+            "shorts": self.shorts,
+            "requests": self.requests,
+            "naks": self.naks,
+            "crc_errors": self.decoder.crc_errors,
+            "discarded": self.decoder.discarded,
+        }

@@ -1,0 +1,109 @@
+# Board support for the Raspberry Pi Pico (RP2040): every machine.* call lives here.
+#
+# Bus: a UART through an RS-485 transceiver (MAX3485 or similar) whose DE pin we drive
+# high only while sending a reply, and low again the moment the last stop bit is out:
+# the master starts its next request right after our reply, and a transceiver still
+# driving the line would garble it. Keys: contacts to ground on pull-up inputs (active
+# low: a broken wire reads "open", never a stuck press). Display: MAX7219 on SPI.
+# Panel outputs: status LED on a GPIO, piezo buzzer on PWM.
+#
+# An ESP32 HAL is this file with other default pins (and UART ids): the core and the
+# roles only see the methods below.
+
+import select
+import time
+
+from machine import PWM, SPI, UART, Pin
+from micropython import const
+
+from max7219 import Max7219
+
+# Default GPIOs (see hardware/ for the wiring); the config's "pins" overrides any of them.
+PINS = {
+    "tx": 0,  # UART0 TX
+    "rx": 1,  # UART0 RX
+    "sck": 18,  # SPI0
+    "mosi": 19,
+    "cs": 17,
+    "led": 14,
+    "buzzer": 15,
+    "call": 6,
+    "recall": 7,
+    "start": 8,
+    "finish": 9,
+    "noshow": 10,
+    "pause": 11,
+    "resume": 12,
+    "redirect": 13,
+}
+_BUZZ_HZ = const(2700)  # the resonance of common piezo discs: loudest for the current
+_TX_DONE_MS = const(20)  # a reply (<= 134 bytes) takes 12 ms at 115200 baud; more is a fault
+
+
+class Board:
+    running = True  # a board runs until it loses power
+
+    def __init__(self, cfg):
+        pins = dict(PINS)
+        pins.update(cfg["pins"])
+        self._pins = pins
+        self._uart = UART(
+            cfg["uart_id"],
+            baudrate=cfg["baud"],
+            tx=Pin(pins["tx"]),
+            rx=Pin(pins["rx"]),
+            rxbuf=256,  # two whole frames: the loop may be busy for a few ms
+            timeout=0,  # never wait inside read: the loop waits in poll
+        )
+        self._de = Pin(cfg["de_pin"], Pin.OUT, value=0)  # listen until we reply
+        spi = SPI(
+            cfg["spi_id"], baudrate=1_000_000, sck=Pin(pins["sck"]), mosi=Pin(pins["mosi"])
+        )
+        self.display = Max7219(spi, Pin(pins["cs"], Pin.OUT, value=1), cfg["digits"])
+        self._poll = select.poll()
+        self._poll.register(self._uart, select.POLLIN)
+        self._keys = []
+        self._led = None  # created on first use: a display board may use these GPIOs
+        self._buzzer = None
+
+    # ---- bus ----------------------------------------------------------------------
+
+    def uart_read(self, buf):
+        n = self._uart.any()
+        if not n:
+            return 0
+        return self._uart.readinto(buf, min(n, len(buf))) or 0
+
+    def uart_write(self, data):
+        self._de.value(1)
+        self._uart.write(data)
+        self._uart.flush()  # returns when the TX FIFO has drained
+        start = time.ticks_ms()
+        while not self._uart.txdone():  # ... and the shift register too (last stop bit)
+            if time.ticks_diff(time.ticks_ms(), start) > _TX_DONE_MS:
+                break
+        self._de.value(0)
+
+    # ---- keys and outputs ---------------------------------------------------------
+
+    def setup_keys(self, names):
+        self._keys = [Pin(self._pins[name], Pin.IN, Pin.PULL_UP) for name in names]
+
+    def key_level(self, i, now):
+        return 0 if self._keys[i].value() else 1  # active low: closed contact reads 0
+
+    def led(self, on):
+        if self._led is None:
+            self._led = Pin(self._pins["led"], Pin.OUT, value=0)
+        self._led.value(1 if on else 0)
+
+    def buzzer(self, on):
+        if self._buzzer is None:
+            self._buzzer = PWM(Pin(self._pins["buzzer"]), freq=_BUZZ_HZ, duty_u16=0)
+        self._buzzer.duty_u16(32768 if on else 0)
+
+    def emit(self, kind, value):
+        pass  # no observer on a board; the USB console stays quiet
+
+    def wait(self, core, ms, now):
+        self._poll.poll(ms)  # wakes at once when a request starts arriving

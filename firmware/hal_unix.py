@@ -1,0 +1,171 @@
+# Board support for PCs and tests: the MicroPython unix port.
+#
+# The bus UART is a serial device or pty path from the config ("uart"). Keys, display,
+# LED and buzzer live on a line-based CONTROL CHANNEL on stdin/stdout, so tests and the
+# simulator press keys and watch what is shown while the real firmware runs:
+#
+#   in:  press KEY [HOLD_MS]            contact closed now, opened HOLD_MS later (100)
+#        levels KEY MS:LEVEL ...        contact timeline from now, LEVEL 1 = closed
+#        state                          -> {"state": {...what is shown now...}}
+#        info                           -> {"info": {...counters, mem_free...}}
+#        quit                           stop (as does end of input)
+#   out: one JSON object per line, flushed: {"ready": ...}, {"display"|"panel": ...},
+#        {"event": ...}, {"dropped": ...}, {"ignored": ...}, {"identify": N},
+#        {"beep": MS}, {"fault": ...} (an exception the loop survived), {"error": ...}
+#        (a bad command line, or the bus gone).
+#
+# Key contacts are sampled exactly like pins on a board; a command only sets the level
+# the sampler will read at a given time, so debouncing, lockout and long press are the
+# real code.
+
+import gc
+import json
+import select
+import sys
+import termios
+
+from compat import const, ticks_add, ticks_diff
+
+_VTIME = const(5)  # indexes into termios c_cc on Linux
+_VMIN = const(6)
+
+
+class TextDisplay:
+    """A display that only remembers what it was told (the role reports it)."""
+
+    def __init__(self):
+        self.text = ""
+        self.on = True
+        self.level = 8
+
+    def show(self, text):
+        self.text = text
+
+    def light(self, on):
+        self.on = on
+
+    def intensity(self, level):
+        self.level = level
+
+
+class Board:
+    def __init__(self, cfg):
+        path = cfg["uart"]
+        if not path:
+            raise ValueError("config field 'uart' is required on unix: a serial or pty path")
+        try:
+            self._uart = open(path, "r+b")
+        except OSError as e:
+            raise ValueError("config field 'uart': cannot open %s: %s" % (path, e))
+        fd = self._uart.fileno()
+        termios.setraw(fd)
+        # VMIN 0, VTIME 0: a read returns what has arrived, at once (the port has no
+        # O_NONBLOCK); poll() below does the waiting.
+        attrs = termios.tcgetattr(fd)
+        attrs[6][_VMIN] = 0
+        attrs[6][_VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        self._stdin = sys.stdin.buffer
+        self._poll = select.poll()
+        self._poll.register(self._uart, select.POLLIN)
+        self._poll.register(self._stdin, select.POLLIN)
+        self.display = TextDisplay()
+        self.running = True
+        self._names = ()
+        self._levels = bytearray(0)
+        self._timeline = []  # [due_ticks, key index, level], in the order given
+
+    # ---- bus ----------------------------------------------------------------------
+
+    def uart_read(self, buf):
+        try:
+            return self._uart.readinto(buf) or 0
+        except OSError:  # pty master closed: the bus hub is gone
+            self.running = False
+            self.emit("error", "uart closed")
+            return 0
+
+    def uart_write(self, data):
+        self._uart.write(data)  # a pty has no direction pin to drive
+
+    # ---- keys and outputs ---------------------------------------------------------
+
+    def setup_keys(self, names):
+        self._names = names
+        self._levels = bytearray(len(names))
+
+    def key_level(self, i, now):
+        if self._timeline:
+            self._advance(now)
+        return self._levels[i]
+
+    def _advance(self, now):
+        later = []
+        for entry in self._timeline:
+            if ticks_diff(now, entry[0]) >= 0:
+                self._levels[entry[1]] = entry[2]
+            else:
+                later.append(entry)
+        self._timeline = later
+
+    def led(self, on):
+        pass  # the role reports the LED in `state`; a blinking LED would flood the channel
+
+    def buzzer(self, on):
+        pass  # beeps are reported by the role as {"beep": ms}
+
+    def emit(self, kind, value):
+        out = sys.stdout
+        out.write(json.dumps({kind: value}))
+        out.write("\n")
+        out.flush()
+
+    # ---- waiting and the control channel ------------------------------------------
+
+    def wait(self, core, ms, now):
+        """Sleep up to ms, less when the bus or the control channel has input."""
+        for obj, flags in self._poll.poll(ms):
+            if obj is self._stdin:
+                line = self._stdin.readline()
+                if not line:
+                    self.running = False  # nobody is watching any more
+                    return
+                self._command(core, line.decode(), now)
+            elif flags & (select.POLLHUP | select.POLLERR):
+                self.uart_read(bytearray(1))  # reports and stops if the bus is gone
+
+    def _command(self, core, line, now):
+        words = line.split()
+        if not words:
+            return
+        try:
+            cmd = words[0]
+            if cmd == "press":
+                i = self._key(words[1])
+                hold = int(words[2]) if len(words) > 2 else 100
+                self._timeline.append([now, i, 1])
+                self._timeline.append([ticks_add(now, hold), i, 0])
+            elif cmd == "levels":
+                i = self._key(words[1])
+                for step in words[2:]:
+                    ms, level = step.split(":")
+                    self._timeline.append([ticks_add(now, int(ms)), i, 1 if int(level) else 0])
+            elif cmd == "state":
+                self.emit("state", core.role.describe())
+            elif cmd == "info":
+                gc.collect()
+                counters = core.counters()
+                counters["mem_free"] = gc.mem_free()
+                counters["mem_alloc"] = gc.mem_alloc()
+                self.emit("info", counters)
+            elif cmd == "quit":
+                self.running = False
+            else:
+                raise ValueError("unknown command")
+        except (ValueError, IndexError) as e:
+            self.emit("error", "bad command %r: %s" % (line.strip(), e))
+
+    def _key(self, name):
+        if name not in self._names:
+            raise ValueError("no key %r on this device" % name)
+        return self._names.index(name)
