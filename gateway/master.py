@@ -71,10 +71,11 @@ class Stats:
 class BusStats(Stats):
     """The bus as a whole: the device counters summed, plus the poll cycle."""
 
-    __slots__ = ("cycles", "cycle_last", "cycle_total", "port_errors")
+    __slots__ = ("cycles", "cycle_last", "cycle_total", "port_errors", "line_busy")
 
     def __init__(self):
         super().__init__()
+        self.line_busy = 0  # requests held back: bytes were still arriving (a late reply)
         self.cycles = 0
         self.cycle_last = 0.0  # seconds the last cycle took
         self.cycle_total = 0.0
@@ -679,6 +680,8 @@ class BusMaster:
             wait = self._line_free_at - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # the inter-frame gap: one character time
+            if port.in_waiting:
+                self._let_talk(port)
             port.reset_input_buffer()
             self._write(port, request)
             sent = time.monotonic()
@@ -715,6 +718,17 @@ class BusMaster:
                     dev.stats.crc_errors += decoder.crc_errors
                 self.book.stats.crc_errors += decoder.crc_errors
         return outcome
+
+    def _let_talk(self, port):
+        """Listen before talking: bytes arrived since the last exchange (a device answering
+        late, or noise). Drop them and wait until the line has been quiet for `quiet`, at
+        most one response timeout, so our request does not collide with them."""
+        with self._lock:
+            self.book.stats.line_busy += 1
+        give_up = time.monotonic() + self.timeout
+        while port.in_waiting and time.monotonic() < give_up:
+            port.reset_input_buffer()
+            self._stop.wait(self.quiet)
 
     @staticmethod
     def _reply_in(decoder, addr, line_idle):
