@@ -30,6 +30,11 @@ class Core:
         self.window = cfg["window"]
         self.resets = resets  # boot counter, reported in INFO
         self.decoder = bus.Decoder()
+        # A partial frame is given up after 3 quiet character times (BUS.md, 2 and 7):
+        # 0.26 ms at 115200 baud. In whole ms ticks, one more so a byte that came at the end
+        # of a millisecond is not taken for quiet just after it.
+        self.quiet_ms = (30000 + cfg["baud"] - 1) // cfg["baud"] + 1
+        self._last_rx = now
         self.queue = EventQueue(cfg["queue_len"], boot)
         long_keys = cfg["long_keys"]
         self.keys = [
@@ -55,8 +60,17 @@ class Core:
     def feed(self, data, now):
         """Bytes from the bus; replies go out through the HAL as each request completes."""
         self.decoder.feed(data)
+        self._last_rx = now
+        self._extract(False, now)
+
+    def waiting(self):
+        """True while part of a frame is held: the loop should look again soon (tick()
+        gives the part up once the line has been quiet)."""
+        return self.decoder.pending() > 0
+
+    def _extract(self, line_idle, now):
         while True:
-            frame = self.decoder.maybe_extract_frame()
+            frame = self.decoder.maybe_extract_frame(line_idle)
             if frame is None:
                 return
             reply = self.handle(frame, now)
@@ -138,7 +152,11 @@ class Core:
     # ---- time and keys ------------------------------------------------------------
 
     def tick(self, now):
-        """Call every few ms (Debouncer.sample_ms): samples the keys, runs the role."""
+        """Call every few ms (Debouncer.sample_ms): samples the keys, runs the role, and
+        gives up a partial frame the quiet line will not complete (garbage whose LEN reached
+        past its end may hide a real request behind it)."""
+        if self.decoder.pending() and ticks_diff(now, self._last_rx) >= self.quiet_ms:
+            self._extract(True, now)
         elapsed = ticks_diff(now, self._last)
         self._last = now
         if elapsed > 0:

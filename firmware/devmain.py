@@ -77,7 +77,7 @@ def run(core, hal):
             if n:
                 core.feed(view[:n], now)
             core.tick(now)
-            hal.wait(core, sample_ms, now)
+            hal.wait(core, 1 if core.waiting() else sample_ms, now)
         except Exception as e:  # one bad moment must not silence the device for good
             faults += 1
             # (the stubs type the file as a MicroPython stream, which sys.stderr is)
