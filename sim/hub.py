@@ -15,9 +15,12 @@ Plan:
   a device process that dies or restarts never turns reads on the master fd into EIO.
 - Pacing (baud set): a chunk read from a talker occupies the line for len * 10 / baud
   seconds, starting when that talker's previous bytes are out (a UART sends in order). It is
-  cut into pieces of at most PIECE bytes, each delivered when its last byte has crossed the
-  wire, so receivers see the bytes at wire speed. Without baud, bytes are forwarded at once
-  (and no collision can be seen: bytes never occupy the line).
+  cut into pieces of about PIECE_S of wire time (at least one byte), each delivered when its
+  last byte has crossed the wire, so receivers see the bytes at wire speed, and the gaps
+  inside a frame stay short: a receiver that gives up a partial frame after a few quiet
+  character times (BUS.md, 2) sees at most one piece's time between deliveries (plus the
+  machine's scheduling jitter). Byte by byte would be truer, and too costly in Python.
+  Without baud, bytes are forwarded at once (and no collision can be seen).
 - Collisions: a talker that starts while another talker's bytes are still on the line (real
   devices have no carrier sense) collides with them: both are counted once per overlap and
   the overlapping bytes are OR-ed together in both pieces, which a receiver sees as garbage
@@ -47,7 +50,7 @@ import threading
 import time
 import tty
 
-PIECE = 16  # bytes per delivery when paced: receivers see a long chunk arrive progressively
+PIECE_S = 0.001  # wire time per delivery when paced: 11 bytes at 115200, 1 byte at 9600
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 
 MASTER = "master"
@@ -152,6 +155,7 @@ class BusHub:
     def __init__(self, baud=None, tap=None, stale_after=0.5):
         self.baud = baud
         self._byte_time = BITS_PER_BYTE / baud if baud else 0.0
+        self._piece = max(1, int(PIECE_S * baud / BITS_PER_BYTE)) if baud else 0
         if tap is not None and not callable(tap):
             tap = tap.append
         self._tap = tap
@@ -345,8 +349,9 @@ class BusHub:
             for p in others:
                 self._garble(p, data, start)
         pieces = []
-        for i in range(0, len(data), PIECE):
-            part = data[i : i + PIECE]
+        size = self._piece
+        for i in range(0, len(data), size):
+            part = data[i : i + size]
             t0 = start + i * bt
             piece = _Piece(t0, t0 + len(part) * bt, port, part)
             piece.collided = bool(others) and any(
