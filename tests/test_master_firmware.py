@@ -198,14 +198,6 @@ def test_a_killed_and_restarted_device_gets_its_state_back(hall):
     assert hall.hub.stats.collisions == 0
 
 
-@pytest.mark.xfail(
-    reason="firmware: no quiet-line give-up yet (BUS.md 2 and 7, Decoder.maybe_extract_frame("
-    "line_idle=True)): garbage with SYNC and a long LEN leaves a device deaf until that many "
-    "bytes passed, then it answers every stale request it finds inside at once, colliding "
-    "with the master. With that change in firmware/appcore.py and devmain.py this test "
-    "passes, with zero collisions; remove this mark with it.",
-    strict=False,
-)
 def test_garbage_on_the_line_costs_no_event(hall):
     hall.wait_all_online()
     rng = random.Random(7)
