@@ -428,8 +428,9 @@ class BusMaster:
     tx_enable: the RS-485 direction seam: a callable taking True before a write and False
     after it has drained, or an object with on() / off() (a gpiozero OutputDevice);
     None when the adapter switches direction itself.
-    Callbacks (see `Book`) run in the master's thread, between exchanges: keep them short.
-    They may call the master's methods.
+    Callbacks (see `Book`) run in the master's thread, between exchanges, under its lock:
+    keep them short. They may call the master's methods, but must not wait for another
+    thread that does (that thread would wait for the lock the callback holds).
 
         >>> with BusMaster("/dev/ttyAMA0", on_event=print) as master:   # doctest: +SKIP
         ...     master.add_device(7)
@@ -499,7 +500,8 @@ class BusMaster:
 
     def identify(self, addr, seconds):
         """Ask `addr` (0: all) to show itself for `seconds`. A Future: True once the device
-        acknowledged (or the broadcast was sent), False if it refused or did not answer."""
+        acknowledged (or the broadcast was sent), False if it refused or did not answer.
+        Sent by the master's thread between cycles (or by the next run_cycle())."""
         future = concurrent.futures.Future()
         self._commands.put((self._identify, (addr, seconds), future))
         return future
