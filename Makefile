@@ -64,5 +64,9 @@ firmware: setup
 	done
 	@ls -l build/firmware
 
+# Until the simulated hall arrives: the bus with real firmware devices and the real master.
+demo: setup
+	$(BIN)/hallgate sim bus --windows 4 --seconds 30
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -110,6 +110,13 @@ def cmd_bus_identify(args):
     return 0 if ok else 1
 
 
+def cmd_sim_bus(args):
+    from hallgate.sim import busdemo
+
+    busdemo.run(windows=args.windows, seconds=args.seconds, baud=args.baud, seed=args.seed)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="hallgate",
@@ -142,6 +149,19 @@ def build_parser():
     p.add_argument("address", type=int, help="device address, 0 for all")
     p.add_argument("--seconds", type=int, default=10, help="how long (default 10)")
     p.set_defaults(func=cmd_bus_identify)
+
+    sim_p = sub.add_parser("sim", help="simulated hardware: the real firmware on MicroPython")
+    sim_sub = sim_p.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
+    p = sim_sub.add_parser(
+        "bus",
+        help="a call panel and a window display per window on one simulated RS-485 line, "
+        "polled by the real bus master while simulated operators press keys",
+    )
+    p.add_argument("--windows", type=int, default=3, help="windows (default 3)")
+    p.add_argument("--seconds", type=float, default=20, help="how long to run (default 20)")
+    p.add_argument("--baud", type=int, default=115200, help="line speed the hub paces at")
+    p.add_argument("--seed", type=int, default=1, help="seed of the operators' choices")
+    p.set_defaults(func=cmd_sim_bus)
     return parser
 
 
