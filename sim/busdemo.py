@@ -77,7 +77,8 @@ def run(windows=3, seconds=20.0, baud=115200, seed=1, out=print):
 
             def on_device(addr, online, info):
                 role = info.role_name if info else "device"
-                out(f"{time.strftime('%H:%M:%S')}  {role} {addr} {'online' if online else 'OFFLINE'}")
+                state = "online" if online else "OFFLINE"
+                out(f"{time.strftime('%H:%M:%S')}  {role} {addr} {state}")
 
             addrs = [PANEL_BASE + w - 1 for w in panels] + [DISPLAY_BASE + w for w in displays]
             master = BusMaster(hub.master_path, baudrate=baud, timeout=0.1,
