@@ -31,7 +31,8 @@ def start(path):
     hal.setup_keys(role.KEYS)
     core = Core(hal, cfg, role, count & 0xFF, count, now)
     role.tick(now)
-    hal.emit(
+    hal.emit(role.KIND, role.shown())
+    hal.emit(  # last: whoever waits for it has seen everything start-up says
         "ready",
         {
             "address": cfg["address"],
@@ -43,7 +44,6 @@ def start(path):
             "firmware": "%d.%d.%d" % FIRMWARE,
         },
     )
-    hal.emit(role.KIND, role.shown())
     return core, hal
 
 

@@ -9,7 +9,8 @@
 #        state                          -> {"state": {...what is shown now...}}
 #        info                           -> {"info": {...counters, mem_free...}}
 #        quit                           stop (as does end of input)
-#   out: one JSON object per line, flushed: {"ready": ...}, {"display"|"panel": ...},
+#   out: one JSON object per line, flushed: {"display"|"panel": ...} (the applied state,
+#        at start and whenever it changes), {"ready": ...} (the last line of start-up),
 #        {"event": ...}, {"dropped": ...}, {"ignored": ...}, {"identify": N},
 #        {"beep": MS}, {"fault": ...} (an exception the loop survived), {"error": ...}
 #        (a bad command line, or the bus gone).
