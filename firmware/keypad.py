@@ -4,7 +4,7 @@
 # code is unit-tested with synthetic time on CPython and on MicroPython, and any board's
 # HAL only has to say whether a contact is closed. In the spirit of Peter Hinch's
 # micropython-async primitives/pushbutton.py: tunables are class attributes (override
-# them per instance or for every key at once), a few bytes of state per key.
+# them per instance or for every key at once), one small object per key.
 #
 # Usage: sample every Debouncer.sample_ms or so and act on what sample() returns:
 #     key = Key(code=1)
@@ -57,8 +57,9 @@ class Key(Debouncer):
     """A debounced key that reports counted presses, with a lockout and an optional long
     press.
 
-    Lockout: a second press within lockout_ms of the previous counted one is LOCKED,
-    not counted - the classic double click on "call" that would call two visitors.
+    Lockout: a second press within lockout_ms of the previous counted one is LOCKED, no
+    event (the core counts it) - the classic double click on "call" that would call two
+    visitors. Every key has its own lockout; lockout_ms 0 turns it off.
     Long press (long=True, for destructive keys such as "noshow"): holding past long_ms
     gives LONG, at that moment, without waiting for the release; letting go earlier gives
     SHORT, so the panel can say "hold it" instead of silently doing nothing.
