@@ -53,9 +53,9 @@ def micropython_command():
 
 def compile_firmware(dest=MPY_DIR):
     """The board image in `dest`: firmware/main.py copied, the other firmware/*.py and
-    protocols/bus.py compiled to .mpy; files already up to date are skipped. Returns
-    `dest`. Safe to run concurrently: each file is written under a temporary name and
-    renamed into place."""
+    protocols/bus.py compiled to .mpy; files already built from the same source are
+    skipped. Returns `dest`. Safe to run concurrently: each file is written under a
+    temporary name and renamed into place."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     exe = _tool("mpy-cross")
@@ -67,11 +67,14 @@ def compile_firmware(dest=MPY_DIR):
             old.unlink(missing_ok=True)
     for src in sources + [PROTOCOLS / "bus.py", FIRMWARE / "main.py"]:
         out = dest / (src.name if src.name == "main.py" else src.stem + ".mpy")
-        if out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        # Each output carries its source's mtime: any change, even to an older file, rebuilds.
+        stamp = src.stat().st_mtime_ns
+        if out.exists() and out.stat().st_mtime_ns == stamp:
             continue
         tmp = dest / f".{out.name}.{os.getpid()}.{threading.get_ident()}"
         if out.suffix == ".py":
             shutil.copyfile(src, tmp)
+            os.utime(tmp, ns=(stamp, stamp))
             os.replace(tmp, out)
             continue
         done = subprocess.run(
@@ -84,6 +87,7 @@ def compile_firmware(dest=MPY_DIR):
         if done.returncode:
             tmp.unlink(missing_ok=True)
             raise DeviceError(f"mpy-cross failed on {src}: {done.stderr.strip()}")
+        os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, out)
     return dest
 
