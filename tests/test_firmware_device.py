@@ -365,9 +365,10 @@ def test_restart_reports_version_0_and_a_new_boot_byte(panel):
     m.request(bus.encode_set(ADDR, 21, bus.PanelState("C1")))
     press_event(dev, "call")
     before = m.event()
+    resets = dev.ready["resets"]
     ready = panel.restart()
-    assert ready["resets"] == dev.ready["resets"] and ready["boot"] != before.boot
-    assert ready["boot"] == (before.boot + 1) & 0xFF
+    assert ready["resets"] == resets + 1 and ready["boot"] == (before.boot + 1) & 0xFF
+    assert ready["boot_persisted"]
     assert m.status() == 0  # nothing applied since this boot, old event gone with the RAM
     assert press_event(dev, "call")["seq"] == 1
     assert m.event().ident == (ready["boot"], 1)
