@@ -205,7 +205,7 @@ class Decoder:
                 self._pos = pos + 1
                 continue
             self._pos = end
-            return Frame(addr, buf[pos + 2], buf[pos + HEADER : end - 2])
+            return Frame(addr, buf[pos + 2], bytes(buf[pos + HEADER : end - 2]))
 
 
 _SYNC_BYTE = bytes((SYNC,))
