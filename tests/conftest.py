@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,13 @@ def run_micropython(script, *args, heapsize="48k", path=(FIRMWARE, PROTOCOLS), t
 @pytest.fixture
 def micropython():
     return run_micropython
+
+
+def wait_for(cond, timeout=15.0, what="condition"):
+    """Polls cond() until true; fails the test, naming `what`, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 from hallgate.gateway.master import BusMaster
 from hallgate.protocols import bus
 from hallgate.sim.device import FirmwareDevice
@@ -45,15 +46,6 @@ def in_parallel(fn, args_list, timeout=60):
         t.join(timeout)
     if errors:
         raise errors[0]
-
-
-def wait_for(cond, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Hall:

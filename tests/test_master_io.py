@@ -13,20 +13,12 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 from hallgate.gateway.master import BusMaster
 from hallgate.protocols import bus
 from hallgate.sim.hub import BusHub
 
 TIMEOUT = 0.1  # generous: the hub, the master and the responders share a loaded machine
-
-
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Responder(threading.Thread):
