@@ -1,0 +1,558 @@
+"""Like / dislike feedback buttons at each window, wired to the Pi's GPIO.
+
+Design note
+-----------
+Operations: the central service opens voting on a window for a ticket (retained `vote`
+topic, with a version) and closes it; the MQTT side calls `open_vote` / `close_vote` on that
+window's `FeedbackPanel`. Visitors press like or dislike. Every press is handed to
+`on_vote(window, record)`, the gateway's way to the durable outbox.
+Goals: the rules of the best rating keypads - a vote only while voting is open; the buffer
+cleared when it opens; the first press is THE vote for the ticket; later and too-fast presses
+kept but flagged `misuse`, never dropped; an LED that invites and one that thanks. No press
+lost when the outbox refuses one for a while (full disk). Our own debounce (gateway/gpio.py),
+the same on every pin factory.
+Plan: a ladder of small pieces, each one concern.
+  `Timings`        the tunables, in the units of the hall config.
+  `Ballot`         the voting rules of one window: pure, no pins, no clock of its own.
+  `Delivery`       hands records to `on_vote` in order; keeps a bounded retry list.
+  `FeedbackLights` the LEDs: blink to invite, a short light to thank.
+  `FeedbackPanel`  one window: two `SampledButton`s + the three above; `poll()` samples it.
+  `FeedbackButtons` every panel of the gateway and the one `Sampler` thread polling them.
+
+Threads: `poll()` runs in the sampler thread and calls `on_vote` there, outside the
+panel's lock, so `open_vote`, `close_vote` and `state` (from the MQTT thread or anywhere)
+never wait for the outbox. A slow `on_vote` delays sampling; a press is a level held for
+tens of milliseconds, so one taking a few ms costs nothing but timestamp resolution.
+
+The record handed to `on_vote` (a dict, JSON-ready):
+    {"id": "4f0c...e1",              # uuid4 hex, one per press, the same on every retry
+     "type": "vote", "window": 5,
+     "vote": "like",                  # the button pressed: "like" or "dislike"
+     "ticket": "A042",                # the open ticket, else the last one, else None
+     "version": 17,                   # version of the vote state the press was judged by
+     "misuse": False,
+     "reason": None,                  # with misuse: "closed", "too-fast", "already-voted"
+     "ts": "2026-11-23T18:11:58.123Z"}  # UTC, ms: when the contact first closed
+`ts` is the first sample that saw the contact closed (so within one sample period of the
+real edge), not the moment the debounce window ended; a bouncing press is dated by its
+first bounce.
+"""
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from gpiozero import LED
+from hallgate.gateway.gpio import SampledButton, Sampler
+
+log = logging.getLogger(__name__)
+
+LIKE = "like"
+DISLIKE = "dislike"
+VOTES = (LIKE, DISLIKE)
+
+# Why a press is flagged misuse (the record's "reason").
+CLOSED = "closed"  # voting is not open on this window (never opened, closed, timed out)
+TOO_FAST = "too-fast"  # within vote_min_interval_ms of the previous press while open
+ALREADY_VOTED = "already-voted"  # the open ticket already has its vote
+REASONS = (CLOSED, TOO_FAST, ALREADY_VOTED)
+
+
+def iso_ms(epoch_s):
+    """UTC ISO 8601 with milliseconds and a Z: `iso_ms(0) == "1970-01-01T00:00:00.000Z"`."""
+    t = datetime.fromtimestamp(epoch_s, UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    """The feedback tunables, in the units of the hall config.
+
+    >>> Timings(vote_window_s=30).vote_window_s
+    30
+    """
+
+    debounce_ms: float = 20  # contact must read the same this long (mechanical: 5-10 ms)
+    sample_ms: float = 5  # sampling period: four samples per debounce window
+    vote_window_s: float = 60  # safety net: voting closes by itself if central never does
+    vote_min_interval_ms: float = 1000  # presses closer than this are "too-fast"
+    vote_ack_ms: float = 1500  # the pressed button's LED stays on this long to thank
+    invite_on_ms: float = 500  # invite blink: on ...
+    invite_off_ms: float = 500  # ... and off
+    retry_ms: float = 1000  # on_vote raised: try again after this long
+    retry_max: int = 32  # records kept for retry per window; beyond, one is dropped
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"Timings.{f.name} must be a number, not {value!r}")
+            if f.name in ("debounce_ms", "vote_min_interval_ms"):
+                ok = value >= 0
+            elif f.name == "retry_max":
+                ok = value >= 1 and value == int(value)
+            else:
+                ok = value > 0
+            if not ok:
+                raise ValueError(f"Timings.{f.name} out of range: {value!r}")
+
+
+class Ballot:
+    """The voting rules of one window, as the best rating keypads have them. Pure: fed the
+    time, owns no pins and no clock.
+
+    - Voting is open only between `open` and `close` (or `expire`, after its timeout).
+    - Desired state carries a version: an `open` is applied only if its version is newer
+      than the current one (a redelivered retained message changes nothing, an older one
+      is ignored); a `close` also applies at the same version (closing twice is harmless,
+      and central may close with the version it opened with).
+    - Opening clears the buffer: nothing pressed before counts, the interval starts afresh.
+      A press is judged at the time its contact closed, so one that began before the
+      opening and was debounced after it is still "closed".
+    - While open, the first press is THE vote for the ticket. Every later press is misuse:
+      "too-fast" within min_interval_s of the previous press (a double click or mashing),
+      else "already-voted". A press while not open is misuse "closed".
+
+    >>> b = Ballot(min_interval_s=1.0, window_s=60)
+    >>> b.press(LIKE, now=0.0)
+    (True, 'closed')
+    >>> b.open("A042", version=1, now=1.0)
+    True
+    >>> b.press(LIKE, now=2.0), b.press(DISLIKE, now=2.5), b.press(LIKE, now=4.0)
+    ((False, None), (True, 'too-fast'), (True, 'already-voted'))
+    >>> b.open("A042", version=1, now=5.0)     # the same retained message again: no-op
+    False
+    """
+
+    def __init__(self, min_interval_s=1.0, window_s=60.0):
+        self.min_interval_s = min_interval_s
+        self.window_s = window_s
+        self.is_open = False
+        self.ticket = None  # the open ticket, or the last one opened
+        self.version = None  # the newest version applied (None: nothing yet)
+        self.voted = None  # LIKE or DISLIKE once the open ticket has its vote
+        self.closes_at = None  # when voting closes by itself (while open)
+        self.opened_at = None  # when voting last opened
+        self._last_press = None  # time of the previous press since voting opened
+
+    def open(self, ticket, version, now, timeout_s=None):
+        """Open voting for `ticket`; False (nothing changes) unless `version` is newer."""
+        if version is None:
+            raise ValueError("a vote command needs a version")
+        if self.version is not None and version <= self.version:
+            return False
+        self.version = version
+        self.is_open = True
+        self.ticket = ticket
+        self.voted = None
+        self.opened_at = now
+        self.closes_at = now + (self.window_s if timeout_s is None else timeout_s)
+        self._last_press = None
+        return True
+
+    def close(self, version):
+        """Close voting; False (nothing changes) if `version` is older than the current one."""
+        if version is None:
+            raise ValueError("a vote command needs a version")
+        if self.version is not None and version < self.version:
+            return False
+        self.version = version
+        self.is_open = False
+        self.closes_at = None
+        return True
+
+    def expire(self, now):
+        """Close voting if its time is up; True when it closed now."""
+        if self.is_open and now >= self.closes_at:
+            self.is_open = False
+            self.closes_at = None
+            return True
+        return False
+
+    def press(self, vote, now):
+        """Judge one press whose contact closed at `now` (call `expire` first with the
+        current time): returns (misuse, reason); a counted vote is
+        (False, None), after which `voted` holds it."""
+        if vote not in VOTES:
+            raise ValueError(f"vote must be {LIKE!r} or {DISLIKE!r}, not {vote!r}")
+        if not self.is_open or now < self.opened_at:
+            return True, CLOSED
+        last, self._last_press = self._last_press, now
+        if last is not None and now - last < self.min_interval_s:
+            return True, TOO_FAST
+        if self.voted is not None:
+            return True, ALREADY_VOTED
+        self.voted = vote
+        return False, None
+
+
+class Delivery:
+    """Hands records to `on_vote(window, record)` in order; a record is taken when the
+    callback returns.
+
+    When the callback raises (the outbox's disk is full, say), the record stays first in
+    line and the callback is tried again `retry_s` later; records that come meanwhile
+    queue behind it, so order is kept. The line holds at most `max_pending` records: past
+    that one is dropped, counted and logged - the oldest misuse record if there is one
+    (counted votes matter more: staff bonuses depend on them), else the oldest. Not
+    thread-safe: one thread calls `add` and `flush` (the sampler's).
+
+    >>> got = []
+    >>> d = Delivery(lambda w, r: got.append(r), window=1, retry_s=1.0, max_pending=4)
+    >>> d.add({"misuse": False}); d.flush(now=0.0)
+    >>> got, d.delivered, d.pending
+    ([{'misuse': False}], 1, 0)
+    """
+
+    def __init__(self, on_vote, window, *, retry_s=1.0, max_pending=32):
+        self.on_vote = on_vote
+        self.window = window
+        self.retry_s = retry_s
+        self.max_pending = max_pending
+        self._line = collections.deque()
+        self._retry_at = None  # set while the callback is failing
+        self.delivered = 0  # records taken
+        self.callback_errors = 0  # calls that raised
+        self.dropped = 0  # records given up: retry list full, or still failing at close
+
+    @property
+    def pending(self):
+        return len(self._line)
+
+    def add(self, record):
+        if len(self._line) >= self.max_pending:
+            victim = next((r for r in self._line if r.get("misuse")), self._line[0])
+            self._line.remove(victim)
+            self._drop(victim, "retry list full")
+        self._line.append(record)
+
+    def flush(self, now):
+        """Deliver what is waiting, unless a failed attempt was less than retry_s ago."""
+        if self._retry_at is not None and now < self._retry_at:
+            return
+        while self._line:
+            record = self._line[0]
+            try:
+                self.on_vote(self.window, record)
+            except Exception:
+                self.callback_errors += 1
+                if self._retry_at is None:
+                    log.warning("window %s: on_vote failed, will retry every %.1f s "
+                                "(%d waiting)", self.window, self.retry_s, len(self._line),
+                                exc_info=True)
+                self._retry_at = now + self.retry_s
+                return
+            self._line.popleft()
+            self.delivered += 1
+            if self._retry_at is not None:
+                log.info("window %s: on_vote works again", self.window)
+                self._retry_at = None
+
+    def drain(self):
+        """Last attempt (at close): try each waiting record once more; drop what fails."""
+        self._retry_at = None
+        while self._line:
+            self.flush(float("inf"))
+            if self._line:
+                self._drop(self._line.popleft(), "on_vote still failing at close")
+
+    def _drop(self, record, why):
+        self.dropped += 1
+        log.error("window %s: press dropped (%s; %d dropped so far): %r",
+                  self.window, why, self.dropped, record)
+
+
+class FeedbackLights:
+    """The LEDs of one window's buttons (either or both may be missing): blink both to
+    invite a vote, light the pressed button's LED for a moment to thank.
+
+    >>> from gpiozero import Device
+    >>> from gpiozero.pins.mock import MockFactory
+    >>> Device.pin_factory = MockFactory()
+    >>> lights = FeedbackLights(like_pin=22, dislike_pin=23, ack_s=0.05)
+    >>> lights.invite(); lights.mode
+    'inviting'
+    >>> lights.thank(LIKE); lights.mode
+    'thanking'
+    >>> lights.close()
+    """
+
+    def __init__(self, like_pin=None, dislike_pin=None, *, invite_on_s=0.5, invite_off_s=0.5,
+                 ack_s=1.5, pin_factory=None):
+        self.invite_on_s = invite_on_s
+        self.invite_off_s = invite_off_s
+        self.ack_s = ack_s
+        self.leds = {}
+        try:
+            for vote, pin in ((LIKE, like_pin), (DISLIKE, dislike_pin)):
+                if pin is not None:
+                    self.leds[vote] = LED(pin, pin_factory=pin_factory)
+        except BaseException:
+            self.close()
+            raise
+        self._mode = "off"
+        self._thank_until = 0.0  # time.monotonic(): gpiozero's blink runs on real time
+
+    @property
+    def mode(self):
+        """"inviting", "thanking" or "off"."""
+        if self._mode == "thanking" and time.monotonic() >= self._thank_until:
+            self._mode = "off"
+        return self._mode
+
+    def invite(self):
+        for led in self.leds.values():
+            led.blink(on_time=self.invite_on_s, off_time=self.invite_off_s)
+        self._mode = "inviting"
+
+    def thank(self, vote):
+        """Stop inviting; light the LED of the button pressed (or the only LED there is)
+        for ack_s, then off."""
+        self.off()
+        led = self.leds.get(vote) or next(iter(self.leds.values()), None)
+        if led is not None:
+            led.blink(on_time=self.ack_s, off_time=0, n=1)
+            self._mode = "thanking"
+            self._thank_until = time.monotonic() + self.ack_s
+
+    def off(self):
+        for led in self.leds.values():
+            led.off()
+        self._mode = "off"
+
+    def close(self):
+        for led in self.leds.values():
+            led.close()
+        self._mode = "off"
+
+
+class FeedbackPanel:
+    """One window's like / dislike buttons and their LEDs, with the voting rules.
+
+    Buttons between their pin and ground (the Pi's pull-ups are used); LEDs optional.
+    `poll()` samples the buttons once and delivers what came of it; `FeedbackButtons`
+    calls it from its sampler thread, tests may call it directly with a fake clock.
+    `open_vote` / `close_vote` / `state` may be called from any thread.
+
+    >>> from gpiozero import Device
+    >>> from gpiozero.pins.mock import MockFactory
+    >>> Device.pin_factory = MockFactory()
+    >>> got = []
+    >>> now = [0.0]
+    >>> panel = FeedbackPanel(5, like_pin=17, dislike_pin=27,
+    ...                       on_vote=lambda w, r: got.append(r), clock=lambda: now[0])
+    >>> panel.open_vote("A042", version=1)
+    True
+    >>> Device.pin_factory.pin(17).drive_low()       # like, held
+    >>> for t in (0.01, 0.02, 0.03, 0.04):
+    ...     now[0] = t; panel.poll()
+    >>> [(r["vote"], r["ticket"], r["misuse"]) for r in got]
+    [('like', 'A042', False)]
+    >>> panel.close()
+    """
+
+    def __init__(self, window, like_pin, dislike_pin, like_led_pin=None, dislike_led_pin=None,
+                 *, on_vote, timings=None, clock=time.monotonic, wallclock=time.time,
+                 pin_factory=None):
+        if not callable(on_vote):
+            raise TypeError("on_vote must be callable(window, record)")
+        self.window = window
+        self.timings = t = timings if timings is not None else Timings()
+        self._clock = clock
+        self._wallclock = wallclock
+        self._lock = threading.Lock()  # the ballot, the lights, the counters
+        self._poll_lock = threading.Lock()  # one poll at a time (delivery is not shared)
+        self._closed = False
+        self.ballot = Ballot(min_interval_s=t.vote_min_interval_ms / 1000,
+                             window_s=t.vote_window_s)
+        self.delivery = Delivery(on_vote, window, retry_s=t.retry_ms / 1000,
+                                 max_pending=t.retry_max)
+        self.buttons = {}
+        self.lights = None
+        try:
+            for vote, pin in ((LIKE, like_pin), (DISLIKE, dislike_pin)):
+                self.buttons[vote] = SampledButton(pin, debounce_s=t.debounce_ms / 1000,
+                                                   pin_factory=pin_factory)
+            self.lights = FeedbackLights(
+                like_led_pin, dislike_led_pin, invite_on_s=t.invite_on_ms / 1000,
+                invite_off_s=t.invite_off_ms / 1000, ack_s=t.vote_ack_ms / 1000,
+                pin_factory=pin_factory)
+        except BaseException:
+            self._close_devices()
+            raise
+        self.presses = 0
+        self.votes = 0
+        self.misuse = dict.fromkeys(REASONS, 0)
+
+    def __repr__(self):
+        return f"<FeedbackPanel window={self.window!r}>"
+
+    def open_vote(self, ticket, version, timeout_s=None):
+        """Open voting for `ticket` (clears the buffer, LEDs invite). Returns False, and
+        changes nothing, when `version` is not newer than the current one.
+        Voting closes by itself after timeout_s (default: timings.vote_window_s)."""
+        with self._lock:
+            if not self.ballot.open(ticket, version, self._clock(), timeout_s):
+                log.debug("window %s: vote open v%s ignored (have v%s)",
+                          self.window, version, self.ballot.version)
+                return False
+            self.lights.invite()
+            log.info("window %s: voting open for %s (v%s)", self.window, ticket, version)
+            return True
+
+    def close_vote(self, version):
+        """Close voting. Returns False, and changes nothing, when `version` is older than
+        the current one. An acknowledgement already lit is left to finish."""
+        with self._lock:
+            if not self.ballot.close(version):
+                log.debug("window %s: vote close v%s ignored (have v%s)",
+                          self.window, version, self.ballot.version)
+                return False
+            if self.lights.mode == "inviting":
+                self.lights.off()
+            return True
+
+    def poll(self):
+        """Sample both buttons once, judge any press, deliver what is waiting."""
+        with self._poll_lock:
+            if self._closed:
+                return
+            now = self._clock()
+            with self._lock:
+                if self.ballot.expire(now):
+                    log.info("window %s: voting for %s timed out", self.window,
+                             self.ballot.ticket)
+                    if self.lights.mode == "inviting":
+                        self.lights.off()
+                pressed = []
+                for vote, button in self.buttons.items():
+                    onset = button.poll(now)
+                    if onset is not None:
+                        pressed.append((onset, vote))
+                for onset, vote in sorted(pressed):
+                    self.delivery.add(self._judge(vote, onset, now))
+            self.delivery.flush(now)
+
+    def state(self):
+        """A snapshot for status and debugging (a plain dict)."""
+        with self._lock:
+            b = self.ballot
+            now = self._clock()
+            return {
+                "window": self.window,
+                "open": b.is_open and now < b.closes_at,
+                "ticket": b.ticket,
+                "version": b.version,
+                "voted": b.voted,
+                "closes_in_s": None if not b.is_open else max(0.0, b.closes_at - now),
+                "lights": self.lights.mode,
+                "presses": self.presses,
+                "votes": self.votes,
+                "misuse": sum(self.misuse.values()),
+                "misuse_by_reason": dict(self.misuse),
+                "delivered": self.delivery.delivered,
+                "pending": self.delivery.pending,
+                "callback_errors": self.delivery.callback_errors,
+                "dropped": self.delivery.dropped,
+            }
+
+    def close(self):
+        """Stop sampling this panel, make a last delivery attempt (what still fails is
+        dropped, counted and logged), LEDs off, pins released. Idempotent."""
+        with self._poll_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.delivery.drain()
+            self._close_devices()
+
+    def _judge(self, vote, onset, now):
+        misuse, reason = self.ballot.press(vote, onset)
+        self.presses += 1
+        if misuse:
+            self.misuse[reason] += 1
+        else:
+            self.votes += 1
+            self.lights.thank(vote)
+            log.info("window %s: %s for %s", self.window, vote, self.ballot.ticket)
+        return {
+            "id": uuid.uuid4().hex,
+            "type": "vote",
+            "window": self.window,
+            "vote": vote,
+            "ticket": self.ballot.ticket,
+            "version": self.ballot.version,
+            "misuse": misuse,
+            "reason": reason,
+            "ts": iso_ms(self._wallclock() - (now - onset)),
+        }
+
+    def _close_devices(self):
+        for button in self.buttons.values():
+            button.close()
+        if self.lights is not None:
+            self.lights.off()
+            self.lights.close()
+
+
+class FeedbackButtons:
+    """Every feedback panel of the gateway, sampled by one thread.
+
+    >>> from gpiozero import Device
+    >>> from gpiozero.pins.mock import MockFactory
+    >>> Device.pin_factory = MockFactory()
+    >>> got = []
+    >>> panels = [FeedbackPanel(1, 17, 27, 22, 23, on_vote=lambda w, r: got.append(r)),
+    ...           FeedbackPanel(2, 5, 6, on_vote=lambda w, r: got.append(r))]
+    >>> with FeedbackButtons(panels) as buttons:
+    ...     buttons.open_vote(1, "A042", version=1)
+    ...     Device.pin_factory.pin(17).drive_low(); time.sleep(0.2)
+    True
+    >>> [(r["window"], r["vote"], r["ticket"], r["misuse"]) for r in got]
+    [(1, 'like', 'A042', False)]
+    """
+
+    def __init__(self, panels, *, sample_ms=None):
+        self.panels = {}
+        for p in panels:
+            if p.window in self.panels:
+                raise ValueError(f"window {p.window!r} has two feedback panels")
+            self.panels[p.window] = p
+        if sample_ms is None:
+            sample_ms = min((p.timings.sample_ms for p in self.panels.values()),
+                            default=Timings.sample_ms)
+        self.sampler = Sampler(self.panels.values(), period_s=sample_ms / 1000,
+                               name="feedback-sampler")
+
+    def __getitem__(self, window):
+        return self.panels[window]
+
+    def open_vote(self, window, ticket, version, timeout_s=None):
+        return self.panels[window].open_vote(ticket, version, timeout_s)
+
+    def close_vote(self, window, version):
+        return self.panels[window].close_vote(version)
+
+    def state(self):
+        """{window: FeedbackPanel.state()} for every panel."""
+        return {w: p.state() for w, p in self.panels.items()}
+
+    def start(self):
+        self.sampler.start()
+        return self
+
+    def close(self):
+        """Stop the sampler (bounded), then close every panel (last delivery attempt)."""
+        self.sampler.close()
+        for p in self.panels.values():
+            p.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
