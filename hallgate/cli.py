@@ -110,6 +110,22 @@ def cmd_bus_identify(args):
     return 0 if ok else 1
 
 
+def cmd_config_check(args):
+    """Every problem of a hall config, one a line; exit 1 if there is any."""
+    from hallgate.gateway.config import ConfigError, load_config
+
+    try:
+        summary, problems = load_config(args.file).summary(), []
+    except ConfigError as e:
+        summary, problems = None, e.problems
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": [p.asdict() for p in problems]},
+                         indent=1))
+    else:
+        print("\n".join(map(str, problems)) or f"{args.file}: ok ({summary})")
+    return 1 if problems else 0
+
+
 def cmd_sim_bus(args):
     from hallgate.sim import busdemo
 
@@ -149,6 +165,14 @@ def build_parser():
     p.add_argument("address", type=int, help="device address, 0 for all")
     p.add_argument("--seconds", type=int, default=10, help="how long (default 10)")
     p.set_defaults(func=cmd_bus_identify)
+
+    config_p = sub.add_parser("config", help="hall config files")
+    config_sub = config_p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    p = config_sub.add_parser("check", help="check a hall config; print every problem, exit 1 "
+                              "if there is any")
+    p.add_argument("file", help="the config (TOML), e.g. hardware/hall-12-windows.toml")
+    p.add_argument("--json", action="store_true", help='print {"ok": ..., "problems": [...]}')
+    p.set_defaults(func=cmd_config_check)
 
     sim_p = sub.add_parser("sim", help="simulated hardware: the real firmware on MicroPython")
     sim_sub = sim_p.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
