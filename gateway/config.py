@@ -77,7 +77,9 @@ class Problem:
 
     @property
     def where(self):
-        return ":".join(str(p) for p in (self.file, self.line, self.key) if p not in (None, ""))
+        """'hall.toml:14: buses[0].devices[2].address' (what is known of it)."""
+        place = self.file + (f":{self.line}" if self.line else "")
+        return place + (f": {self.key}" if self.key else "")
 
     def __str__(self):
         return f"{self.where}: {self.message}"
@@ -165,6 +167,12 @@ class Mqtt:
     key_file: Path | None = key("file", None, "client private key (PEM); needs cert_file")
     keepalive_s: int = key(int, 30, "MQTT keepalive, seconds", lo=5, hi=600)
 
+    def read_password(self):
+        """The password: inline, or password_file's text without its line end; else None."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.password
+
 
 @dataclass(frozen=True)
 class Outbox:
@@ -226,7 +234,7 @@ class GpioPanel:
 
 @dataclass(frozen=True)
 class Window:
-    number: int = key(int, doc="window number, unique per site", lo=1, hi=999)
+    number: int = key(int, doc="window number (per site), unique in the file", lo=1, hi=999)
     like_pin: int | None = pin("like button; needs dislike_pin")
     dislike_pin: int | None = pin("dislike button; needs like_pin")
     like_led_pin: int | None = pin("LED in/at the like button; needs like_pin")
@@ -307,7 +315,16 @@ def _specs(cls):
 
 
 def load_config(path):
-    """The checked config in `path`; raises ConfigError listing every problem."""
+    """The checked config in `path`; raises ConfigError listing every problem.
+
+        >>> config = load_config("hardware/hall-12-windows.toml")
+        >>> config.summary()
+        '12 windows, 24 bus devices, 24 GPIO buttons'
+        >>> [(d.role, d.address) for bus, d in config.bus_devices(window=3)]
+        [('call-panel', 3), ('window-display', 103)]
+        >>> config.window(3).buttons
+        {'like': 27, 'dislike': 22}
+    """
     config, problems = _load(path)
     if problems:
         raise ConfigError(problems)
@@ -414,9 +431,11 @@ def _table(cls, data, path, ctx):
         ctx.problem(path, f"expected a table, found {_found(data)}")
         return None
     specs = _specs(cls)
+    meant = set()  # keys suggested for a misspelt one: their absence is not reported again
     for name in data:
         if name not in specs:
             close = difflib.get_close_matches(name, specs, n=1)
+            meant.update(close)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             ctx.problem(path + (name,),
                         f'unknown key "{name}"{hint}; allowed here: {", ".join(specs)}')
@@ -428,7 +447,9 @@ def _table(cls, data, path, ctx):
             if value is not None:
                 out[name] = value
         elif f.default is REQUIRED:
-            if isinstance(spec.kind, Many):
+            if name in meant:
+                ctx.failed.append(path + (name,))
+            elif isinstance(spec.kind, Many):
                 ctx.problem(path + (name,), f"at least {spec.kind.min} [[{name}]] table needed")
             elif dataclasses.is_dataclass(spec.kind):
                 ctx.problem(path + (name,), f"required table [{name}] is missing")
@@ -580,7 +601,7 @@ def _cross_check(top, ctx):
 
     if "windows" not in top or any("number" not in w for w in windows):
         return
-    declared = sorted(w["number"] for w in windows)
+    declared = sorted({w["number"] for w in windows})
     for path, d in devices:
         if "window" in d and d["window"] not in declared:
             ctx.problem(path + ("window",), f"window {d['window']} has no [[windows]] table; "
@@ -670,7 +691,7 @@ def _key_lines(text):
     s = _Scanner(text)
     try:
         s.document()
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, AttributeError):
         pass
     return s.lines
 
