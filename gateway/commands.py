@@ -1,0 +1,230 @@
+"""Desired-state commands from the central service: topics and payloads parsed and validated.
+
+Design note
+-----------
+Operations: `parse_topic(site, topic)` says which window and kind a topic under
+`hall/v1/{site}/window/{n}/` names; `parse_command(kind, payload)` turns a payload into a
+`DisplayCommand`, `PanelCommand` or `VoteCommand`, into None for an empty payload (a cleared
+retained topic: "no desired state"), or raises `CommandError` whose message says which field
+is wrong and what was expected. No I/O, no threads: the MQTT link (gateway/mqtt.py) calls it
+for each message and answers a `CommandError` on the gateway's errors topic.
+Goals: nothing malformed reaches a device; every rejection names the field and the rule, so
+whoever wrote the central service can fix it from the error message alone. The rules here and
+the JSON Schemas in protocols/schemas/ say the same thing (tests/test_mqtt_contract.py checks
+both against the same good and bad payloads).
+Plan: one small function per kind over a dict; unknown fields are ignored (so version 1 can
+gain optional fields without breaking gateways already installed); booleans are never taken
+for integers (JSON `true` is not 1), a number with a fraction never either, while `8.0` is the
+integer 8 (JSON has one number type; JSON Schema's "integer" says the same). Worst case cost:
+one json.loads of at most MAX_PAYLOAD bytes, checked before parsing.
+
+    >>> parse_command("display", b'{"version": 4, "text": "A042", "blink_s": 10}')
+    DisplayCommand(version=4, text='A042', blink_s=10, brightness=8)
+"""
+
+import json
+import re
+from dataclasses import dataclass
+
+KINDS = ("display", "panel", "vote")
+MODES = ("idle", "called", "serving", "paused", "closed")
+
+MAX_PAYLOAD = 4096  # bytes; every valid command is far below
+MAX_TEXT = 8  # characters on a window display or a panel (protocols/BUS.md: 8 bytes)
+MAX_TICKET = 8
+MAX_VERSION = 2**53 - 1  # the largest integer every JSON implementation keeps exact
+MAX_COUNT = 2**31 - 1  # queue and wait_s; devices show at most 65535 (BUS.md, u16)
+MAX_VOTE_TIMEOUT = 3600
+
+_PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
+_WINDOW = re.compile(r"[1-9][0-9]{0,5}\Z")  # canonical decimal: "5", never "05" or "+5"
+
+
+class CommandError(ValueError):
+    """A command that cannot be applied; str() is the reason, for the errors topic."""
+
+
+@dataclass(frozen=True)
+class DisplayCommand:
+    """Desired content of a window display (LED board above the window)."""
+
+    version: int
+    text: str  # "" = the display's idle text
+    blink_s: int = 0
+    brightness: int = 8
+
+
+@dataclass(frozen=True)
+class PanelCommand:
+    """Desired content of an operator call panel."""
+
+    version: int
+    mode: str
+    text: str = ""
+    queue: int = 0
+    wait_s: int = 0
+    tea: bool = False  # the visitor waited past the norm: offer hot tea
+    beep: bool = False
+
+
+@dataclass(frozen=True)
+class VoteCommand:
+    """Voting open for a ticket (the like/dislike LED invites a vote), or closed."""
+
+    version: int
+    open: bool
+    ticket: str | None = None
+    timeout_s: int | None = None
+
+
+Command = DisplayCommand | PanelCommand | VoteCommand
+
+
+def topic_prefix(site):
+    return f"hall/v1/{site}/window/"
+
+
+def command_topic(site, window, kind):
+    return f"hall/v1/{site}/window/{window}/{kind}"
+
+
+def parse_topic(site, topic):
+    """(window, kind) for `hall/v1/{site}/window/{n}/{kind}` with kind in KINDS, else None."""
+    prefix = topic_prefix(site)
+    if not topic.startswith(prefix):
+        return None
+    window, _, kind = topic[len(prefix) :].partition("/")
+    if kind not in KINDS or not _WINDOW.match(window):
+        return None
+    return int(window), kind
+
+
+# -- field checks ---------------------------------------------------------------------------
+
+
+def _int(obj, name, lo, hi, default=None, required=False):
+    if name not in obj:
+        if required:
+            raise CommandError(f"{name}: missing (an integer {lo}-{hi})")
+        return default
+    value = obj[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 8.0 is the number 8 (as JSON Schema's "integer" says)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandError(f"{name}: {_show(value)} is not an integer ({lo}-{hi})")
+    if not lo <= value <= hi:
+        raise CommandError(f"{name}: {value} is out of range {lo}-{hi}")
+    return value
+
+
+def _bool(obj, name, default=None, required=False):
+    if name not in obj:
+        if required:
+            raise CommandError(f"{name}: missing (true or false)")
+        return default
+    value = obj[name]
+    if not isinstance(value, bool):
+        raise CommandError(f"{name}: {_show(value)} is not true or false")
+    return value
+
+
+def _text(obj, name, limit, default=None, required=False, empty_ok=True):
+    if name not in obj:
+        if required:
+            raise CommandError(f"{name}: missing (a string, at most {limit} printable ASCII)")
+        return default
+    value = obj[name]
+    if not isinstance(value, str):
+        raise CommandError(f"{name}: {_show(value)} is not a string")
+    if not _PRINTABLE.match(value):
+        raise CommandError(f"{name}: {_show(value)} has characters outside printable ASCII")
+    if len(value) > limit:
+        raise CommandError(
+            f"{name}: {_show(value)} is {len(value)} characters, at most {limit} allowed"
+        )
+    if not value and not empty_ok:
+        raise CommandError(f"{name}: must not be empty")
+    return value
+
+
+def _show(value, limit=40):
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _version(obj):
+    return _int(obj, "version", 1, MAX_VERSION, required=True)
+
+
+# -- payloads -------------------------------------------------------------------------------
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_object(payload):
+    """The JSON object in `payload` (bytes), or CommandError saying why not."""
+    if len(payload) > MAX_PAYLOAD:
+        raise CommandError(f"payload is {len(payload)} bytes, at most {MAX_PAYLOAD} allowed")
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise CommandError(f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # json.JSONDecodeError is one
+        raise CommandError(f"payload is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise CommandError(f"payload is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def parse_display(obj):
+    return DisplayCommand(
+        version=_version(obj),
+        text=_text(obj, "text", MAX_TEXT, required=True),
+        blink_s=_int(obj, "blink_s", 0, 255, default=0),
+        brightness=_int(obj, "brightness", 0, 15, default=8),
+    )
+
+
+def parse_panel(obj):
+    version = _version(obj)
+    if "mode" not in obj:
+        raise CommandError(f"mode: missing (one of {', '.join(MODES)})")
+    mode = obj["mode"]
+    if not isinstance(mode, str) or mode not in MODES:
+        raise CommandError(f"mode: {_show(mode)} is not one of {', '.join(MODES)}")
+    return PanelCommand(
+        version=version,
+        mode=mode,
+        text=_text(obj, "text", MAX_TEXT, default=""),
+        queue=_int(obj, "queue", 0, MAX_COUNT, default=0),
+        wait_s=_int(obj, "wait_s", 0, MAX_COUNT, default=0),
+        tea=_bool(obj, "tea", default=False),
+        beep=_bool(obj, "beep", default=False),
+    )
+
+
+def parse_vote(obj):
+    version = _version(obj)
+    is_open = _bool(obj, "open", required=True)
+    ticket = obj.get("ticket")
+    if is_open or ticket is not None:
+        ticket = _text(obj, "ticket", MAX_TICKET, required=is_open, empty_ok=False)
+    timeout_s = None
+    if "timeout_s" in obj and obj["timeout_s"] is not None:
+        timeout_s = _int(obj, "timeout_s", 1, MAX_VOTE_TIMEOUT)
+    return VoteCommand(version=version, open=is_open, ticket=ticket, timeout_s=timeout_s)
+
+
+_PARSERS = {"display": parse_display, "panel": parse_panel, "vote": parse_vote}
+
+
+def parse_command(kind, payload):
+    """The typed command in `payload` (bytes) for `kind`; None for an empty payload (a
+    cleared retained topic); CommandError with the reason if it is malformed."""
+    if kind not in _PARSERS:
+        raise CommandError(f"unknown command kind {kind!r} (one of {', '.join(KINDS)})")
+    if not payload:
+        return None
+    return _PARSERS[kind](load_object(bytes(payload)))

@@ -1,0 +1,221 @@
+"""The MQTT contract: protocols/MQTT.md examples, the JSON Schemas, the AsyncAPI document and
+gateway/commands.py all say the same thing. No broker needed."""
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hallgate.gateway import commands
+from hallgate.gateway.commands import (
+    CommandError,
+    DisplayCommand,
+    PanelCommand,
+    VoteCommand,
+    parse_command,
+    parse_topic,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOLS = ROOT / "protocols"
+SCHEMAS = PROTOCOLS / "schemas"
+DOC = (PROTOCOLS / "MQTT.md").read_text()
+ASYNCAPI = (PROTOCOLS / "asyncapi.yaml").read_text()
+
+TOPICS = {  # the contract's topic tree (ARCHITECTURE.md), per payload schema
+    "status": "hall/v1/{site}/gw/{gateway}/status",
+    "devices": "hall/v1/{site}/gw/{gateway}/devices",
+    "errors": "hall/v1/{site}/gw/{gateway}/errors",
+    "event": "hall/v1/{site}/window/{n}/event",
+    "display": "hall/v1/{site}/window/{n}/display",
+    "panel": "hall/v1/{site}/window/{n}/panel",
+    "vote": "hall/v1/{site}/window/{n}/vote",
+}
+
+
+def schema(name):
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+
+
+def validator(name):
+    return jsonschema.Draft7Validator(schema(name))
+
+
+def doc_examples():
+    """(schema name, JSON text) for each ```json block in MQTT.md, marked by the comment
+    `<!-- example: NAME -->` right before it."""
+    return re.findall(r"<!-- example: (\w+) -->\n```json\n(.*?)\n```", DOC, re.S)
+
+
+@pytest.mark.parametrize("name", sorted(TOPICS))
+def test_schemas_are_valid_draft7(name):
+    jsonschema.Draft7Validator.check_schema(schema(name))
+
+
+def test_every_json_block_in_the_doc_is_a_checked_example():
+    blocks = re.findall(r"```json\n", DOC)
+    examples = doc_examples()
+    assert len(examples) == len(blocks), "a ```json block without <!-- example: NAME -->"
+    assert {name for name, _ in examples} == set(TOPICS), "every payload has an example"
+
+
+@pytest.mark.parametrize("name,text", doc_examples())
+def test_doc_example_validates_against_its_schema(name, text):
+    payload = json.loads(text)
+    errors = sorted(validator(name).iter_errors(payload), key=str)
+    assert not errors, "\n".join(e.message for e in errors)
+    if name in commands.KINDS:  # and the gateway accepts it
+        assert parse_command(name, text.encode()) is not None
+
+
+def test_doc_topic_table_is_the_contract():
+    for topic in TOPICS.values():
+        assert f"`{topic}`" in DOC, topic
+
+
+# -- commands: the parser and the schemas agree ---------------------------------------------
+
+GOOD = [
+    ("display", {"version": 1, "text": ""}, DisplayCommand(1, "")),
+    (
+        "display",
+        {"version": 4, "text": "A042 > 5", "blink_s": 10, "brightness": 15},
+        DisplayCommand(4, "A042 > 5", 10, 15),
+    ),
+    ("display", {"version": 2, "text": "A1", "brightness": 3.0}, DisplayCommand(2, "A1", 0, 3)),
+    ("display", {"version": 2, "text": "A1", "colour": "red"}, DisplayCommand(2, "A1")),
+    ("panel", {"version": 1, "mode": "idle"}, PanelCommand(1, "idle")),
+    (
+        "panel",
+        {
+            "version": 9,
+            "text": "A042",
+            "mode": "called",
+            "queue": 12,
+            "wait_s": 1020,
+            "tea": True,
+            "beep": True,
+        },
+        PanelCommand(9, "called", "A042", 12, 1020, True, True),
+    ),
+    ("vote", {"version": 3, "open": True, "ticket": "A042"}, VoteCommand(3, True, "A042")),
+    (
+        "vote",
+        {"version": 3, "open": True, "ticket": "A042", "timeout_s": 60},
+        VoteCommand(3, True, "A042", 60),
+    ),
+    ("vote", {"version": 4, "open": False}, VoteCommand(4, False)),
+    ("vote", {"version": 4, "open": False, "ticket": None}, VoteCommand(4, False)),
+]
+
+BAD = [  # kind, payload, what the reason must say
+    ("display", {"text": "A042"}, "version: missing"),
+    ("display", {"version": 0, "text": "A042"}, "version: 0 is out of range"),
+    ("display", {"version": -3, "text": "A042"}, "out of range"),
+    ("display", {"version": "4", "text": "A042"}, 'version: "4" is not an integer'),
+    ("display", {"version": True, "text": "A042"}, "version: true is not an integer"),
+    ("display", {"version": 2.5, "text": "A042"}, "not an integer"),
+    ("display", {"version": 2**53, "text": "A042"}, "out of range"),
+    ("display", {"version": 1}, "text: missing"),
+    ("display", {"version": 1, "text": "A042 > 12"}, "is 9 characters, at most 8"),
+    ("display", {"version": 1, "text": "Ж"}, "outside printable ASCII"),
+    ("display", {"version": 1, "text": "A\n1"}, "outside printable ASCII"),
+    ("display", {"version": 1, "text": 42}, "text: 42 is not a string"),
+    ("display", {"version": 1, "text": "A", "blink_s": 256}, "blink_s: 256 is out of range"),
+    ("display", {"version": 1, "text": "A", "brightness": 16}, "brightness: 16"),
+    ("display", {"version": 1, "text": "A", "brightness": None}, "brightness: null"),
+    ("panel", {"version": 1}, "mode: missing"),
+    ("panel", {"version": 1, "mode": "lunch"}, 'mode: "lunch" is not one of'),
+    ("panel", {"version": 1, "mode": ["idle"]}, "is not one of"),
+    ("panel", {"version": 1, "mode": "idle", "queue": -1}, "queue: -1 is out of range"),
+    ("panel", {"version": 1, "mode": "idle", "wait_s": "5"}, "wait_s"),
+    ("panel", {"version": 1, "mode": "idle", "tea": 1}, "tea: 1 is not true or false"),
+    ("panel", {"version": 1, "mode": "idle", "text": "TOO LONG!"}, "at most 8"),
+    ("vote", {"version": 1}, "open: missing"),
+    ("vote", {"version": 1, "open": "yes"}, 'open: "yes" is not true or false'),
+    ("vote", {"version": 1, "open": True}, "ticket: missing"),
+    ("vote", {"version": 1, "open": True, "ticket": ""}, "ticket: must not be empty"),
+    ("vote", {"version": 1, "open": True, "ticket": None}, "ticket: null is not a string"),
+    ("vote", {"version": 1, "open": True, "ticket": "A042", "timeout_s": 0}, "timeout_s: 0"),
+    ("vote", {"version": 1, "open": True, "ticket": "A042", "timeout_s": 3601}, "timeout_s"),
+]
+
+
+@pytest.mark.parametrize("kind,payload,expected", GOOD)
+def test_good_command_parses_and_validates(kind, payload, expected):
+    assert parse_command(kind, json.dumps(payload).encode()) == expected
+    assert not list(validator(kind).iter_errors(payload))
+
+
+@pytest.mark.parametrize("kind,payload,reason", BAD)
+def test_bad_command_is_rejected_by_parser_and_schema(kind, payload, reason):
+    with pytest.raises(CommandError) as e:
+        parse_command(kind, json.dumps(payload).encode())
+    assert reason in str(e.value)
+    assert list(validator(kind).iter_errors(payload)), "the schema must reject it too"
+
+
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"{not json", "payload is not JSON"),
+        (b'{"version": NaN, "text": ""}', "payload is not JSON"),
+        (b"[1, 2]", "payload is a JSON list, not an object"),
+        (b'"text"', "not an object"),
+        (b"\xff\xfe{}", "payload is not UTF-8"),
+        (b'{"version": 1, "text": "' + b"x" * 5000 + b'"}', "at most 4096 allowed"),
+    ],
+)
+def test_bad_payload_bytes(raw, reason):
+    with pytest.raises(CommandError) as e:
+        parse_command("display", raw)
+    assert reason in str(e.value)
+
+
+def test_empty_payload_is_no_desired_state():
+    for kind in commands.KINDS:
+        assert parse_command(kind, b"") is None
+
+
+def test_parse_topic():
+    assert parse_topic("msk-01", "hall/v1/msk-01/window/5/display") == (5, "display")
+    assert parse_topic("msk-01", "hall/v1/msk-01/window/12/vote") == (12, "vote")
+    for topic in [
+        "hall/v1/other/window/5/display",
+        "hall/v1/msk-01/window/05/display",
+        "hall/v1/msk-01/window/0/display",
+        "hall/v1/msk-01/window/x/display",
+        "hall/v1/msk-01/window/5/event",
+        "hall/v1/msk-01/window/5/display/extra",
+        "hall/v1/msk-01/gw/gw-1/status",
+    ]:
+        assert parse_topic("msk-01", topic) is None, topic
+
+
+# -- AsyncAPI -------------------------------------------------------------------------------
+
+
+def test_asyncapi_refers_to_every_schema_and_topic():
+    refs = set(re.findall(r"\$ref: '\./schemas/([\w.]+)'", ASYNCAPI))
+    assert refs == {f"{name}.schema.json" for name in TOPICS}
+    for ref in refs:
+        assert (SCHEMAS / ref).is_file()
+    addresses = set(re.findall(r"address: '([^']+)'", ASYNCAPI))
+    assert addresses == set(TOPICS.values())
+
+
+def test_asyncapi_structure():
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load(ASYNCAPI)
+    assert doc["asyncapi"].startswith("3.")
+    channels = doc["channels"]
+    assert {c["address"] for c in channels.values()} == set(TOPICS.values())
+    for op in doc["operations"].values():
+        name = op["channel"]["$ref"].rsplit("/", 1)[1]
+        assert name in channels
+        expected = "receive" if name in commands.KINDS else "send"
+        assert op["action"] == expected, name
+        retained = name in ("status", "devices", *commands.KINDS)
+        assert op["bindings"]["mqtt"]["retain"] is retained, name
+        assert op["bindings"]["mqtt"]["qos"] == 1
