@@ -299,7 +299,7 @@ class FeedbackLights:
 
     @property
     def mode(self):
-        """"inviting", "thanking" or "off"."""
+        """What the LEDs are doing: "inviting", "thanking" or "off"."""
         if self._mode == "thanking" and time.monotonic() >= self._thank_until:
             self._mode = "off"
         return self._mode
@@ -460,15 +460,30 @@ class FeedbackPanel:
                 "dropped": self.delivery.dropped,
             }
 
-    def close(self):
+    def close(self, timeout=5.0):
         """Stop sampling this panel, make a last delivery attempt (what still fails is
-        dropped, counted and logged), LEDs off, pins released. Idempotent."""
-        with self._poll_lock:
-            if self._closed:
-                return
-            self._closed = True
+        dropped, counted and logged), LEDs off, pins released. Idempotent.
+
+        Bounded: if a poll is still inside `on_vote` after `timeout` seconds, the pins are
+        released anyway and the records still waiting are left where they are (logged)."""
+        if not self._poll_lock.acquire(timeout=timeout):
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+            log.error("window %s: on_vote has not returned for %.1f s; closing anyway, "
+                      "%d records undelivered", self.window, timeout, self.delivery.pending)
+            self._close_devices()
+            return
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
             self.delivery.drain()
             self._close_devices()
+        finally:
+            self._poll_lock.release()
 
     def _judge(self, vote, onset, now):
         misuse, reason = self.ballot.press(vote, onset)
@@ -545,11 +560,12 @@ class FeedbackButtons:
         self.sampler.start()
         return self
 
-    def close(self):
-        """Stop the sampler (bounded), then close every panel (last delivery attempt)."""
-        self.sampler.close()
+    def close(self, timeout=5.0):
+        """Stop the sampler, then close every panel (last delivery attempt); each step
+        waits at most `timeout` seconds for a poll stuck in `on_vote`."""
+        self.sampler.close(timeout)
         for p in self.panels.values():
-            p.close()
+            p.close(timeout)
 
     def __enter__(self):
         return self.start()
