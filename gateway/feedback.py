@@ -21,21 +21,22 @@ Plan: a ladder of small pieces, each one concern.
 
 Threads: `poll()` runs in the sampler thread and calls `on_vote` there, outside the
 panel's lock, so `open_vote`, `close_vote` and `state` (from the MQTT thread or anywhere)
-never wait for the outbox. A slow `on_vote` delays sampling; a press is a level held for
-tens of milliseconds, so one taking a few ms costs nothing but timestamp resolution.
+never wait for the outbox. But `on_vote` holds up sampling of every window while it runs:
+one taking a few ms (an SQLite WAL commit) costs only timestamp resolution; one that
+blocks longer than a quick jab lasts (~80 ms) can miss that jab. Keep it short.
 
-The record handed to `on_vote` (a dict, JSON-ready):
-    {"id": "4f0c...e1",              # uuid4 hex, one per press, the same on every retry
-     "type": "vote", "window": 5,
+The record handed to `on_vote` is the event of the MQTT contract (protocols/MQTT.md,
+schemas/event.schema.json) without the fields the outbox adds (`id`, `gateway`, `seq`):
+    {"type": "vote", "window": 5,
      "vote": "like",                  # the button pressed: "like" or "dislike"
-     "ticket": "A042",                # the open ticket, else the last one, else None
-     "version": 17,                   # version of the vote state the press was judged by
-     "misuse": False,
-     "reason": None,                  # with misuse: "closed", "too-fast", "already-voted"
-     "ts": "2026-11-23T18:11:58.123Z"}  # UTC, ms: when the contact first closed
+     "ticket": "A042",                # the ticket voting is open for; None when not open
+     "misuse": True,
+     "misuse_reason": "too-fast",     # only with misuse: "closed", "too-fast", "already-voted"
+     "ts": "2026-11-23T18:11:58.123Z",  # UTC, ms: when the contact first closed
+     "source": {"gpio": 17}}          # BCM number of the button's pin
 `ts` is the first sample that saw the contact closed (so within one sample period of the
 real edge), not the moment the debounce window ended; a bouncing press is dated by its
-first bounce.
+first bounce. A record handed again after `on_vote` raised is the same dict, unchanged.
 """
 
 import collections
@@ -43,7 +44,6 @@ import dataclasses
 import logging
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 from gpiozero import LED
@@ -55,7 +55,7 @@ LIKE = "like"
 DISLIKE = "dislike"
 VOTES = (LIKE, DISLIKE)
 
-# Why a press is flagged misuse (the record's "reason").
+# Why a press is flagged misuse (the record's "misuse_reason").
 CLOSED = "closed"  # voting is not open on this window (never opened, closed, timed out)
 TOO_FAST = "too-fast"  # within vote_min_interval_ms of the previous press while open
 ALREADY_VOTED = "already-voted"  # the open ticket already has its vote
@@ -70,7 +70,7 @@ def iso_ms(epoch_s):
 
 @dataclasses.dataclass(frozen=True)
 class Timings:
-    """The feedback tunables, in the units of the hall config.
+    """The feedback tunables, named and measured as in the hall config's [timings].
 
     >>> Timings(vote_window_s=30).vote_window_s
     30
@@ -78,9 +78,9 @@ class Timings:
 
     debounce_ms: float = 20  # contact must read the same this long (mechanical: 5-10 ms)
     sample_ms: float = 5  # sampling period: four samples per debounce window
-    vote_window_s: float = 60  # safety net: voting closes by itself if central never does
-    vote_min_interval_ms: float = 1000  # presses closer than this are "too-fast"
-    vote_ack_ms: float = 1500  # the pressed button's LED stays on this long to thank
+    vote_window_s: float = 120  # safety net: voting closes by itself if central never does
+    vote_min_interval_ms: float = 1500  # presses closer than this are "too-fast"
+    vote_ack_ms: float = 1500  # the pressed button's LED stays on this long (0: no thanks)
     invite_on_ms: float = 500  # invite blink: on ...
     invite_off_ms: float = 500  # ... and off
     retry_ms: float = 1000  # on_vote raised: try again after this long
@@ -91,7 +91,7 @@ class Timings:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"Timings.{f.name} must be a number, not {value!r}")
-            if f.name in ("debounce_ms", "vote_min_interval_ms"):
+            if f.name in ("debounce_ms", "vote_min_interval_ms", "vote_ack_ms"):
                 ok = value >= 0
             elif f.name == "retry_max":
                 ok = value >= 1 and value == int(value)
@@ -99,6 +99,14 @@ class Timings:
                 ok = value > 0
             if not ok:
                 raise ValueError(f"Timings.{f.name} out of range: {value!r}")
+
+    @classmethod
+    def from_config(cls, timings, **overrides):
+        """Take the fields the hall config's timings has (debounce_ms, vote_window_s,
+        vote_min_interval_ms, vote_ack_ms, ...); defaults for the rest."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {n: getattr(timings, n) for n in names if hasattr(timings, n)}
+        return cls(**{**values, **overrides})
 
 
 class Ballot:
@@ -155,12 +163,13 @@ class Ballot:
         return True
 
     def close(self, version):
-        """Close voting; False (nothing changes) if `version` is older than the current one."""
-        if version is None:
-            raise ValueError("a vote command needs a version")
-        if self.version is not None and version < self.version:
-            return False
-        self.version = version
+        """Close voting; False (nothing changes) if `version` is older than the current one.
+        version None closes whatever the version (the retained state was cleared) and
+        keeps the current version, so an older open still cannot reopen."""
+        if version is not None:
+            if self.version is not None and version < self.version:
+                return False
+            self.version = version
         self.is_open = False
         self.closes_at = None
         return True
@@ -314,7 +323,7 @@ class FeedbackLights:
         for ack_s, then off."""
         self.off()
         led = self.leds.get(vote) or next(iter(self.leds.values()), None)
-        if led is not None:
+        if led is not None and self.ack_s > 0:
             led.blink(on_time=self.ack_s, off_time=0, n=1)
             self._mode = "thanking"
             self._thank_until = time.monotonic() + self.ack_s
@@ -406,7 +415,8 @@ class FeedbackPanel:
 
     def close_vote(self, version):
         """Close voting. Returns False, and changes nothing, when `version` is older than
-        the current one. An acknowledgement already lit is left to finish."""
+        the current one; version None closes whatever the version (an empty retained
+        payload). An acknowledgement already lit is left to finish."""
         with self._lock:
             if not self.ballot.close(version):
                 log.debug("window %s: vote close v%s ignored (have v%s)",
@@ -494,17 +504,18 @@ class FeedbackPanel:
             self.votes += 1
             self.lights.thank(vote)
             log.info("window %s: %s for %s", self.window, vote, self.ballot.ticket)
-        return {
-            "id": uuid.uuid4().hex,
+        record = {
             "type": "vote",
             "window": self.window,
             "vote": vote,
-            "ticket": self.ballot.ticket,
-            "version": self.ballot.version,
+            "ticket": None if reason == CLOSED else self.ballot.ticket,
             "misuse": misuse,
-            "reason": reason,
             "ts": iso_ms(self._wallclock() - (now - onset)),
+            "source": {"gpio": self.buttons[vote].gpio},
         }
+        if misuse:
+            record["misuse_reason"] = reason
+        return record
 
     def _close_devices(self):
         for button in self.buttons.values():

@@ -121,6 +121,13 @@ class SampledButton:
         self._held_at_start = level
 
     @property
+    def gpio(self):
+        """The BCM number of the pin (17 for "GPIO17", "BOARD11" or 17), or None if the pin
+        factory does not know one."""
+        names = getattr(getattr(self.device.pin, "info", None), "names", ())
+        return next((n for n in names if isinstance(n, int)), None)
+
+    @property
     def pressed(self):
         """The debounced level: True while the button is held down."""
         return self.debouncer.level
