@@ -10,8 +10,9 @@ Goals: a SIGKILL or a power cut at any moment loses no event that `add` returned
 restart the backlog goes out again with the same `id`; the file stays bounded; a full disk
 is an error the caller can retry, not a crash or a half-written row.
 Plan: one SQLite file in WAL mode, one connection guarded by a lock, one writer process
-(a lock file refuses a second one). Each `add` is one transaction committed with
-`synchronous=FULL`, so the commit has been fsynced when `add` returns. Counters live in
+(an flock on ``PATH.lock`` refuses a second one; `read_stats` reads beside it). Each
+`add` is one transaction committed with `synchronous=FULL`, so the commit has been
+fsynced when `add` returns. Counters live in
 the same file and change in the same transactions as the rows they count, so
 
     added == delivered + pending + dropped_overflow
@@ -73,9 +74,11 @@ Bounded size
 Past `max_events` pending events, each `add` drops the oldest pending events (whatever
 their window) to stay at the cap. Drops are counted (`dropped_overflow`, persisted) and
 summed per window in the file until `take_drop_reports` hands them over, so a crash does
-not lose the report either. An event dropped while in flight may still be acked by the
-broker: `delete` then finds nothing, and it stays counted as dropped (over-reported,
-never under-reported).
+not lose the report either. Taking removes them: should the daemon die before its report
+message reaches the broker, that message is gone, but every report carries the running
+total (`dropped_total`), so the next one shows the jump. An event dropped while in
+flight may still be acked by the broker: `delete` then finds nothing, and it stays
+counted as dropped (over-reported, never under-reported).
 
 Errors
 ------
