@@ -12,8 +12,8 @@ is an error the caller can retry, not a crash or a half-written row.
 Plan: one SQLite file in WAL mode, one connection guarded by a lock, one writer process
 (an flock on ``PATH.lock`` refuses a second one; `read_stats` reads beside it). Each
 `add` is one transaction committed with `synchronous=FULL`, so the commit has been
-fsynced when `add` returns. Counters live in
-the same file and change in the same transactions as the rows they count, so
+fsynced when `add` returns. Counters live in the same file and change in the same
+transactions as the rows they count, so
 
     added == delivered + pending + dropped_overflow
 
