@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -126,6 +127,64 @@ def cmd_config_check(args):
     return 1 if problems else 0
 
 
+DEFAULT_STATUS = "/run/hallgate/status.json"
+
+
+def _status_path(args):
+    if args.status_file:
+        return args.status_file
+    runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd's RuntimeDirectory=
+    return os.path.join(runtime.split(":")[0], "status.json") if runtime else DEFAULT_STATUS
+
+
+def cmd_run(args):
+    """The daemon: checks the config (every problem, then exit 1), then runs until SIGTERM."""
+    from hallgate.gateway.config import ConfigError, load_config
+    from hallgate.gateway.daemon import run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    status = _status_path(args)
+    try:
+        os.makedirs(os.path.dirname(status), exist_ok=True)
+    except OSError as e:
+        print(f"status file {status}: {e}; use --status-file", file=sys.stderr)
+        return 1
+    return run(config, status_file=status)
+
+
+def cmd_status(args):
+    """What the running daemon last wrote: broker connection, outbox depth, devices."""
+    path = _status_path(args)
+    try:
+        with open(path) as f:
+            st = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"no gateway status at {path} ({e}): is `hallgate run` running?", file=sys.stderr)
+        return 1
+    age = time.time() - os.path.getmtime(path)
+    st["age_s"] = round(age, 1)
+    st["running"] = age < 10
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0 if st["running"] else 1
+    b, o, d = st["broker"], st["outbox"], st["devices"]
+    print(f"gateway {st['site']}/{st['gateway']} (hallgate {st['version']}, pid {st['pid']})"
+          f"{'' if st['running'] else f': NOT RUNNING, status {age:.0f} s old'}")
+    print(f"broker:  {'connected to ' + str(b['url']) if b['connected'] else 'DISCONNECTED'}"
+          + (f" (last error: {b['last_error']})" if b.get("last_error") else ""))
+    print(f"outbox:  {o['depth']} waiting, {o.get('added', 0)} added, "
+          f"{o.get('delivered', 0)} delivered, {o.get('dropped_overflow', 0)} dropped")
+    print(f"devices: {d['online']}/{d['total']} online")
+    for r in d["table"]:
+        print(f"  {r['bus']}:{r['address']:<4} {r['role']:15} window {r['window']!s:>4} "
+              f"{'online' if r['online'] else 'OFFLINE':8} fw {r['firmware'] or '-'}")
+    return 0 if st["running"] else 1
+
+
 def cmd_sim_bus(args):
     from hallgate.sim import busdemo
 
@@ -165,6 +224,17 @@ def build_parser():
     p.add_argument("address", type=int, help="device address, 0 for all")
     p.add_argument("--seconds", type=int, default=10, help="how long (default 10)")
     p.set_defaults(func=cmd_bus_identify)
+
+    p = sub.add_parser("run", help="the gateway daemon (what the systemd unit starts)")
+    p.add_argument("--config", required=True, help="hall config (TOML)")
+    p.add_argument("--status-file", help=f"where to keep the status (default {DEFAULT_STATUS},"
+                   " or $RUNTIME_DIRECTORY/status.json under systemd)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the running gateway's state: broker, outbox, devices")
+    p.add_argument("--status-file", help="as given to `hallgate run`")
+    p.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    p.set_defaults(func=cmd_status)
 
     config_p = sub.add_parser("config", help="hall config files")
     config_sub = config_p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

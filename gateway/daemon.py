@@ -1,0 +1,401 @@
+"""The gateway daemon: `hallgate run --config hall.toml`.
+
+Design note
+-----------
+Operations: wires the parts together. Bus masters (one per RS-485 bus) and the GPIO
+samplers (feedback buttons, GPIO call panels) produce events; each event is committed to
+the durable outbox *inside* the producer's callback, so a bus device is acked, and a GPIO
+press is taken, only once the event is on disk. A sender thread feeds the outbox, oldest
+first, into the MQTT link, which calls back on each PUBACK; only then is the row deleted.
+Desired state comes down from the link as typed commands and is reconciled onto devices
+(`Reconciler`): an older version never overwrites a newer one.
+
+Ordering: after a restart the backlog goes out before new events, because the sender
+publishes strictly by the outbox's seq, and every leftover row has a lower seq than
+anything taken after the restart. That keeps each window's call / start / finish in the
+order the operator pressed them, which the central service's state machine relies on; the
+cost is that new presses wait behind a backlog (seconds even for a large one).
+
+Faults: broker down -> events wait in the outbox (bounded, drops reported); disk full ->
+the outbox raises, the bus master does not ack (the device keeps the event and sends it
+again), GPIO presses are retried by the feedback module; a malformed command -> the errors
+topic; SIGTERM -> stop taking input, drain the outbox for a few seconds, say offline, exit.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hallgate.gateway.commands import DisplayCommand, PanelCommand, VoteCommand
+from hallgate.gateway.mqtt import MqttLink, Tls
+from hallgate.gateway.outbox import Outbox, OutboxError
+from hallgate.protocols import bus
+
+from hallgate import __version__
+
+log = logging.getLogger("hallgate.daemon")
+
+DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying offline
+
+
+def iso_ms(dt):
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _str(path):
+    return None if path is None else str(path)
+
+
+def sd_notify(message):
+    """systemd's notify protocol: one datagram to $NOTIFY_SOCKET; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(message.encode(), path)
+        except OSError:
+            return False
+    return True
+
+
+class Reconciler:
+    """Desired state per (window, kind) with versions: applies only what is newer.
+
+    A retained command redelivered after a reconnect carries the version already applied
+    and changes nothing; a stale one (lower version) is ignored. A cleared retained topic
+    (command None) returns the window to its idle state.
+    """
+
+    def __init__(self, apply):
+        self._apply = apply  # apply(window, kind, command or None)
+        self._versions = {}
+        self._lock = threading.Lock()
+        self.stale = 0
+
+    def offer(self, window, kind, command):
+        with self._lock:
+            current = self._versions.get((window, kind))
+            if command is not None:
+                if current is not None and command.version <= current:
+                    if command.version < current:
+                        self.stale += 1
+                        log.info("window %s %s: version %d is older than %d, ignored",
+                                 window, kind, command.version, current)
+                    return False
+                self._versions[(window, kind)] = command.version
+            else:
+                self._versions.pop((window, kind), None)
+        self._apply(window, kind, command)
+        return True
+
+
+class Gateway:
+    """One gateway: its config's buses, GPIO, outbox and MQTT link."""
+
+    def __init__(self, config, *, status_file=None, pin_factory=None, masters=None):
+        self.config = config
+        self.site = config.gateway.site
+        self.name = config.gateway.id
+        self.status_file = Path(status_file) if status_file else None
+        self._stop = threading.Event()
+        self._stopped = False
+        self._wake = threading.Event()
+        self.started = time.time()
+        self.outbox_errors = 0
+        self.event_rejects = 0
+
+        path = Path(config.outbox.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(path, self.name, max_events=config.outbox.max_events)
+        self.reconciler = Reconciler(self._apply)
+        self.devices = {}  # (bus name, address) -> config BusDevice
+        self.by_window = {}  # window -> {role: [(bus name, address)]}
+        for b in config.buses:
+            for d in b.devices:
+                self.devices[(b.name, d.address)] = d
+                self.by_window.setdefault(d.window, {}).setdefault(d.role, []).append(
+                    (b.name, d.address))
+        self.masters = masters if masters is not None else self._make_masters(pin_factory)
+        self.feedback = self._make_feedback(pin_factory)
+        self.link = self._make_link()
+        self._sender = threading.Thread(target=self._send_loop, name="outbox-sender",
+                                        daemon=True)
+        self._last_fed = 0
+        self._devices_due = True  # the table goes out once at start
+
+    # ---- construction ----------------------------------------------------------------
+
+    def _make_masters(self, pin_factory):
+        from hallgate.gateway.master import BusMaster
+
+        masters = {}
+        t = self.config.timings
+        for b in self.config.buses:
+            tx = None
+            if b.de_pin is not None:
+                from gpiozero import OutputDevice
+
+                tx = OutputDevice(b.de_pin, pin_factory=pin_factory)
+            masters[b.name] = BusMaster(
+                b.port, baudrate=b.baud, timeout=t.poll_timeout_ms / 1000,
+                offline_after=t.offline_after, tx_enable=tx,
+                on_event=lambda addr, ev, name=b.name: self.on_bus_event(name, addr, ev),
+                on_device=lambda addr, online, info: self._devices_changed(),
+                on_nak=lambda addr, t, r, name=b.name: self.link.publish_error(
+                    "device-nak", f"bus {name} device {addr} refused "
+                    f"{bus.TYPE_NAMES.get(t, t)} (reason {r})"),
+                devices=[d.address for d in b.devices],
+            )
+        return masters
+
+    def _make_feedback(self, pin_factory):
+        from hallgate.gateway.feedback import FeedbackButtons, FeedbackPanel, Timings
+
+        timings = Timings.from_config(self.config.timings)
+        panels = [
+            FeedbackPanel(w.number, w.like_pin, w.dislike_pin, w.like_led_pin,
+                          w.dislike_led_pin, on_vote=self.on_vote, timings=timings,
+                          pin_factory=pin_factory)
+            for w in self.config.windows
+            if w.like_pin is not None
+        ]
+        return FeedbackButtons(panels) if panels else None
+
+    def _make_link(self):
+        m = self.config.mqtt
+        tls = None
+        if m.ca_file or m.cert_file:
+            tls = Tls(ca=_str(m.ca_file), cert=_str(m.cert_file), key=_str(m.key_file))
+        return MqttLink(
+            self.site, self.name, [u.url for u in m.urls], protocol=m.protocol,
+            username=m.username, password=m.read_password(), tls=tls,
+            keepalive=m.keepalive_s, windows=self.config.window_numbers,
+            on_command=self.reconciler.offer, on_delivered=self._delivered,
+            on_connection=self._connection,
+        )
+
+    # ---- events up -------------------------------------------------------------------
+
+    def on_bus_event(self, bus_name, addr, ev):
+        """Called by the bus master; returning means taken (the device gets its ack)."""
+        dev = self.devices.get((bus_name, addr))
+        if dev is None or not 1 <= ev.key <= len(bus.KEYS) or ev.action not in (1, 2):
+            # Not an operator key we know: reported, and taken so it does not block the
+            # device's queue forever.
+            self.event_rejects += 1
+            self.link.publish_error("device-event", f"bus {bus_name} device {addr}: {ev!r} "
+                                    "is not a known key event; dropped")
+            return
+        pressed = datetime.now(UTC) - timedelta(seconds=ev.age_ds / 10)
+        fields = {
+            "type": "key", "key": ev.key_name, "action": ev.action_name,
+            "ts": iso_ms(pressed),
+            "source": {"bus": bus_name, "address": addr, "boot": ev.boot, "seq": ev.seq},
+        }
+        self._store(dev.window, fields, source=f"bus:{bus_name}:{addr}:b{ev.boot}:s{ev.seq}",
+                    stream=f"bus:{bus_name}:{addr}")
+
+    def on_vote(self, window, record):
+        """Called by the feedback buttons; returning means the press is taken."""
+        fields = {k: v for k, v in record.items() if k != "window"}
+        self._store(window, fields)
+
+    def _store(self, window, fields, **kw):
+        try:
+            self.outbox.add(window, fields, **kw)
+        except OutboxError as e:
+            self.outbox_errors += 1
+            log.error("outbox: %s; the event stays with its source and is retried", e)
+            self.link.publish_error("outbox-error", str(e))
+            raise
+        self._wake.set()
+
+    def _delivered(self, seq):
+        self.outbox.delete(seq)
+        self._wake.set()
+
+    def _connection(self, connected, url):
+        log.info("broker %s %s", url, "connected" if connected else "lost")
+        self._wake.set()
+
+    def _send_loop(self):
+        """Feeds the outbox into the link in seq order, as far as the link has room."""
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                if self._devices_due:
+                    self._devices_due = False
+                    self.link.publish_devices(self.device_table())
+                self._feed()
+                for report in self.outbox.take_drop_reports():
+                    self.link.publish_error(
+                        "outbox-overflow",
+                        f"outbox full: {report.count} oldest events of window {report.window}"
+                        f" dropped (seq {report.first_seq}-{report.last_seq}, "
+                        f"{report.dropped_total} in all)")
+            except Exception:
+                log.exception("outbox sender")
+                time.sleep(0.5)
+
+    def _feed(self):
+        room = self.link.room
+        if room <= 0:
+            return
+        in_link = set(self.link.pending())
+        if not in_link:
+            self._last_fed = 0  # the link is empty: start again from the oldest row
+        for entry in self.outbox.pending(limit=room, after_seq=self._last_fed or None):
+            if entry.seq in in_link or entry.payload is None:
+                continue
+            self.link.publish_event(entry.window, entry.payload, token=entry.seq)
+            self._last_fed = entry.seq
+
+    # ---- desired state down ----------------------------------------------------------
+
+    def _apply(self, window, kind, command):
+        roles = self.by_window.get(window, {})
+        if kind == "display":
+            c = command or DisplayCommand(version=0, text="")
+            for bus_name, addr in roles.get("window-display", ()):
+                self.masters[bus_name].set_state(
+                    addr, bus.DisplayState(c.text, c.blink_s, c.brightness))
+        elif kind == "panel":
+            c = command or PanelCommand(version=0, mode="idle")
+            for bus_name, addr in roles.get("call-panel", ()):
+                self.masters[bus_name].set_state(addr, bus.PanelState(
+                    c.text, bus.PANEL_MODES.index(c.mode), c.queue, c.wait_s, c.tea, c.beep))
+        elif kind == "vote" and self.feedback is not None and window in self.feedback.panels:
+            if isinstance(command, VoteCommand) and command.open:
+                self.feedback.open_vote(window, command.ticket, command.version,
+                                        command.timeout_s)
+            else:
+                self.feedback.close_vote(window, command.version if command else None)
+
+    def device_table(self):
+        rows = []
+        for name, master in self.masters.items():
+            for addr, snap in master.devices().items():
+                dev = self.devices.get((name, addr))
+                info = snap["info"]
+                seen = snap["stats"].get("last_seen")
+                rows.append({
+                    "bus": name, "address": addr,
+                    "role": dev.role if dev else (info.role_name if info else "unknown"),
+                    "window": dev.window if dev else (info.window if info else None),
+                    "firmware": info.firmware_text if info else None,
+                    "online": snap["online"],
+                    "last_seen": iso_ms(datetime.now(UTC) - timedelta(
+                        seconds=time.monotonic() - seen)) if seen else None,
+                })
+        return rows
+
+    def _devices_changed(self):
+        # Called in a master's thread under its lock: the table is built in the sender's
+        # thread, because reading every master from here could deadlock two masters.
+        self._devices_due = True
+        self._wake.set()
+
+    # ---- life cycle ------------------------------------------------------------------
+
+    def start(self):
+        self.link.start()
+        self._sender.start()
+        for m in self.masters.values():
+            m.start()
+        if self.feedback is not None:
+            self.feedback.start()
+        log.info("gateway %s/%s started: %d bus(es), %d window(s), outbox %s (%d waiting)",
+                 self.site, self.name, len(self.masters), len(self.config.windows),
+                 self.config.outbox.path, self.outbox.depth())
+        return self
+
+    def stop(self, drain_s=DRAIN_S):
+        """Stop taking input, send what the outbox holds for up to drain_s, go offline.
+        Returns the events left in the outbox (sent at the next start)."""
+        if self._stopped:
+            return None
+        self._stopped = True
+        if self.feedback is not None:
+            self.feedback.close()
+        for m in self.masters.values():
+            m.close()
+        deadline = time.monotonic() + drain_s
+        while self.outbox.depth() and self.link.connected and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        self._sender.join(2)
+        self.link.stop()
+        left = self.outbox.depth()
+        self.write_status()
+        self.outbox.close()
+        log.info("gateway stopped; %d event(s) kept in the outbox for the next start", left)
+        return left
+
+    def status(self):
+        ob = self.outbox.stats()
+        masters = {name: m.stats for name, m in self.masters.items()}
+        table = self.device_table()
+        return {
+            "gateway": self.name, "site": self.site, "version": __version__,
+            "pid": os.getpid(), "started": iso_ms(datetime.fromtimestamp(self.started, UTC)),
+            "ts": iso_ms(datetime.now(UTC)),
+            "broker": {"connected": self.link.connected, "url": self.link.url,
+                       "last_error": self.link.last_error, **self.link.stats.asdict()},
+            "outbox": {"depth": ob.get("depth"), **ob, "errors": self.outbox_errors},
+            "devices": {"online": sum(r["online"] for r in table), "total": len(table),
+                        "table": table},
+            "buses": {n: {k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events",
+                                              "duplicates")} for n, s in masters.items()},
+            "feedback": self.feedback.state() if self.feedback is not None else {},
+            "stale_commands": self.reconciler.stale,
+        }
+
+    def write_status(self):
+        if self.status_file is None or self.outbox is None:
+            return
+        try:
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), default=str))
+            os.replace(tmp, self.status_file)
+        except OSError as e:
+            log.warning("status file %s: %s", self.status_file, e)
+
+    def healthy(self):
+        """For the systemd watchdog: the threads that carry events are alive."""
+        return self._sender.is_alive() and all(
+            m._thread is not None and m._thread.is_alive() for m in self.masters.values())
+
+
+def run(config, *, status_file=None, stop_event=None):
+    """The daemon's main loop: start, notify systemd, keep the watchdog fed, stop on
+    SIGTERM / SIGINT. Returns the process exit code."""
+    stop_event = stop_event or threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop_event.set())
+    gw = Gateway(config, status_file=status_file).start()
+    sd_notify("READY=1\nSTATUS=running")
+    watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    beat = min(watchdog_usec / 2e6, 1.0) if watchdog_usec else 1.0
+    try:
+        while not stop_event.wait(beat):
+            gw.write_status()
+            if gw.healthy():
+                sd_notify("WATCHDOG=1")
+            else:
+                log.error("a worker thread died: withholding the watchdog ping")
+    finally:
+        sd_notify("STOPPING=1")
+        gw.stop()
+    return 0

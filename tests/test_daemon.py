@@ -1,0 +1,212 @@
+"""The gateway daemon end to end: real mosquitto, real firmware on a paced bus, mock GPIO pins.
+
+An independent paho subscriber is the witness: what it receives is what the central
+service would receive.
+"""
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import PROTOCOLS, wait_for
+from gpiozero.pins.mock import MockFactory
+from jsonschema import Draft7Validator
+
+from hallgate.gateway.config import load_config
+from hallgate.gateway.daemon import Gateway
+from hallgate.sim.broker import Mosquitto
+from hallgate.sim.device import FirmwareDevice
+from hallgate.sim.hub import BusHub
+
+pytestmark = pytest.mark.micropython
+
+SITE, GW = "test-site", "gw-1"
+BASE = f"hall/v1/{SITE}"
+EVENT_SCHEMA = Draft7Validator(json.loads((PROTOCOLS / "schemas/event.schema.json").read_text()))
+LIKE, DISLIKE = 5, 6
+
+
+class Witness:
+    """An independent MQTT client that logs everything under the site."""
+
+    def __init__(self, url_port):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="witness")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", url_port)
+        self.client.subscribe(f"{BASE}/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            payload = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            payload = msg.payload  # a malformed command a test sent on purpose
+        with self.lock:
+            self.messages.append((msg.topic, payload, msg.retain))
+
+    def on(self, topic):
+        with self.lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def publish(self, topic, payload, retain=True):
+        data = payload if isinstance(payload, str | bytes) else json.dumps(payload)
+        self.client.publish(topic, data, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def write_config(tmp_path, broker, hub_path):
+    text = f"""
+[gateway]
+site = "{SITE}"
+id = "{GW}"
+
+[mqtt]
+urls = ["{broker.url}"]
+
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
+
+[timings]
+poll_timeout_ms = 200
+vote_min_interval_ms = 300
+
+[[buses]]
+name = "hall"
+port = "{hub_path}"
+
+  [[buses.devices]]
+  address = 1
+  role = "call-panel"
+  window = 1
+
+  [[buses.devices]]
+  address = 11
+  role = "window-display"
+  window = 1
+
+[[windows]]
+number = 1
+like_pin = {LIKE}
+dislike_pin = {DISLIKE}
+"""
+    path = tmp_path / "hall.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+@pytest.fixture
+def hall(tmp_path):
+    broker = Mosquitto(tmp_path / "broker").start()
+    hub = BusHub(baud=115200).start()
+    factory = MockFactory()
+    devices = {}
+    gw = witness = None
+    try:
+        devices[1] = FirmwareDevice(tmp_path / "p1", 1, "call-panel", 1, hub.add_port("p1"),
+                                    ready_timeout=30, lockout_ms=0)
+        devices[11] = FirmwareDevice(tmp_path / "d11", 11, "window-display", 1,
+                                     hub.add_port("d11"), ready_timeout=30)
+        witness = Witness(broker.port)
+        config = write_config(tmp_path, broker, hub.master_path)
+        gw = Gateway(config, status_file=tmp_path / "status.json", pin_factory=factory)
+        gw.start()
+        wait_for(lambda: gw.link.connected, what="gateway connected")
+        wait_for(lambda: all(d["online"] for d in gw.masters["hall"].devices().values()),
+                 what="bus devices online")
+        yield gw, witness, devices, factory, hub
+    finally:
+        if gw is not None:
+            gw.stop(drain_s=2)
+        if witness is not None:
+            witness.close()
+        for d in devices.values():
+            d.close()
+        hub.close()
+        broker.stop()
+
+
+def press_pin(factory, pin):
+    factory.pin(pin).drive_low()
+    threading.Event().wait(0.08)
+    factory.pin(pin).drive_high()
+
+
+def test_a_bus_press_and_a_gpio_vote_arrive_once_with_the_contract_fields(hall):
+    gw, witness, devices, factory, _ = hall
+    topic = f"{BASE}/window/1/event"
+
+    mark = devices[1].mark()
+    devices[1].press("call", hold_ms=60)
+    devices[1].wait_kind("event", since=mark)
+    wait_for(lambda: len(witness.on(topic)) == 1, what="the call event")
+
+    witness.publish(f"{BASE}/window/1/vote", {"version": 1, "open": True, "ticket": "A001"})
+    wait_for(lambda: gw.feedback[1].state()["open"], what="voting open")
+    press_pin(factory, LIKE)
+    wait_for(lambda: len(witness.on(topic)) == 2, what="the vote")
+    threading.Event().wait(0.5)  # anything extra would show now
+
+    key, vote = witness.on(topic)
+    assert len(witness.on(topic)) == 2
+    for event in (key, vote):
+        EVENT_SCHEMA.validate(event)
+        assert (event["gateway"], event["window"]) == (GW, 1)
+    assert (key["type"], key["key"], key["action"]) == ("key", "call", "press")
+    assert key["source"]["bus"] == "hall" and key["source"]["address"] == 1
+    assert (vote["type"], vote["vote"], vote["ticket"], vote["misuse"]) == (
+        "vote", "like", "A001", False)
+    assert vote["seq"] > key["seq"] and vote["id"] != key["id"]
+    wait_for(lambda: gw.outbox.depth() == 0, what="outbox emptied by the PUBACKs")
+
+
+def test_desired_state_reaches_the_display_stale_is_ignored_and_a_restart_gets_it_back(hall):
+    gw, witness, devices, _, hub = hall
+    display = devices[11]
+    topic = f"{BASE}/window/1/display"
+    witness.publish(topic, {"version": 5, "text": "A001", "blink_s": 0})
+    wait_for(lambda: (display.shown() or {}).get("text") == "A001", what="A001 shown")
+    witness.publish(topic, {"version": 4, "text": "OLD"})
+    witness.publish(topic, {"version": 6, "text": "A002"})
+    wait_for(lambda: (display.shown() or {}).get("text") == "A002", what="A002 shown")
+    texts = [m["display"]["text"] for m in display.messages if "display" in m]
+    assert "OLD" not in texts
+    assert gw.reconciler.stale == 1
+
+    hub.reset_port(display.config["uart"])
+    display.restart(timeout=30)
+    wait_for(lambda: (display.shown() or {}).get("text") == "A002", what="A002 after restart")
+
+
+def test_a_malformed_command_is_answered_on_the_errors_topic_and_the_gateway_goes_on(hall):
+    gw, witness, devices, _, _ = hall
+    errors = f"{BASE}/gw/{GW}/errors"
+    witness.publish(f"{BASE}/window/1/panel", "{not json", retain=False)
+    witness.publish(f"{BASE}/window/1/display", {"version": 1, "text": "TOO-LONG-TEXT"},
+                    retain=False)
+    wait_for(lambda: len(witness.on(errors)) >= 2, what="two error reports")
+    reports = witness.on(errors)
+    assert {r["topic"] for r in reports} == {f"{BASE}/window/1/panel", f"{BASE}/window/1/display"}
+    assert all(r["kind"] == "bad-command" and r["reason"] for r in reports)
+    witness.publish(f"{BASE}/window/1/display", {"version": 2, "text": "B7"})
+    wait_for(lambda: (devices[11].shown() or {}).get("text") == "B7", what="later command works")
+
+
+def test_status_and_birth_and_offline(hall, tmp_path):
+    gw, witness, _, _, _ = hall
+    status = f"{BASE}/gw/{GW}/status"
+    wait_for(lambda: witness.on(status) and witness.on(status)[-1]["state"] == "online",
+             what="birth")
+    wait_for(lambda: any(len(t["devices"]) == 2 and all(d["online"] for d in t["devices"])
+                         for t in witness.on(f"{BASE}/gw/{GW}/devices")), what="device table")
+    gw.write_status()
+    st = json.loads((tmp_path / "status.json").read_text())
+    assert st["broker"]["connected"] is True
+    assert st["devices"] == {"online": 2, "total": 2, "table": st["devices"]["table"]}
+    gw.stop(drain_s=2)
+    wait_for(lambda: witness.on(status)[-1]["state"] == "offline", what="offline on stop")
