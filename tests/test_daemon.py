@@ -11,13 +11,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from conftest import PROTOCOLS, wait_for
 from gpiozero.pins.mock import MockFactory
-from jsonschema import Draft7Validator
-
 from hallgate.gateway.config import load_config
 from hallgate.gateway.daemon import Gateway
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import FirmwareDevice
 from hallgate.sim.hub import BusHub
+from jsonschema import Draft7Validator
 
 pytestmark = pytest.mark.micropython
 
