@@ -8,6 +8,7 @@ Operations: `parse_topic(site, topic)` says which window and kind a topic under
 retained topic: "no desired state"), or raises `CommandError` whose message says which field
 is wrong and what was expected. No I/O, no threads: the MQTT link (gateway/mqtt.py) calls it
 for each message and answers a `CommandError` on the gateway's errors topic.
+`supersedes(new, current)` is the version rule for whoever applies the commands.
 Goals: nothing malformed reaches a device; every rejection names the field and the rule, so
 whoever wrote the central service can fix it from the error message alone. The rules here and
 the JSON Schemas in protocols/schemas/ say the same thing (tests/test_mqtt_contract.py checks
@@ -218,6 +219,17 @@ def parse_vote(obj):
 
 
 _PARSERS = {"display": parse_display, "panel": parse_panel, "vote": parse_vote}
+
+
+def supersedes(new, current):
+    """Whether command `new` replaces `current` (both of one window and kind, either may be
+    None: no desired state). A higher version replaces; the same or a lower one is stale
+    (a retained message sent again after a reconnect changes nothing, a late older one never
+    overwrites a newer one); a clear (None) replaces any state, and after it any version
+    applies."""
+    if new is None:
+        return current is not None
+    return current is None or new.version > current.version
 
 
 def parse_command(kind, payload):

@@ -15,6 +15,7 @@ from hallgate.gateway.commands import (
     VoteCommand,
     parse_command,
     parse_topic,
+    supersedes,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +192,14 @@ def test_parse_topic():
         "hall/v1/msk-01/gw/gw-1/status",
     ]:
         assert parse_topic("msk-01", topic) is None, topic
+
+
+def test_supersedes_by_version():
+    v4, v5 = DisplayCommand(4, "A"), DisplayCommand(5, "B")
+    assert supersedes(v5, v4) and supersedes(v4, None) and supersedes(None, v4)
+    assert not supersedes(v4, v5)  # stale
+    assert not supersedes(DisplayCommand(5, "B"), v5)  # the same again (retained, reconnect)
+    assert not supersedes(None, None)
 
 
 # -- AsyncAPI -------------------------------------------------------------------------------
