@@ -1,0 +1,199 @@
+"""Nothing lost: SIGKILL the gateway daemon at random moments and restart the broker while
+1,000+ presses stream from real firmware devices; the witness must see every press.
+
+Each press is identified at its source by (device address, boot, seq), which the firmware
+reports on its control channel when it queues the event. The witness (an independent MQTT
+client with a persistent session) must receive an event for every one of them; an event
+received twice must carry the same id (a redelivery), never a new one.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import wait_for
+from hallgate.sim.broker import Mosquitto
+from hallgate.sim.device import DeviceError, FirmwareDevice
+from hallgate.sim.hub import BusHub
+
+pytestmark = pytest.mark.micropython
+
+SITE, GW = "kill-site", "gw-k"
+PANELS = (1, 2, 3, 4, 5)
+PRESSES_PER_PANEL = 205  # 1,025 in all
+KEYS = ("call", "start", "finish", "recall", "pause", "resume", "redirect")
+
+
+class Daemon:
+    """`hallgate run` as a child process, killed and started again by the test."""
+
+    def __init__(self, tmp_path, config):
+        self.cmd = [sys.executable, "-m", "hallgate.cli", "run", "--config", str(config),
+                    "--status-file", str(tmp_path / "status.json")]
+        self.log = open(tmp_path / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.starts += 1
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+
+class Witness:
+    def __init__(self, port):
+        self.events = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill-witness",
+                                  clean_session=False)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *a: c.subscribe(f"hall/v1/{SITE}/window/+/event", 1)
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.events.append(json.loads(msg.payload))
+
+    def sources(self):
+        with self.lock:
+            return {(e["source"]["address"], e["source"]["boot"], e["source"]["seq"]): e["id"]
+                    for e in self.events}
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_sigkill_and_broker_restarts_lose_no_press(tmp_path):
+    rng = random.Random(int(os.environ.get("HALLGATE_TEST_SEED", "7")))
+    broker = Mosquitto(tmp_path / "broker").start()
+    hub = BusHub(baud=115200).start()
+    devices, witness, daemon = {}, None, None
+    try:
+        for addr in PANELS:
+            # queue_len 64: presses go on while the gateway is dead; nothing may overflow
+            devices[addr] = FirmwareDevice(tmp_path / f"p{addr}", addr, "call-panel", addr,
+                                           hub.add_port(f"p{addr}"), ready_timeout=30,
+                                           lockout_ms=0, queue_len=64)
+        witness = Witness(broker.port)
+        devices_toml = "".join(
+            f'\n  [[buses.devices]]\n  address = {a}\n  role = "call-panel"\n  window = {a}\n'
+            for a in PANELS)
+        windows_toml = "".join(f"\n[[windows]]\nnumber = {a}\n" for a in PANELS)
+        config = tmp_path / "hall.toml"
+        config.write_text(f"""
+[gateway]
+site = "{SITE}"
+id = "{GW}"
+[mqtt]
+urls = ["{broker.url}"]
+[outbox]
+path = "{tmp_path / 'outbox.sqlite'}"
+[timings]
+poll_timeout_ms = 200
+[[buses]]
+name = "hall"
+port = "{hub.master_path}"
+{devices_toml}{windows_toml}""")
+        daemon = Daemon(tmp_path, config)
+        daemon.start()
+
+        made = set()
+        unseen = []
+        made_lock = threading.Lock()
+        errors = []
+
+        def operator(addr):
+            dev = devices[addr]
+            try:
+                i = 0
+                while i < PRESSES_PER_PANEL:
+                    mark = dev.mark()
+                    dev.press(KEYS[i % len(KEYS)], hold_ms=100)
+                    try:
+                        ev = dev.wait_kind("event", timeout=3, since=mark)
+                    except DeviceError:
+                        # The firmware samples its keys; a process starved of CPU for longer
+                        # than the hold can miss a press, as a board would miss a press
+                        # shorter than its debounce. Such a press never became an event,
+                        # so it is pressed again and counted apart.
+                        with made_lock:
+                            unseen.append(addr)
+                        continue
+                    with made_lock:
+                        made.add((addr, dev.ready["boot"], ev["seq"]))
+                    i += 1
+                    time.sleep(0.05)
+            except Exception as e:  # noqa: BLE001 - handed to the test thread
+                errors.append((addr, e))
+
+        threads = [threading.Thread(target=operator, args=(a,)) for a in PANELS]
+        for t in threads:
+            t.start()
+
+        # The faults, at random moments while the presses stream.
+        faults = ["kill", "broker", "kill", "broker", "kill"]
+        for fault in faults:
+            time.sleep(rng.uniform(1.5, 3.0))
+            if fault == "kill":
+                daemon.kill()
+                time.sleep(rng.uniform(0.1, 1.0))
+                daemon.start()
+            else:
+                broker.restart()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert len(made) == len(PANELS) * PRESSES_PER_PANEL
+
+        def all_seen():
+            return made <= set(witness.sources())
+
+        wait_for(all_seen, timeout=90, what="every press at the witness")
+        with witness.lock:
+            events = list(witness.events)
+        by_source = {}
+        for e in events:
+            key = (e["source"]["address"], e["source"]["boot"], e["source"]["seq"])
+            by_source.setdefault(key, set()).add(e["id"])
+        assert set(by_source) == made  # nothing lost, nothing invented
+        assert all(len(ids) == 1 for ids in by_source.values()), "a press got two ids"
+        for addr, dev in devices.items():
+            assert dev.info()["overflows"] == 0, f"device {addr} dropped presses"
+        duplicates = len(events) - len(by_source)
+        print(f"{len(made)} presses, {len(events)} deliveries ({duplicates} redelivered), "
+              f"{daemon.starts} gateway starts, {broker.starts} broker starts, "
+              f"{len(unseen)} presses the firmware did not see (pressed again)")
+        assert daemon.starts == 4 and broker.starts == 3
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if witness is not None:
+            witness.close()
+        for d in devices.values():
+            d.close()
+        hub.close()
+        broker.stop()
