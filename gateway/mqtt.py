@@ -36,12 +36,18 @@ Plan:
   the only re-send is ours, from the window, in order. The MQTT session still persists on
   the broker (stable client id, clean start off, session expiry for MQTT 5), so QoS 1
   commands published while the gateway was away are delivered when it comes back.
-- On every connection: retained birth, the last device table, queued errors, subscribe the
-  served windows (the broker then sends the retained desired state again: converge, not
-  replay), then the window's events in order. paho's own in-flight limit is set to the
+- On every connection: retained birth, subscribe the served windows (the broker then sends
+  the retained desired state again: converge, not replay), the last device table, queued
+  errors, then the window's events in order. paho's own in-flight limit is set to the
   broker's Receive Maximum (MQTT 5) or our window, whichever is smaller.
 - Failover: URLs are tried in turn; the next one right after a failure or a lost connection,
   the backoff delay after each full pass without a connection.
+
+How a daemon feeds it: from one thread, whenever woken (a new outbox row, on_delivered,
+on_connection), hand over the next outbox rows after the last one fed, at most `room` of
+them, in outbox order; never one that is in `pending()`. The link re-sends its own window
+after a reconnect, so the daemon does not re-feed; after a daemon restart (a new link) it
+starts again from the oldest row in the outbox.
 
     >>> link = MqttLink("msk-01", "gw-1", ["mqtt://127.0.0.1:1883"], windows=[1, 2],
     ...                 on_delivered=outbox.delete, on_command=reconciler.apply)  # doctest: +SKIP
