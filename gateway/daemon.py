@@ -32,7 +32,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hallgate.gateway.commands import DisplayCommand, PanelCommand, VoteCommand
+from hallgate.gateway.commands import DisplayCommand, PanelCommand, VoteCommand, supersedes
 from hallgate.gateway.mqtt import MqttLink, Tls
 from hallgate.gateway.outbox import Outbox, OutboxError
 from hallgate.protocols import bus
@@ -68,33 +68,32 @@ def sd_notify(message):
 
 
 class Reconciler:
-    """Desired state per (window, kind) with versions: applies only what is newer.
+    """Desired state per (window, kind): applies a command only if it supersedes the one
+    applied (protocols/MQTT.md: a higher version replaces; the same or a lower one is stale;
+    a clear returns the window to idle).
 
-    A retained command redelivered after a reconnect carries the version already applied
-    and changes nothing; a stale one (lower version) is ignored. A cleared retained topic
-    (command None) returns the window to its idle state.
+    So a retained command delivered again after a reconnect changes nothing, and a late
+    older one never overwrites a newer one.
     """
 
     def __init__(self, apply):
         self._apply = apply  # apply(window, kind, command or None)
-        self._versions = {}
+        self._current = {}
         self._lock = threading.Lock()
-        self.stale = 0
+        self.stale = 0  # commands older than the one applied
 
     def offer(self, window, kind, command):
         with self._lock:
-            current = self._versions.get((window, kind))
-            if command is not None:
-                if current is not None and command.version <= current:
-                    if command.version < current:
-                        self.stale += 1
-                        log.info("window %s %s: version %d is older than %d, ignored",
-                                 window, kind, command.version, current)
-                    return False
-                self._versions[(window, kind)] = command.version
-            else:
-                self._versions.pop((window, kind), None)
-        self._apply(window, kind, command)
+            current = self._current.get((window, kind))
+            if not supersedes(command, current):
+                if command is not None and current is not None and (
+                        command.version < current.version):
+                    self.stale += 1
+                    log.info("window %s %s: version %d is older than %d, ignored",
+                             window, kind, command.version, current.version)
+                return False
+            self._current[(window, kind)] = command
+            self._apply(window, kind, command)  # under the lock: applied in offer order
         return True
 
 
