@@ -153,7 +153,22 @@ def cmd_run(args):
     except OSError as e:
         print(f"status file {status}: {e}; use --status-file", file=sys.stderr)
         return 1
-    return run(config, status_file=status)
+    from gpiozero.exc import BadPinFactory, GPIOZeroError
+
+    from hallgate.gateway.outbox import OutboxError
+
+    try:
+        return run(config, status_file=status)
+    except BadPinFactory:
+        print("hallgate run: no GPIO on this machine (gpiozero found no pin factory). On a "
+              "Raspberry Pi install lgpio (apt-get install python3-lgpio, venv with "
+              "--system-site-packages); to try without hardware set GPIOZERO_PIN_FACTORY=mock",
+              file=sys.stderr)
+    except GPIOZeroError as e:
+        print(f"hallgate run: GPIO: {e} (check the pins in {args.config})", file=sys.stderr)
+    except OutboxError as e:
+        print(f"hallgate run: outbox: {e}", file=sys.stderr)
+    return 1
 
 
 def cmd_status(args):
@@ -229,6 +244,8 @@ def build_parser():
     p.add_argument("--config", required=True, help="hall config (TOML)")
     p.add_argument("--status-file", help=f"where to keep the status (default {DEFAULT_STATUS},"
                    " or $RUNTIME_DIRECTORY/status.json under systemd)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines as text (default) or one JSON object per line")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="the running gateway's state: broker, outbox, devices")
@@ -259,12 +276,31 @@ def build_parser():
     return parser
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: what a log shipper or `journalctl -o cat | jq` reads."""
+
+    def format(self, record):
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if getattr(args, "log_format", "text") == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    daemon = args.command == "run"
+    level = logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler])
     return args.func(args)
 
 
