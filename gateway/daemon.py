@@ -125,6 +125,7 @@ class Gateway:
                     (b.name, d.address))
         self.masters = masters if masters is not None else self._make_masters(pin_factory)
         self.feedback = self._make_feedback(pin_factory)
+        self.gpio_panels, self._panel_sampler = self._make_gpio_panels(pin_factory)
         self.link = self._make_link()
         self._sender = threading.Thread(target=self._send_loop, name="outbox-sender",
                                         daemon=True)
@@ -162,12 +163,27 @@ class Gateway:
         timings = Timings.from_config(self.config.timings)
         panels = [
             FeedbackPanel(w.number, w.like_pin, w.dislike_pin, w.like_led_pin,
-                          w.dislike_led_pin, on_vote=self.on_vote, timings=timings,
+                          w.dislike_led_pin, on_vote=self.on_gpio_press, timings=timings,
                           pin_factory=pin_factory)
             for w in self.config.windows
             if w.like_pin is not None
         ]
         return FeedbackButtons(panels) if panels else None
+
+    def _make_gpio_panels(self, pin_factory):
+        from hallgate.gateway.gpio import Sampler
+        from hallgate.gateway.gpiopanel import GpioCallPanel
+
+        panels = {
+            w.number: GpioCallPanel(w.number, w.panel.keys, w.panel.led_pin, w.panel.buzzer_pin,
+                                    on_key=self.on_gpio_press,
+                                    debounce_ms=self.config.timings.debounce_ms,
+                                    pin_factory=pin_factory)
+            for w in self.config.windows
+            if w.panel is not None
+        }
+        sampler = Sampler(panels.values(), period_s=0.005, name="panel-sampler") if panels else None
+        return panels, sampler
 
     def _make_link(self):
         m = self.config.mqtt
@@ -203,8 +219,8 @@ class Gateway:
         self._store(dev.window, fields, source=f"bus:{bus_name}:{addr}:b{ev.boot}:s{ev.seq}",
                     stream=f"bus:{bus_name}:{addr}")
 
-    def on_vote(self, window, record):
-        """Called by the feedback buttons; returning means the press is taken."""
+    def on_gpio_press(self, window, record):
+        """Called for feedback buttons and GPIO call panels; returning means taken."""
         fields = {k: v for k, v in record.items() if k != "window"}
         self._store(window, fields)
 
@@ -273,6 +289,8 @@ class Gateway:
             for bus_name, addr in roles.get("call-panel", ()):
                 self.masters[bus_name].set_state(addr, bus.PanelState(
                     c.text, bus.PANEL_MODES.index(c.mode), c.queue, c.wait_s, c.tea, c.beep))
+            if window in self.gpio_panels:
+                self.gpio_panels[window].show(c.mode, c.beep)
         elif kind == "vote" and self.feedback is not None and window in self.feedback.panels:
             if isinstance(command, VoteCommand) and command.open:
                 self.feedback.open_vote(window, command.ticket, command.version,
@@ -313,6 +331,8 @@ class Gateway:
             m.start()
         if self.feedback is not None:
             self.feedback.start()
+        if self._panel_sampler is not None:
+            self._panel_sampler.start()
         log.info("gateway %s/%s started: %d bus(es), %d window(s), outbox %s (%d waiting)",
                  self.site, self.name, len(self.masters), len(self.config.windows),
                  self.config.outbox.path, self.outbox.depth())
@@ -326,6 +346,10 @@ class Gateway:
         self._stopped = True
         if self.feedback is not None:
             self.feedback.close()
+        if self._panel_sampler is not None:
+            self._panel_sampler.close()
+        for panel in self.gpio_panels.values():
+            panel.close()
         for m in self.masters.values():
             m.close()
         deadline = time.monotonic() + drain_s
@@ -358,6 +382,7 @@ class Gateway:
             "buses": {n: {k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events",
                                               "duplicates")} for n, s in masters.items()},
             "feedback": self.feedback.state() if self.feedback is not None else {},
+            "gpio_panels": {w: p.state() for w, p in self.gpio_panels.items()},
             "stale_commands": self.reconciler.stale,
         }
 

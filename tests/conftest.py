@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# tests/mp holds scripts run on MicroPython by the tests, not modules to import here.
+collect_ignore = ["mp"]
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOLS = ROOT / "protocols"
 FIRMWARE = ROOT / "firmware"

@@ -24,6 +24,7 @@ SITE, GW = "test-site", "gw-1"
 BASE = f"hall/v1/{SITE}"
 EVENT_SCHEMA = Draft7Validator(json.loads((PROTOCOLS / "schemas/event.schema.json").read_text()))
 LIKE, DISLIKE = 5, 6
+PANEL_CALL, PANEL_START, PANEL_LED = 20, 21, 16  # window 2: a call panel on GPIO
 
 
 class Witness:
@@ -93,6 +94,13 @@ port = "{hub_path}"
 number = 1
 like_pin = {LIKE}
 dislike_pin = {DISLIKE}
+
+[[windows]]
+number = 2
+  [windows.panel]
+  call = {PANEL_CALL}
+  start = {PANEL_START}
+  led_pin = {PANEL_LED}
 """
     path = tmp_path / "hall.toml"
     path.write_text(text)
@@ -209,3 +217,31 @@ def test_status_and_birth_and_offline(hall, tmp_path):
     assert st["devices"] == {"online": 2, "total": 2, "table": st["devices"]["table"]}
     gw.stop(drain_s=2)
     wait_for(lambda: witness.on(status)[-1]["state"] == "offline", what="offline on stop")
+
+
+def test_a_gpio_call_panel_press_arrives_and_its_led_follows_the_panel_command(hall):
+    gw, witness, _, factory, _ = hall
+    topic = f"{BASE}/window/2/event"
+    press_pin(factory, PANEL_CALL)
+    threading.Event().wait(0.15)
+    press_pin(factory, PANEL_CALL)  # a double click within the lockout: one call
+    threading.Event().wait(0.15)
+    press_pin(factory, PANEL_START)
+    wait_for(lambda: len(witness.on(topic)) == 2, what="call and start from GPIO")
+    threading.Event().wait(0.3)
+    events = witness.on(topic)
+    assert [(e["key"], e["source"]) for e in events] == [
+        ("call", {"gpio": PANEL_CALL}), ("start", {"gpio": PANEL_START})]
+    for e in events:
+        EVENT_SCHEMA.validate(e)
+    assert gw.gpio_panels[2].state()["locked_out"] == 1
+
+    led = factory.pin(PANEL_LED)
+    witness.publish(f"{BASE}/window/2/panel", {"version": 1, "mode": "called", "text": "A003"})
+    wait_for(lambda: len({v for _, v in led.states}) == 2 and len(led.states) >= 4,
+             what="the LED blinking while the visitor is invited")
+    witness.publish(f"{BASE}/window/2/panel", {"version": 2, "mode": "serving", "text": "A003"})
+    wait_for(lambda: gw.reconciler._current[(2, "panel")].version == 2, what="serving applied")
+    blinks = len(led.states)
+    threading.Event().wait(1.2)  # over two blink periods: a blinking LED would have toggled
+    assert len(led.states) == blinks and gw.gpio_panels[2].led.is_lit
