@@ -25,7 +25,9 @@ one json.loads of at most MAX_PAYLOAD bytes, checked before parsing.
 
 import json
 import re
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 KINDS = ("display", "panel", "vote")
 MODES = ("idle", "called", "serving", "paused", "closed")
@@ -39,6 +41,13 @@ MAX_VOTE_TIMEOUT = 3600
 
 _PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
 _WINDOW = re.compile(r"[1-9][0-9]{0,5}\Z")  # canonical decimal: "5", never "05" or "+5"
+
+
+def utc_ts(t=None):
+    """The contract's timestamp: UTC ISO 8601 with milliseconds, '2026-11-23T10:15:02.123Z'
+    (`t`: seconds since the epoch; default now)."""
+    dt = datetime.fromtimestamp(time.time() if t is None else t, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 class CommandError(ValueError):

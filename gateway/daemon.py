@@ -29,10 +29,15 @@ import signal
 import socket
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hallgate.gateway.commands import DisplayCommand, PanelCommand, VoteCommand, supersedes
+from hallgate.gateway.commands import (
+    DisplayCommand,
+    PanelCommand,
+    VoteCommand,
+    supersedes,
+    utc_ts,
+)
 from hallgate.gateway.mqtt import MqttLink, Tls
 from hallgate.gateway.outbox import Outbox, OutboxError
 from hallgate.protocols import bus
@@ -42,10 +47,6 @@ from hallgate import __version__
 log = logging.getLogger("hallgate.daemon")
 
 DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying offline
-
-
-def iso_ms(dt):
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def _str(path):
@@ -210,10 +211,10 @@ class Gateway:
             self.link.publish_error("device-event", f"bus {bus_name} device {addr}: {ev!r} "
                                     "is not a known key event; dropped")
             return
-        pressed = datetime.now(UTC) - timedelta(seconds=ev.age_ds / 10)
+        pressed = time.time() - ev.age_ds / 10
         fields = {
             "type": "key", "key": ev.key_name, "action": ev.action_name,
-            "ts": iso_ms(pressed),
+            "ts": utc_ts(pressed),
             "source": {"bus": bus_name, "address": addr, "boot": ev.boot, "seq": ev.seq},
         }
         self._store(dev.window, fields, source=f"bus:{bus_name}:{addr}:b{ev.boot}:s{ev.seq}",
@@ -311,8 +312,8 @@ class Gateway:
                     "window": dev.window if dev else (info.window if info else None),
                     "firmware": info.firmware_text if info else None,
                     "online": snap["online"],
-                    "last_seen": iso_ms(datetime.now(UTC) - timedelta(
-                        seconds=time.monotonic() - seen)) if seen else None,
+                    "last_seen": utc_ts(time.time() - (time.monotonic() - seen))
+                    if seen else None,
                 })
         return rows
 
@@ -372,8 +373,8 @@ class Gateway:
         table = self.device_table()
         return {
             "gateway": self.name, "site": self.site, "version": __version__,
-            "pid": os.getpid(), "started": iso_ms(datetime.fromtimestamp(self.started, UTC)),
-            "ts": iso_ms(datetime.now(UTC)),
+            "pid": os.getpid(), "started": utc_ts(self.started),
+            "ts": utc_ts(),
             "broker": {"connected": self.link.connected, "url": self.link.url,
                        "last_error": self.link.last_error, **self.link.stats.asdict()},
             "outbox": {"depth": ob.get("depth"), **ob, "errors": self.outbox_errors},

@@ -44,9 +44,9 @@ import dataclasses
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 
 from gpiozero import LED
+from hallgate.gateway.commands import utc_ts
 from hallgate.gateway.gpio import SampledButton, Sampler
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,6 @@ CLOSED = "closed"  # voting is not open on this window (never opened, closed, ti
 TOO_FAST = "too-fast"  # within vote_min_interval_ms of the previous press while open
 ALREADY_VOTED = "already-voted"  # the open ticket already has its vote
 REASONS = (CLOSED, TOO_FAST, ALREADY_VOTED)
-
-
-def iso_ms(epoch_s):
-    """UTC ISO 8601 with milliseconds and a Z: `iso_ms(0) == "1970-01-01T00:00:00.000Z"`."""
-    t = datetime.fromtimestamp(epoch_s, UTC)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,7 +504,7 @@ class FeedbackPanel:
             "vote": vote,
             "ticket": None if reason == CLOSED else self.ballot.ticket,
             "misuse": misuse,
-            "ts": iso_ms(self._wallclock() - (now - onset)),
+            "ts": utc_ts(self._wallclock() - (now - onset)),
             "source": {"gpio": self.buttons[vote].gpio},
         }
         if misuse:

@@ -24,7 +24,8 @@ outbox) returns, and kept and retried if it raises. The LED shows the panel's mo
 import time
 
 from gpiozero import LED, Buzzer
-from hallgate.gateway.feedback import Delivery, iso_ms
+from hallgate.gateway.commands import utc_ts
+from hallgate.gateway.feedback import Delivery
 from hallgate.gateway.gpio import SampledButton
 
 
@@ -74,7 +75,7 @@ class GpioCallPanel:
             self.presses += 1
             pressed = self._wallclock() - (now - onset)
             self.delivery.add({"type": "key", "key": name, "action": "press",
-                               "ts": iso_ms(pressed), "source": {"gpio": button.gpio}})
+                               "ts": utc_ts(pressed), "source": {"gpio": button.gpio}})
         self.delivery.flush(now)
 
     def show(self, mode, beep=False):

@@ -68,11 +68,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from hallgate.gateway import commands
+from hallgate.gateway.commands import utc_ts
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -135,12 +135,6 @@ def parse_url(url):
     except ValueError:
         raise ValueError(f"broker url {url!r}: bad port") from None
     return BrokerUrl(url, parts.hostname, port, parts.scheme == "mqtts")
-
-
-def utc_ts(t=None):
-    """UTC ISO 8601 with milliseconds: '2026-11-23T10:15:02.123Z'."""
-    dt = datetime.fromtimestamp(time.time() if t is None else t, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def check_name(what, value):

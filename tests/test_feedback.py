@@ -21,6 +21,7 @@ import pytest
 from conftest import PROTOCOLS, wait_for
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
+from hallgate.gateway.commands import utc_ts
 from hallgate.gateway.feedback import (
     ALREADY_VOTED,
     CLOSED,
@@ -32,7 +33,6 @@ from hallgate.gateway.feedback import (
     FeedbackButtons,
     FeedbackPanel,
     Timings,
-    iso_ms,
 )
 from hallgate.gateway.gpio import Debouncer, Sampler
 from hypothesis import HealthCheck, given, settings
@@ -343,7 +343,7 @@ def test_record_format_and_timestamp_of_the_first_edge(rig):
     # When the contact first closed (1 ms: the format), not when the debounce ended.
     ts = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
     assert abs(ts - (EPOCH + first)) < 0.0011
-    assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert utc_ts(0) == "1970-01-01T00:00:00.000Z"
 
 
 def test_records_are_events_of_the_mqtt_contract(rig):
