@@ -47,6 +47,7 @@ from hallgate import __version__
 log = logging.getLogger("hallgate.daemon")
 
 DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying offline
+OUTBOX_REPORT_S = 10.0  # a failing outbox is reported at most this often
 
 
 def _str(path):
@@ -111,6 +112,8 @@ class Gateway:
         self._wake = threading.Event()
         self.started = time.time()
         self.outbox_errors = 0
+        self._refused = 0  # adds refused since the outbox last worked
+        self._outbox_reported_at = None
         self.event_rejects = 0
 
         path = Path(config.outbox.path)
@@ -229,10 +232,24 @@ class Gateway:
         try:
             self.outbox.add(window, fields, **kw)
         except OutboxError as e:
+            # The source keeps the event and offers it again every poll cycle: report the
+            # fault once per OUTBOX_REPORT_S, with how many adds were refused meanwhile.
             self.outbox_errors += 1
-            log.error("outbox: %s; the event stays with its source and is retried", e)
-            self.link.publish_error("outbox-error", str(e))
+            self._refused += 1
+            now = time.monotonic()
+            if self._outbox_reported_at is None or now - self._outbox_reported_at >= (
+                    OUTBOX_REPORT_S):
+                self._outbox_reported_at = now
+                why = (f"{e}; {self._refused} add(s) refused so far, the events stay with "
+                       "their sources and are retried")
+                log.error("outbox: %s", why)
+                self.link.publish_error("outbox-error", why)
             raise
+        if self._outbox_reported_at is not None:
+            log.warning("outbox: writable again (%d add(s) were refused meanwhile)",
+                        self._refused)
+            self._outbox_reported_at = None
+            self._refused = 0
         self._wake.set()
 
     def _delivered(self, seq):
@@ -354,7 +371,8 @@ class Gateway:
         for m in self.masters.values():
             m.close()
         deadline = time.monotonic() + drain_s
-        while self.outbox.depth() and self.link.connected and time.monotonic() < deadline:
+        # Drain even while disconnected: the broker may be back within the time allowed.
+        while self.outbox.depth() and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.05)
         self._stop.set()
@@ -373,6 +391,7 @@ class Gateway:
         table = self.device_table()
         return {
             "gateway": self.name, "site": self.site, "version": __version__,
+            "state": "stopped" if self._stopped else "running",
             "pid": os.getpid(), "started": utc_ts(self.started),
             "ts": utc_ts(),
             "broker": {"connected": self.link.connected, "url": self.link.url,
@@ -399,7 +418,8 @@ class Gateway:
 
     def healthy(self):
         """For the systemd watchdog: the threads that carry events are alive."""
-        return self._sender.is_alive() and all(
+        link_alive = self.link._thread is not None and self.link._thread.is_alive()
+        return link_alive and self._sender.is_alive() and all(
             m._thread is not None and m._thread.is_alive() for m in self.masters.values())
 
 

@@ -181,14 +181,16 @@ def cmd_status(args):
         print(f"no gateway status at {path} ({e}): is `hallgate run` running?", file=sys.stderr)
         return 1
     age = time.time() - os.path.getmtime(path)
+    stopped = st.get("state") == "stopped"
     st["age_s"] = round(age, 1)
-    st["running"] = age < 10
+    st["running"] = age < 10 and not stopped
     if args.json:
         print(json.dumps(st, indent=1))
         return 0 if st["running"] else 1
     b, o, d = st["broker"], st["outbox"], st["devices"]
     print(f"gateway {st['site']}/{st['gateway']} (hallgate {st['version']}, pid {st['pid']})"
-          f"{'' if st['running'] else f': NOT RUNNING, status {age:.0f} s old'}")
+          + ("" if st["running"] else f": NOT RUNNING (stopped cleanly at {st['ts']})"
+             if stopped else f": NOT RUNNING, status {age:.0f} s old"))
     print(f"broker:  {'connected to ' + str(b['url']) if b['connected'] else 'DISCONNECTED'}"
           + (f" (last error: {b['last_error']})" if b.get("last_error") else ""))
     print(f"outbox:  {o['depth']} waiting, {o.get('added', 0)} added, "

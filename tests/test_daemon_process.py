@@ -16,8 +16,8 @@ hub, and an independent paho witness.
   the press is refused and reported on the errors topic, the daemon keeps running, and once
   there is room the device's retransmission is taken: the press arrives once.
 
-Two tests are xfail(strict) and name a bug each: `hallgate status` says "running" for 10 s
-after a clean stop, and a full disk floods the errors topic (a report per poll cycle).
+Two tests pin bugs found this way: `hallgate status` said "running" for 10 s after a clean
+stop, and a full disk flooded the errors topic (a report per poll cycle).
 
 GPIO: the bus configs have no GPIO at all; the bus-less ones have a like and a dislike button
 and run the daemon with GPIOZERO_PIN_FACTORY=mock.
@@ -461,11 +461,6 @@ def test_status_text_and_missing_or_stale_status_file(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the clean stop's last status write refreshes the file's mtime and says nothing of "
-    "the stop, so for 10 s after `systemctl stop` `hallgate status` reports the gateway "
-    "running (exit 0); fix in the report: a 'state': 'stopped' field written by "
-    "Gateway.stop(), read by cmd_status"))
 def test_status_right_after_a_clean_stop_says_not_running(tmp_path):
     broker = Mosquitto(tmp_path / "broker").start()
     daemon = Daemon(tmp_path, write_config(tmp_path, broker.url),
@@ -615,11 +610,6 @@ def test_a_full_disk_refuses_the_press_reports_it_and_takes_it_when_there_is_roo
 
 
 @pytest.mark.micropython
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: while the disk is full the bus master offers the device's event again on every "
-    "poll cycle and each refusal is published on the errors topic and logged with two "
-    "tracebacks (~200 reports/s measured); fix in the report: rate-limit the outbox-error "
-    "report and log in Gateway._store"))
 def test_a_full_disk_is_reported_a_few_times_not_on_every_retry(tmp_path, hall):
     broker, hub, device, witness = hall
     with daemon_on_a_small_fs(tmp_path, hall) as (daemon, fill, free):
