@@ -4,6 +4,7 @@ An independent paho subscriber is the witness: what it receives is what the cent
 service would receive.
 """
 
+import contextlib
 import json
 import threading
 
@@ -109,33 +110,31 @@ number = 2
 
 @pytest.fixture
 def hall(tmp_path):
-    broker = Mosquitto(tmp_path / "broker").start()
-    hub = BusHub(baud=115200).start()
-    factory = MockFactory()
-    devices = {}
-    gw = witness = None
-    try:
-        devices[1] = FirmwareDevice(tmp_path / "p1", 1, "call-panel", 1, hub.add_port("p1"),
-                                    ready_timeout=30, lockout_ms=0)
+    # ExitStack: every part is closed even if closing another one fails.
+    with contextlib.ExitStack() as stack:
+        broker = Mosquitto(tmp_path / "broker").start()
+        stack.callback(broker.stop)
+        hub = BusHub(baud=115200).start()
+        stack.callback(hub.close)
+        factory = MockFactory()
+        devices = {
+            1: FirmwareDevice(tmp_path / "p1", 1, "call-panel", 1, hub.add_port("p1"),
+                              ready_timeout=30, lockout_ms=0),
+        }
+        stack.callback(devices[1].close)
         devices[11] = FirmwareDevice(tmp_path / "d11", 11, "window-display", 1,
                                      hub.add_port("d11"), ready_timeout=30)
+        stack.callback(devices[11].close)
         witness = Witness(broker.port)
+        stack.callback(witness.close)
         config = write_config(tmp_path, broker, hub.master_path)
         gw = Gateway(config, status_file=tmp_path / "status.json", pin_factory=factory)
+        stack.callback(gw.stop, drain_s=2)
         gw.start()
         wait_for(lambda: gw.link.connected, what="gateway connected")
         wait_for(lambda: all(d["online"] for d in gw.masters["hall"].devices().values()),
                  what="bus devices online")
         yield gw, witness, devices, factory, hub
-    finally:
-        if gw is not None:
-            gw.stop(drain_s=2)
-        if witness is not None:
-            witness.close()
-        for d in devices.values():
-            d.close()
-        hub.close()
-        broker.stop()
 
 
 def press_pin(factory, pin):
