@@ -8,7 +8,6 @@ import contextlib
 import json
 import threading
 
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import PROTOCOLS, wait_for
 from gpiozero.pins.mock import MockFactory
@@ -17,6 +16,7 @@ from hallgate.gateway.daemon import Gateway
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import FirmwareDevice
 from hallgate.sim.hub import BusHub
+from harness import Witness
 from jsonschema import Draft7Validator
 
 pytestmark = pytest.mark.micropython
@@ -26,39 +26,6 @@ BASE = f"hall/v1/{SITE}"
 EVENT_SCHEMA = Draft7Validator(json.loads((PROTOCOLS / "schemas/event.schema.json").read_text()))
 LIKE, DISLIKE = 5, 6
 PANEL_CALL, PANEL_START, PANEL_LED = 20, 21, 16  # window 2: a call panel on GPIO
-
-
-class Witness:
-    """An independent MQTT client that logs everything under the site."""
-
-    def __init__(self, url_port):
-        self.messages = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="witness")
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", url_port)
-        self.client.subscribe(f"{BASE}/#", qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg):
-        try:
-            payload = json.loads(msg.payload) if msg.payload else None
-        except ValueError:
-            payload = msg.payload  # a malformed command a test sent on purpose
-        with self.lock:
-            self.messages.append((msg.topic, payload, msg.retain))
-
-    def on(self, topic):
-        with self.lock:
-            return [p for t, p, _ in self.messages if t == topic]
-
-    def publish(self, topic, payload, retain=True):
-        data = payload if isinstance(payload, str | bytes) else json.dumps(payload)
-        self.client.publish(topic, data, qos=1, retain=retain).wait_for_publish(5)
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def write_config(tmp_path, broker, hub_path):

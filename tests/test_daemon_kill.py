@@ -7,21 +7,17 @@ client with a persistent session) must receive an event for every one of them; a
 received twice must carry the same id (a redelivery), never a new one.
 """
 
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import wait_for
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import DeviceError, FirmwareDevice
 from hallgate.sim.hub import BusHub
+from harness import Daemon, Witness
 
 pytestmark = pytest.mark.micropython
 
@@ -29,62 +25,6 @@ SITE, GW = "kill-site", "gw-k"
 PANELS = (1, 2, 3, 4, 5)
 PRESSES_PER_PANEL = 205  # 1,025 in all
 KEYS = ("call", "start", "finish", "recall", "pause", "resume", "redirect")
-
-
-class Daemon:
-    """`hallgate run` as a child process, killed and started again by the test."""
-
-    def __init__(self, tmp_path, config):
-        self.cmd = [sys.executable, "-m", "hallgate.cli", "run", "--config", str(config),
-                    "--status-file", str(tmp_path / "status.json")]
-        self.log = open(tmp_path / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = None
-        self.starts = 0
-
-    def start(self):
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.starts += 1
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
-
-
-class Witness:
-    def __init__(self, port):
-        self.events = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill-witness",
-                                  clean_session=False)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *a: c.subscribe(f"hall/v1/{SITE}/window/+/event", 1)
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg):
-        with self.lock:
-            self.events.append(json.loads(msg.payload))
-
-    def sources(self):
-        with self.lock:
-            return {(e["source"]["address"], e["source"]["boot"], e["source"]["seq"]): e["id"]
-                    for e in self.events}
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def test_sigkill_and_broker_restarts_lose_no_press(tmp_path):
@@ -98,7 +38,7 @@ def test_sigkill_and_broker_restarts_lose_no_press(tmp_path):
             devices[addr] = FirmwareDevice(tmp_path / f"p{addr}", addr, "call-panel", addr,
                                            hub.add_port(f"p{addr}"), ready_timeout=30,
                                            lockout_ms=0, queue_len=64)
-        witness = Witness(broker.port)
+        witness = Witness(broker.port, topics=[f"hall/v1/{SITE}/window/+/event"])
         devices_toml = "".join(
             f'\n  [[buses.devices]]\n  address = {a}\n  role = "call-panel"\n  window = {a}\n'
             for a in PANELS)
@@ -169,16 +109,10 @@ port = "{hub.master_path}"
         assert not errors, errors
         assert len(made) == len(PANELS) * PRESSES_PER_PANEL
 
-        def all_seen():
-            return made <= set(witness.sources())
-
-        wait_for(all_seen, timeout=90, what="every press at the witness")
-        with witness.lock:
-            events = list(witness.events)
-        by_source = {}
-        for e in events:
-            key = (e["source"]["address"], e["source"]["boot"], e["source"]["seq"])
-            by_source.setdefault(key, set()).add(e["id"])
+        wait_for(lambda: made <= set(witness.sources()), timeout=90,
+                 what="every press at the witness")
+        events = witness.events()
+        by_source = witness.sources()
         assert set(by_source) == made  # nothing lost, nothing invented
         assert all(len(ids) == 1 for ids in by_source.values()), "a press got two ids"
         for addr, dev in devices.items():
@@ -188,9 +122,10 @@ port = "{hub.master_path}"
               f"{daemon.starts} gateway starts, {broker.starts} broker starts, "
               f"{len(unseen)} presses the firmware did not see (pressed again)")
         assert daemon.starts == 4 and broker.starts == 3
+        assert daemon.terminate() == 0  # and a clean stop at the end
     finally:
         if daemon is not None:
-            daemon.stop()
+            daemon.close()
         if witness is not None:
             witness.close()
         for d in devices.values():

@@ -44,126 +44,13 @@ from hallgate.gateway.outbox import read_stats
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import DeviceError, FirmwareDevice
 from hallgate.sim.hub import BusHub
+from harness import Daemon, Witness, daemon_env, hallgate
 
 SITE, GW = "proc-site", "gw-p"
 BASE = f"hall/v1/{SITE}"
 STATUS_TOPIC = f"{BASE}/gw/{GW}/status"
 ERRORS_TOPIC = f"{BASE}/gw/{GW}/errors"
-EVENTS_TOPIC = f"{BASE}/window/+/event"
 PANEL = 1  # the firmware call panel's address and window
-
-
-def daemon_env(**extra):
-    """The test's environment without a systemd of its own (pytest might run under one)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUNTIME_DIRECTORY")}
-    env.update(extra)
-    return env
-
-
-def hallgate(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "hallgate.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=daemon_env())
-
-
-class Daemon:
-    """`hallgate run` as a child process; its log goes to tmp_path/daemon.log."""
-
-    def __init__(self, tmp_path, config, env=None, prefix=()):
-        self.status_file = tmp_path / "status.json"
-        self.cmd = [*prefix, sys.executable, "-m", "hallgate.cli", "run", "--config",
-                    str(config), "--status-file", str(self.status_file)]
-        self.env = daemon_env(**(env or {}))
-        self.log_path = tmp_path / "daemon.log"
-        self.proc = None
-
-    def start(self):
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env)
-        return self
-
-    @property
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def status(self):
-        """The status file as this run of the daemon last wrote it, else None."""
-        try:
-            st = json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return st if st.get("pid") == self.proc.pid else None
-
-    def wait_status(self, cond, what, timeout=20):
-        def check():
-            assert self.running, f"the daemon exited ({self.proc.returncode}):\n{self.log()}"
-            st = self.status()
-            return st is not None and cond(st)
-
-        wait_for(check, timeout, what)
-        return self.status()
-
-    def terminate(self, timeout=30):
-        """SIGTERM and wait for the exit; returns the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"no exit within {timeout} s of SIGTERM:\n{self.log()}") from None
-
-    def close(self):
-        if self.running:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log(self, lines=40):
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class Witness:
-    """An independent subscriber with a persistent session: what a central service sees,
-    including what was published while it was reconnecting to a restarted broker."""
-
-    def __init__(self, port, client_id="proc-witness"):
-        self.messages = []  # (topic, payload, retain)
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=False)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *a: c.subscribe(
-            [(EVENTS_TOPIC, 1), (STATUS_TOPIC, 1), (ERRORS_TOPIC, 1)])
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg):
-        payload = json.loads(msg.payload) if msg.payload else None
-        with self.lock:
-            self.messages.append((msg.topic, payload, msg.retain))
-
-    def on(self, topic_filter):
-        with self.lock:
-            return [p for t, p, _ in self.messages if mqtt.topic_matches_sub(topic_filter, t)]
-
-    def events(self):
-        return self.on(EVENTS_TOPIC)
-
-    def sources(self):
-        """{(address, boot, seq): {ids}} of the key events received."""
-        out = {}
-        for e in self.events():
-            s = e["source"]
-            out.setdefault((s["address"], s["boot"], s["seq"]), set()).add(e["id"])
-        return out
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def retained(port, topic, timeout=10):
