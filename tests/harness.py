@@ -142,3 +142,30 @@ class Witness:
     def close(self):
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def write_hall_config(tmp_path, *, site, gateway, broker_url, hub_path=None, devices=(),
+                      windows="", timings="poll_timeout_ms = 200", outbox=None):
+    """A hall.toml in tmp_path: `devices` [(address, role, window)] on one bus named "hall"
+    at `hub_path`, `windows` the [[windows]] tables as TOML text. Returns its path."""
+    bus = "" if hub_path is None else f'\n[[buses]]\nname = "hall"\nport = "{hub_path}"\n'
+    for address, role, window in devices:
+        bus += (f'\n  [[buses.devices]]\n  address = {address}\n  role = "{role}"\n'
+                f"  window = {window}\n")
+    path = tmp_path / "hall.toml"
+    path.write_text(f"""
+[gateway]
+site = "{site}"
+id = "{gateway}"
+
+[mqtt]
+urls = ["{broker_url}"]
+
+[outbox]
+path = "{outbox or tmp_path / 'outbox.sqlite'}"
+
+[timings]
+{timings}
+{bus}
+{windows}""")
+    return path

@@ -16,7 +16,7 @@ from hallgate.gateway.daemon import Gateway
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import FirmwareDevice
 from hallgate.sim.hub import BusHub
-from harness import Witness
+from harness import Witness, write_hall_config
 from jsonschema import Draft7Validator
 
 pytestmark = pytest.mark.micropython
@@ -29,36 +29,13 @@ PANEL_CALL, PANEL_START, PANEL_LED = 20, 21, 16  # window 2: a call panel on GPI
 
 
 def write_config(tmp_path, broker, hub_path):
-    text = f"""
-[gateway]
-site = "{SITE}"
-id = "{GW}"
-
-[mqtt]
-urls = ["{broker.url}"]
-
-[outbox]
-path = "{tmp_path / 'outbox.sqlite'}"
-
-[timings]
-poll_timeout_ms = 200
-vote_min_interval_ms = 300
-
-[[buses]]
-name = "hall"
-port = "{hub_path}"
-
-  [[buses.devices]]
-  address = 1
-  role = "call-panel"
-  window = 1
-
-  [[buses.devices]]
-  address = 11
-  role = "window-display"
-  window = 1
-
-[[windows]]
+    """Window 1: a panel and a display on the bus, like / dislike on GPIO; window 2: a call
+    panel on GPIO."""
+    return load_config(write_hall_config(
+        tmp_path, site=SITE, gateway=GW, broker_url=broker.url, hub_path=hub_path,
+        devices=[(1, "call-panel", 1), (11, "window-display", 1)],
+        timings="poll_timeout_ms = 200\nvote_min_interval_ms = 300",
+        windows=f"""[[windows]]
 number = 1
 like_pin = {LIKE}
 dislike_pin = {DISLIKE}
@@ -69,10 +46,7 @@ number = 2
   call = {PANEL_CALL}
   start = {PANEL_START}
   led_pin = {PANEL_LED}
-"""
-    path = tmp_path / "hall.toml"
-    path.write_text(text)
-    return load_config(path)
+"""))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from conftest import wait_for
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import DeviceError, FirmwareDevice
 from hallgate.sim.hub import BusHub
-from harness import Daemon, Witness
+from harness import Daemon, Witness, write_hall_config
 
 pytestmark = pytest.mark.micropython
 
@@ -39,25 +39,10 @@ def test_sigkill_and_broker_restarts_lose_no_press(tmp_path):
                                            hub.add_port(f"p{addr}"), ready_timeout=30,
                                            lockout_ms=0, queue_len=64)
         witness = Witness(broker.port, topics=[f"hall/v1/{SITE}/window/+/event"])
-        devices_toml = "".join(
-            f'\n  [[buses.devices]]\n  address = {a}\n  role = "call-panel"\n  window = {a}\n'
-            for a in PANELS)
-        windows_toml = "".join(f"\n[[windows]]\nnumber = {a}\n" for a in PANELS)
-        config = tmp_path / "hall.toml"
-        config.write_text(f"""
-[gateway]
-site = "{SITE}"
-id = "{GW}"
-[mqtt]
-urls = ["{broker.url}"]
-[outbox]
-path = "{tmp_path / 'outbox.sqlite'}"
-[timings]
-poll_timeout_ms = 200
-[[buses]]
-name = "hall"
-port = "{hub.master_path}"
-{devices_toml}{windows_toml}""")
+        config = write_hall_config(
+            tmp_path, site=SITE, gateway=GW, broker_url=broker.url, hub_path=hub.master_path,
+            devices=[(a, "call-panel", a) for a in PANELS],
+            windows="".join(f"[[windows]]\nnumber = {a}\n" for a in PANELS))
         daemon = Daemon(tmp_path, config)
         daemon.start()
 

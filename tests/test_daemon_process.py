@@ -44,7 +44,7 @@ from hallgate.gateway.outbox import read_stats
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import DeviceError, FirmwareDevice
 from hallgate.sim.hub import BusHub
-from harness import Daemon, Witness, daemon_env, hallgate
+from harness import Daemon, Witness, daemon_env, hallgate, write_hall_config
 
 SITE, GW = "proc-site", "gw-p"
 BASE = f"hall/v1/{SITE}"
@@ -80,35 +80,10 @@ def write_config(tmp_path, broker_url, hub_path=None, outbox=None):
     """A one-window hall: the firmware call panel on the hub's bus, or (no hub) a like and
     a dislike button on GPIO, for a daemon run with GPIOZERO_PIN_FACTORY=mock."""
     inputs = "like_pin = 5\ndislike_pin = 6\n" if hub_path is None else ""
-    bus = "" if hub_path is None else f"""
-[[buses]]
-name = "hall"
-port = "{hub_path}"
-
-  [[buses.devices]]
-  address = {PANEL}
-  role = "call-panel"
-  window = {PANEL}
-"""
-    path = tmp_path / "hall.toml"
-    path.write_text(f"""
-[gateway]
-site = "{SITE}"
-id = "{GW}"
-
-[mqtt]
-urls = ["{broker_url}"]
-
-[outbox]
-path = "{outbox or tmp_path / 'outbox.sqlite'}"
-
-[timings]
-poll_timeout_ms = 200
-
-[[windows]]
-number = {PANEL}
-{inputs}{bus}""")
-    return path
+    return write_hall_config(
+        tmp_path, site=SITE, gateway=GW, broker_url=broker_url, hub_path=hub_path,
+        devices=[] if hub_path is None else [(PANEL, "call-panel", PANEL)],
+        windows=f"[[windows]]\nnumber = {PANEL}\n{inputs}", outbox=outbox)
 
 
 def press(device, key="call", tries=3):
