@@ -1,0 +1,87 @@
+"""The one place the central service takes time from.
+
+Every wait, the 15-minute norm and the vote timeouts are computed from a `Clock`, so a
+simulated hall (an accelerated `SimClock`) sees its waits in simulated time and a real hall
+in real time. The queue state machine itself never reads a clock: its commands take `now`
+(epoch seconds, float), which the caller takes from here.
+
+>>> clock = FakeClock(1_000.0)
+>>> clock.advance(90)
+>>> clock.now()
+1090.0
+>>> local_day(0.0, "UTC")
+'1970-01-01'
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+__all__ = ["Clock", "FakeClock", "SimClock", "SystemClock", "local_day"]
+
+
+class Clock(Protocol):
+    """Anything with ``now() -> float``: epoch seconds (UTC based, like `time.time`)."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    """Real time: `time.time`."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class SimClock:
+    """Accelerated time for the simulator: starts at `start` (epoch seconds) and runs
+    `speed` times faster than the real (monotonic) clock. A 10-hour day in about a minute
+    is ``speed=600``.
+
+    >>> ticks = iter([100.0, 101.0])
+    >>> clock = SimClock(start=0.0, speed=600, real=lambda: next(ticks))
+    >>> clock.now()
+    600.0
+    """
+
+    def __init__(self, start: float, speed: float, *, real=time.monotonic) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.start = float(start)
+        self.speed = float(speed)
+        self._real = real
+        self._real0 = real()
+
+    def now(self) -> float:
+        return self.start + (self._real() - self._real0) * self.speed
+
+
+class FakeClock:
+    """Manual time for tests: it moves only when told."""
+
+    def __init__(self, start: float = 1_795_420_800.0) -> None:  # 2026-11-23 08:00 UTC
+        self.t = float(start)
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a FakeClock never goes back")
+        self.t += seconds
+
+    def set(self, t: float) -> None:
+        if t < self.t:
+            raise ValueError("a FakeClock never goes back")
+        self.t = float(t)
+
+
+def local_day(ts: float, tz: str | None = None) -> str:
+    """The local calendar date of `ts` as ``YYYY-MM-DD``: the day tickets are numbered in.
+    `tz` is an IANA zone name ("Europe/Moscow"); None means the machine's local zone."""
+    if tz is None:
+        return datetime.fromtimestamp(ts).astimezone().date().isoformat()
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).date().isoformat()

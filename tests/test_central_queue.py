@@ -1,0 +1,294 @@
+"""The central queue state machine: numbering, order, keys, votes, dedupe, desired state."""
+
+import json
+import pathlib
+import sys
+
+import jsonschema
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from central.clock import FakeClock  # noqa: E402
+from central.queue import MAX_RECALLS, Queue, QueueConfig, QueueError  # noqa: E402
+
+SCHEMAS = {k: json.loads((ROOT / "protocols/schemas" / f"{k}.schema.json").read_text())
+           for k in ("display", "panel", "vote")}
+
+CONFIG = {
+    "services": {"A": "Passports", "B": "Benefits", "C": "Certificates"},
+    "windows": [
+        {"n": 1, "services": ["A"], "redirect_to": "B", "operator": "ivanova"},
+        {"n": 2, "services": ["A", "B"], "operator": "petrov"},
+        {"n": 3, "services": ["B", "C"]},
+    ],
+    "tz": "UTC",
+}
+
+
+class Hall:
+    """A queue, a fake clock and an event id counter."""
+
+    def __init__(self, config=CONFIG):
+        self.clock = FakeClock()
+        self.q = Queue(QueueConfig.from_dict(config))
+        self.n = 0
+
+    def issue(self, service, **kw):
+        return self.q.issue(service, now=self.clock.now(), **kw)
+
+    def key(self, window, key, **extra):
+        self.n += 1
+        ev = {"id": f"e{self.n}", "window": window, "type": "key", "key": key,
+              "action": "press", **extra}
+        return self.q.handle_event(ev, now=self.clock.now())
+
+    def vote(self, window, vote, ticket, misuse=False, reason=None):
+        self.n += 1
+        ev = {"id": f"e{self.n}", "window": window, "type": "vote", "vote": vote,
+              "ticket": ticket, "misuse": misuse, "ts": "2026-11-23T10:00:00.000Z"}
+        if reason:
+            ev["misuse_reason"] = reason
+        return self.q.handle_event(ev, now=self.clock.now())
+
+    def called(self, window):
+        return self.key(window, "call").ticket.number
+
+
+def test_numbering_per_service_per_day_and_wrap():
+    h = Hall()
+    assert [h.issue("A").number for _ in range(3)] == ["A001", "A002", "A003"]
+    assert h.issue("B").number == "B001"
+    h.clock.advance(24 * 3600)
+    assert h.issue("A").number == "A001"
+    for _ in range(999):
+        h.issue("B")
+    last = h.issue("B")
+    assert last.number == "B001" and last.tid.endswith("/B/1000")
+    assert len({t.tid for t in h.q.tickets.values()}) == len(h.q.tickets)
+    with pytest.raises(QueueError, match="unknown service"):
+        h.issue("Z")
+
+
+def test_priority_then_appointment_then_longest_waiting():
+    h = Hall()
+    plain = h.issue("A")
+    h.clock.advance(10)
+    appt = h.issue("A", appointment=True)
+    h.clock.advance(10)
+    prio = h.issue("A", priority=1)
+    h.clock.advance(10)
+    plain2 = h.issue("A")
+    order = []
+    for _ in range(4):
+        order.append(h.called(1))
+        h.key(1, "noshow")
+    assert order == [prio.number, appt.number, plain.number, plain2.number]
+
+
+def test_longest_waiting_first_across_services():
+    h = Hall()
+    b = h.issue("B")
+    h.clock.advance(5)
+    a = h.issue("A")
+    assert h.called(2) == b.number
+    h.key(2, "start")
+    h.key(2, "finish")
+    assert h.called(2) == a.number
+
+
+def test_double_call_is_harmless():
+    h = Hall()
+    first = h.issue("A")
+    h.issue("A")
+    assert h.called(1) == first.number
+    h.q.take_desired()
+    again = h.key(1, "call")
+    assert not again.ok and "already has A001" in again.reason
+    assert h.q.take_desired() == []
+    assert sum(t.state == "called" for t in h.q.tickets.values()) == 1
+    h.key(1, "start")
+    assert not h.key(1, "call").ok  # serving: finish first
+
+
+def test_two_windows_never_call_the_same_ticket():
+    h = Hall()
+    only = h.issue("A")
+    assert h.called(1) == only.number
+    out = h.key(2, "call")
+    assert not out.ok and out.reason == "nothing waiting for window 2"
+    assert only.window == 1
+
+
+def test_recall_cap():
+    h = Hall()
+    h.issue("A")
+    h.called(1)
+    h.q.take_desired()
+    for _ in range(MAX_RECALLS):
+        assert h.key(1, "recall").ok
+        kinds = {d.kind: d.payload for d in h.q.take_desired()}
+        assert kinds["display"]["blink_s"] == 10 and kinds["panel"]["beep"] is True
+    out = h.key(1, "recall")
+    assert not out.ok and "start or no-show" in out.reason
+    assert h.key(1, "start").ok
+
+
+def test_key_validity():
+    h = Hall()
+    assert not h.key(1, "recall").ok
+    assert not h.key(1, "start").ok
+    assert not h.key(1, "finish").ok
+    assert not h.key(1, "noshow").ok
+    assert not h.key(1, "resume").ok
+    assert not h.key(1, "redirect").ok
+    h.issue("A")
+    assert h.key(1, "pause").ok
+    assert not h.key(1, "call").ok  # paused windows never get calls
+    assert h.key(2, "call").ok
+    assert h.key(1, "resume").ok
+    assert not h.key(2, "finish").ok  # called: start first
+    assert not h.key(2, "pause").ok
+    unknown = h.q.handle_event({"id": "x", "window": 9, "type": "key", "key": "call"}, now=0)
+    assert not unknown.ok and "not configured" in unknown.reason
+
+
+def test_redirect_keeps_ticket_and_goes_to_head():
+    h = Hall()
+    b1 = h.issue("B", priority=3)
+    a = h.issue("A")
+    h.clock.advance(60)
+    assert h.called(1) == a.number
+    h.key(1, "start")
+    assert h.key(1, "redirect").ok  # window 1's default target: B
+    assert a.state == "waiting" and a.service == "B" and a.number == "A001"
+    assert h.q.windows[1].mode == "idle"
+    assert h.called(3) == a.number  # ahead of b1 (priority 3) who was there first
+    assert len(h.q.tickets) == 2
+    h.key(3, "start")
+    assert h.key(3, "redirect", service="C").ok  # explicit target
+    assert a.service == "C"
+    assert not h.key(3, "redirect").ok  # nobody at the window
+    h.called(3)
+    assert h.q.tickets[a.tid].window == 3
+    assert not h.key(3, "redirect", service="C").ok  # already in C
+    assert b1.state == "waiting"
+
+
+def test_dedupe_by_event_id():
+    h = Hall()
+    h.issue("A")
+    h.issue("A")
+    ev = {"id": "gw-1.1", "window": 1, "type": "key", "key": "call", "action": "press"}
+    assert h.q.handle_event(ev, now=h.clock.now()).ok
+    h.key(1, "noshow")
+    before = h.q.snapshot()
+    dup = h.q.handle_event(ev, now=h.clock.now())
+    assert dup.duplicate and not dup.ok
+    assert h.q.snapshot() == before
+    t1 = h.issue("A", request_id="kiosk-7")
+    assert h.issue("A", request_id="kiosk-7") is t1
+
+
+def test_seen_ids_bounded_by_day():
+    h = Hall()
+    h.key(1, "pause")
+    h.clock.advance(86400)
+    h.key(1, "resume")
+    assert h.q.forget_seen_before("2026-11-24") == 1
+    assert list(h.q.state.seen) == ["e2"]
+
+
+def test_votes_tied_to_ticket_window_service_operator():
+    h = Hall()
+    a = h.issue("A")
+    h.called(1)
+    h.key(1, "start")
+    assert h.q.desired(1, "vote")["open"] is False
+    h.key(1, "finish")
+    assert h.q.desired(1, "vote") == {"version": 2, "open": True, "ticket": "A001",
+                                      "timeout_s": 60}
+    out = h.vote(1, "like", "A001")
+    v = out.vote
+    assert (v.counted, v.misuse, v.tid, v.window, v.service, v.operator) == (
+        True, False, a.tid, 1, "A", "ivanova")
+    assert h.q.desired(1, "vote")["open"] is False  # a counted vote closes voting
+    second = h.vote(1, "dislike", "A001", misuse=True, reason="second press for the same ticket")
+    assert second.vote.misuse and not second.vote.counted and second.vote.tid == a.tid
+    late = h.vote(1, "like", "A001")
+    assert late.vote.misuse and late.vote.reason == "voting closed at window 1"
+    nothing = h.vote(2, "like", None)
+    assert nothing.vote.misuse and nothing.vote.tid is None and nothing.vote.operator == "petrov"
+    assert len(h.q.state.votes) == 4
+
+
+def test_vote_for_another_ticket_and_timeout_and_next_call():
+    h = Hall()
+    h.issue("A")
+    h.issue("A")
+    h.called(1)
+    h.key(1, "start")
+    h.key(1, "finish")
+    wrong = h.vote(1, "like", "A777")
+    assert wrong.vote.misuse and "not the one voting is open for (A001)" in wrong.vote.reason
+    h.clock.advance(59)
+    assert h.q.tick(now=h.clock.now()) == []
+    h.clock.advance(1)
+    assert h.q.tick(now=h.clock.now()) == [1]
+    assert h.q.desired(1, "vote")["open"] is False
+    h.called(1)
+    h.key(1, "start")
+    h.key(1, "finish")
+    assert h.q.desired(1, "vote")["ticket"] == "A002"
+    h.issue("A")
+    h.called(1)  # the next call closes voting
+    assert h.q.desired(1, "vote")["open"] is False
+
+
+def test_desired_state_payloads_validate_and_versions_grow():
+    h = Hall()
+    seen = {}
+
+    def check():
+        for d in h.q.take_desired():
+            jsonschema.validate(d.payload, SCHEMAS[d.kind])
+            assert d.payload["version"] > seen.get((d.window, d.kind), 0)
+            seen[(d.window, d.kind)] = d.payload["version"]
+
+    check()
+    t = h.issue("A")
+    check()
+    h.clock.advance(16 * 60)
+    h.called(1)
+    assert h.q.desired(1, "display") == {"version": 2, "text": "A001 > 1", "blink_s": 10,
+                                         "brightness": 8}
+    panel = h.q.desired(1, "panel")
+    assert panel["mode"] == "called" and panel["tea"] is True and panel["wait_s"] == 960
+    assert panel["beep"] is True and panel["text"] == t.number
+    check()
+    for key in ("recall", "start", "finish", "pause", "resume"):
+        h.key(1, key)
+        check()
+    assert h.q.desired(1, "display")["text"] == ""
+    assert h.q.desired(1, "panel")["mode"] == "idle"
+    for d in h.q.all_desired():
+        jsonschema.validate(d.payload, SCHEMAS[d.kind])
+
+
+def test_long_window_numbers_fit_the_display():
+    cfg = {"services": {"A": "x"}, "windows": [{"n": 123456, "services": ["A"]}], "tz": "UTC"}
+    h = Hall(cfg)
+    h.issue("A")
+    h.called(123456)
+    d = h.q.desired(123456, "display")
+    assert d["text"] == "A001"
+    jsonschema.validate(d, SCHEMAS["display"])
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(QueueError, match="unknown service"):
+        QueueConfig.from_dict({"services": {"A": "x"}, "windows": [{"n": 1, "services": ["B"]}]})
+    with pytest.raises(QueueError, match="twice"):
+        QueueConfig.from_dict({"services": {"A": "x"}, "windows": [
+            {"n": 1, "services": ["A"]}, {"n": 1, "services": ["A"]}]})
