@@ -277,6 +277,7 @@ class Dirty:
     seen: dict[str, str] = field(default_factory=dict)
     counters: set[tuple[str, str]] = field(default_factory=set)
     desired: set[tuple[int, str]] = field(default_factory=set)
+    issued: dict[str, str] = field(default_factory=dict)  # request id -> tid
 
 
 def _text_for(number: str, n: int) -> str:
@@ -396,6 +397,7 @@ class Queue:
         self._dirty.counters.add((day, service))
         if request_id is not None:
             s.issued_ids[request_id] = t.tid
+            self._dirty.issued[request_id] = t.tid
             self._mark_seen(request_id, day)
         self._refresh(self._windows_serving({service}), now=now)
         return t
@@ -650,7 +652,10 @@ class Queue:
                 old = self.state.desired.get((n, kind))
                 if old is not None and now is None and kind == "panel" and not body["text"]:
                     body["wait_s"] = old.get("wait_s", 0)
-                same = old is not None and {k: v for k, v in old.items() if k != "version"} == body
+                # beep is a one-off: dropping it alone is no new state (no new version).
+                skip = ("version",) if announce else ("version", "beep")
+                same = old is not None and all(
+                    old.get(k) == v for k, v in body.items() if k not in skip)
                 if same and not (announce and kind in ("display", "panel")):
                     continue
                 version = (old["version"] if old else 0) + 1
