@@ -1,0 +1,47 @@
+"""The central core: queue, store and clock together, restarted mid-day."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from test_central_queue import CONFIG  # noqa: E402
+
+from central.clock import FakeClock  # noqa: E402
+from central.queue import QueueConfig  # noqa: E402
+from central.service import Central  # noqa: E402
+
+
+def ev(i, window, key):
+    return {"id": f"gw-1.{i}", "window": window, "type": "key", "key": key, "action": "press"}
+
+
+def test_restart_mid_day_loses_nothing(tmp_path):
+    cfg, clock, db = QueueConfig.from_dict(CONFIG), FakeClock(), tmp_path / "c.db"
+    c = Central(cfg, db, clock)
+    assert {(d.window, d.kind) for d in c.all_desired()} == {
+        (n, k) for n in (1, 2, 3) for k in ("display", "panel", "vote")}
+    t, desired = c.issue("A", request_id="kiosk-1")
+    assert t.number == "A001" and any(d.kind == "panel" for d in desired)
+    clock.advance(1000)
+    out, desired = c.handle_event(ev(1, 1, "call"))
+    assert out.ok and desired
+    c.handle_event(ev(2, 1, "start"))
+    c.handle_event(ev(3, 1, "finish"))
+    versions = {(d.window, d.kind): d.payload["version"] for d in c.all_desired()}
+    c.close()
+
+    clock.advance(10)
+    c = Central(cfg, db, clock)
+    assert {(d.window, d.kind): d.payload["version"] for d in c.all_desired()} == versions
+    assert c.handle_event(ev(3, 1, "finish"))[0].duplicate
+    out, _ = c.handle_event({"id": "gw-1.4", "window": 1, "type": "vote", "vote": "like",
+                             "ticket": "A001", "misuse": False})
+    assert out.vote.counted
+    clock.advance(100)
+    c.tick()
+    stats = c.stats()
+    assert stats["all"]["served"] == 1 and stats["all"]["likes"] == 1
+    assert stats["all"]["over_norm"] == 1
+    assert c.day_report("2026-11-23")["all"] == stats["all"]
+    c.close()
