@@ -85,7 +85,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from central.clock import local_day
+from .clock import local_day
 
 __all__ = [
     "KEYS",

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from central.clock import Clock, SystemClock, local_day
-from central.queue import Desired, Outcome, Queue, QueueConfig, Ticket
-from central.stats import live_stats
-from central.store import Store
+from .clock import Clock, SystemClock, local_day
+from .queue import Desired, Outcome, Queue, QueueConfig, Ticket
+from .stats import live_stats
+from .store import Store
 
 __all__ = ["Central"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from central.queue import NOSHOW, SERVED, WAITING, Ticket, VoteRecord
+from .queue import NOSHOW, SERVED, WAITING, Ticket, VoteRecord
 
 __all__ = ["day_stats", "live_stats", "p95"]
 
@@ -130,7 +130,7 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
 
 def live_stats(queue, *, now: float, day: str | None = None) -> dict:
     """Today's figures from a running `Queue`, plus what is happening now."""
-    from central.clock import local_day
+    from .clock import local_day
 
     today = day or local_day(now, queue.config.tz)
     out = day_stats(queue.tickets.values(), queue.state.votes,

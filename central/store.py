@@ -22,7 +22,7 @@ import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
-from central.queue import Dirty, Queue, QueueState, Ticket, VoteRecord, Window
+from .queue import Dirty, Queue, QueueState, Ticket, VoteRecord, Window
 
 __all__ = ["Store"]
 
