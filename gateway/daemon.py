@@ -48,6 +48,7 @@ log = logging.getLogger("hallgate.daemon")
 
 DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying offline
 OUTBOX_REPORT_S = 10.0  # a failing outbox is reported at most this often
+DROP_REPORT_S = 5.0  # drops past the outbox cap are summed up and reported this often
 
 
 def _str(path):
@@ -135,6 +136,7 @@ class Gateway:
                                         daemon=True)
         self._last_fed = 0
         self._devices_due = True  # the table goes out once at start
+        self._drops_taken_at = 0.0
 
     # ---- construction ----------------------------------------------------------------
 
@@ -270,6 +272,9 @@ class Gateway:
                     self._devices_due = False
                     self.link.publish_devices(self.device_table())
                 self._feed()
+                if time.monotonic() - self._drops_taken_at < DROP_REPORT_S:
+                    continue
+                self._drops_taken_at = time.monotonic()
                 for report in self.outbox.take_drop_reports():
                     self.link.publish_error(
                         "outbox-overflow",
@@ -281,8 +286,13 @@ class Gateway:
                 time.sleep(0.5)
 
     def _feed(self):
+        # Only while connected: during an outage the outbox alone holds the backlog, so its
+        # cap and its drop reports speak for every waiting event. (The few events already in
+        # the link's window when a connection drops are re-sent from there; if the cap drops
+        # their rows meanwhile, they still arrive: a report may then overstate a loss, never
+        # hide one.)
         room = self.link.room
-        if room <= 0:
+        if room <= 0 or not self.link.connected:
             return
         in_link = set(self.link.pending())
         if not in_link:

@@ -185,3 +185,40 @@ def test_a_gpio_call_panel_press_arrives_and_its_led_follows_the_panel_command(h
     blinks = len(led.states)
     threading.Event().wait(1.2)  # over two blink periods: a blinking LED would have toggled
     assert len(led.states) == blinks and gw.gpio_panels[2].led.is_lit
+
+
+def test_past_the_outbox_cap_the_oldest_go_and_the_errors_topic_says_so(tmp_path):
+    broker = Mosquitto(tmp_path / "broker").start()
+    # The witness's persistent session keeps what comes while it reconnects.
+    witness = Witness(broker.port)
+    wait_for(witness.client.is_connected, what="witness connected")
+    broker.stop()  # the broker is down while the presses come
+    path = write_hall_config(
+        tmp_path, site=SITE, gateway=GW, broker_url=broker.url,
+        windows=f"[[windows]]\nnumber = 1\nlike_pin = {LIKE}\ndislike_pin = {DISLIKE}\n")
+    path.write_text(path.read_text().replace("[outbox]\n", "[outbox]\nmax_events = 100\n"))
+    config = load_config(path)
+    gw = Gateway(config, pin_factory=MockFactory()).start()
+    try:
+        record = {"type": "vote", "vote": "like", "ticket": None, "misuse": True,
+                  "misuse_reason": "closed", "ts": "2026-11-23T10:00:00.000Z",
+                  "source": {"gpio": LIKE}}
+        for _ in range(110):  # what the buttons' sampler hands over, press by press
+            gw.on_gpio_press(1, dict(record))
+        assert gw.outbox.depth() == 100
+        broker.start()
+
+        def overflow_reports():
+            return [e["reason"] for e in witness.on(f"{BASE}/gw/{GW}/errors")
+                    if e["kind"] == "outbox-overflow"]
+
+        # Summed up, not one message per dropped event: the reports say 10 in all.
+        wait_for(lambda: any("10 in all" in r for r in overflow_reports()),
+                 what="the overflow report")
+        assert len(overflow_reports()) <= 3, overflow_reports()
+        wait_for(lambda: len(witness.events()) == 100, what="the 100 kept events")
+        assert sorted(e["seq"] for e in witness.events()) == list(range(11, 111))
+    finally:
+        gw.stop(drain_s=1)
+        witness.close()
+        broker.stop()
