@@ -2,16 +2,12 @@
 
 import json
 import pathlib
-import sys
 
 import jsonschema
+from hallgate.central.queue import KEYS, Queue, QueueConfig
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from central.queue import KEYS, Queue, QueueConfig  # noqa: E402
 
 CONFIG = QueueConfig.from_dict({
     "services": {"A": "a", "B": "b", "C": "c"},

@@ -2,16 +2,13 @@
 
 import json
 import pathlib
-import sys
 
 import jsonschema
 import pytest
+from hallgate.central.clock import FakeClock
+from hallgate.central.queue import MAX_RECALLS, Queue, QueueConfig, QueueError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from central.clock import FakeClock  # noqa: E402
-from central.queue import MAX_RECALLS, Queue, QueueConfig, QueueError  # noqa: E402
 
 SCHEMAS = {k: json.loads((ROOT / "protocols/schemas" / f"{k}.schema.json").read_text())
            for k in ("display", "panel", "vote")}

@@ -1,15 +1,11 @@
 """The central core: queue, store and clock together, restarted mid-day."""
 
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from hallgate.central.clock import FakeClock
+from hallgate.central.queue import QueueConfig
+from hallgate.central.service import Central
 from test_central_queue import CONFIG  # noqa: E402
-
-from central.clock import FakeClock  # noqa: E402
-from central.queue import QueueConfig  # noqa: E402
-from central.service import Central  # noqa: E402
 
 
 def ev(i, window, key):

@@ -1,14 +1,9 @@
 """Statistics on a small day computed by hand."""
 
 import json
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
+from hallgate.central.stats import day_stats, live_stats, p95
 from test_central_queue import Hall  # noqa: E402
-
-from central.stats import day_stats, live_stats, p95  # noqa: E402
 
 
 def test_p95_nearest_rank():

@@ -1,14 +1,10 @@
 """The central store: a queue reopened from SQLite is the same queue, versions keep growing."""
 
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from hallgate.central.queue import Queue, QueueConfig
+from hallgate.central.store import Store
 from test_central_queue import CONFIG, Hall  # noqa: E402
-
-from central.queue import Queue, QueueConfig  # noqa: E402
-from central.store import Store  # noqa: E402
 
 
 def busy_day(h, store):
