@@ -432,9 +432,11 @@ class BusMaster:
     keep them short. They may call the master's methods, but must not wait for another
     thread that does (that thread would wait for the lock the callback holds).
 
-        >>> with BusMaster("/dev/ttyAMA0", on_event=print) as master:   # doctest: +SKIP
-        ...     master.add_device(7)
-        ...     master.set_state(7, bus.DisplayState("A042"))
+    Example (needs a serial port, so not a doctest)::
+
+        with BusMaster("/dev/ttyAMA0", on_event=print) as master:
+            master.add_device(7)
+            master.set_state(7, bus.DisplayState("A042"))
     """
 
     read_slice = 0.005  # longest single blocking read; bounds stop latency and deadline overrun

@@ -49,10 +49,12 @@ them, in outbox order; never one that is in `pending()`. The link re-sends its o
 after a reconnect, so the daemon does not re-feed; after a daemon restart (a new link) it
 starts again from the oldest row in the outbox.
 
-    >>> link = MqttLink("msk-01", "gw-1", ["mqtt://127.0.0.1:1883"], windows=[1, 2],
-    ...                 on_delivered=outbox.delete, on_command=reconciler.apply)  # doctest: +SKIP
-    >>> with link:                                                               # doctest: +SKIP
-    ...     link.publish_event(1, b'{"id": "..."}', token=row_id)
+Example (needs a broker, so not a doctest)::
+
+    link = MqttLink("msk-01", "gw-1", ["mqtt://127.0.0.1:1883"], windows=[1, 2],
+                    on_delivered=outbox.delete, on_command=reconciler.apply)
+    with link:
+        link.publish_event(1, b'{"id": "..."}', token=row_id)
 """
 
 import collections

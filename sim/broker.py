@@ -27,8 +27,10 @@ Plan:
   `cafile`, `certfile`, `require_certificate` apply to it), with `allow_anonymous` a separate
   argument: room for the ACL and TLS set-ups of a later issue.
 
-    >>> with Mosquitto(tmp_path) as broker:        # doctest: +SKIP
-    ...     client.connect("127.0.0.1", broker.port)
+Example (starts a real broker, so not a doctest)::
+
+    with Mosquitto(tmp_path) as broker:
+        client.connect("127.0.0.1", broker.port)
 """
 
 import contextlib

@@ -34,9 +34,11 @@ Plan:
   (re)starting a device process: MicroPython has no tcflush).
 Cost: per chunk, one read, a few small pieces, and one write per receiver.
 
-    >>> with BusHub(baud=115200) as hub:          # doctest: +SKIP
-    ...     dev = hub.add_port("display-7")       # path for the device process
-    ...     master = serial.Serial(hub.master_path, 115200, timeout=0.1)
+Example (makes ptys, so not a doctest)::
+
+    with BusHub(baud=115200) as hub:
+        dev = hub.add_port("display-7")       # path for the device process
+        master = serial.Serial(hub.master_path, 115200, timeout=0.1)
 """
 
 import collections
