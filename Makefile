@@ -49,7 +49,7 @@ $(STUBS)/.installed: $(STAMP)
 	touch $@
 
 lint: setup $(STUBS)/.installed
-	$(BIN)/ruff check hallgate protocols gateway sim tests bench
+	$(BIN)/ruff check hallgate protocols gateway sim central tests bench
 	$(BIN)/pyright -p firmware/pyrightconfig.json
 
 bench: setup
