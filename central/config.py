@@ -1,0 +1,145 @@
+"""The central service's config: one small TOML file (example: hardware/central-example.toml).
+
+    site = "msk-01"
+    broker = "mqtt://127.0.0.1:1883"
+    database = "central.db"          # relative to the config file's folder
+    tz = "Europe/Moscow"             # optional: the machine's zone when absent
+    norm_s = 900                     # optional
+    vote_timeout_s = 60              # optional
+    [services]
+    A = "Passports"
+    [[windows]]
+    n = 1
+    services = ["A"]
+    redirect_to = "B"                # optional
+    operator = "ivanova"             # optional
+
+Optional too: ``client_id`` (default ``hallgate-central-{site}``), ``tick_s`` (1.0),
+``stats_s`` (5.0), ``blink_s``, ``brightness``. Every error names the key:
+
+>>> try:
+...     load_config_dict({"site": "x", "broker": "mqtt://h", "database": "d.db",
+...                       "services": {"A": "Passports"}, "windows": [{"n": 1}]}, ".")
+... except ConfigError as e:
+...     print(e)
+windows[0].services: missing
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .queue import QueueConfig, QueueError
+
+__all__ = ["CentralConfig", "ConfigError", "load_config", "load_config_dict"]
+
+_NAME = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+class ConfigError(ValueError):
+    """A config the central service cannot run with; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    site: str
+    broker: str
+    database: Path
+    queue: QueueConfig
+    client_id: str
+    tick_s: float = 1.0
+    stats_s: float = 5.0
+
+
+def _get(d: dict, key: str, kind, where: str = "", *, required=True, default=None):
+    name = f"{where}{key}"
+    if key not in d:
+        if required:
+            raise ConfigError(f"{name}: missing")
+        return default
+    value = d[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        want = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{name}: {value!r} is not {want}")
+    return value
+
+
+def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
+    """A `CentralConfig` from parsed TOML; `base` is the folder relative paths start from."""
+    site = _get(d, "site", str)
+    if not 1 <= len(site) <= 64 or not set(site) <= _NAME:
+        raise ConfigError(f"site: {site!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    broker = _get(d, "broker", str)
+    if not broker.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError(f"broker: {broker!r}: mqtt://host[:port] or mqtts://host[:port]")
+    database = Path(_get(d, "database", str))
+    if not database.is_absolute():
+        database = Path(base) / database
+    services = _get(d, "services", dict)
+    if not services:
+        raise ConfigError("services: at least one, e.g. A = \"Passports\"")
+    for letter, name in services.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"services.{letter}: {name!r} is not str")
+    windows = _get(d, "windows", list)
+    if not windows:
+        raise ConfigError("windows: at least one [[windows]] table")
+    wins = []
+    for i, w in enumerate(windows):
+        where = f"windows[{i}]."
+        if not isinstance(w, dict):
+            raise ConfigError(f"windows[{i}]: a table expected")
+        n = _get(w, "n", int, where)
+        svc = _get(w, "services", list, where)
+        if not all(isinstance(s, str) for s in svc):
+            raise ConfigError(f"{where}services: a list of service letters")
+        wins.append({"n": n, "services": svc,
+                     "redirect_to": _get(w, "redirect_to", str, where, required=False),
+                     "operator": _get(w, "operator", str, where, required=False)})
+    queue: dict[str, Any] = {"services": services, "windows": wins}
+    tz = _get(d, "tz", str, required=False)
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"tz: {tz!r} is not an IANA zone (e.g. Europe/Moscow)") from None
+        queue["tz"] = tz
+    for key in ("norm_s", "vote_timeout_s", "blink_s", "brightness"):
+        v = _get(d, key, int, required=False)
+        if v is not None:
+            if v < 0:
+                raise ConfigError(f"{key}: {v} must be >= 0")
+            queue[key] = v
+    tick_s = float(_get(d, "tick_s", (int, float), required=False, default=1.0))
+    stats_s = float(_get(d, "stats_s", (int, float), required=False, default=5.0))
+    for key, v in (("tick_s", tick_s), ("stats_s", stats_s)):
+        if v <= 0:
+            raise ConfigError(f"{key}: {v} must be > 0")
+    client_id = _get(d, "client_id", str, required=False, default=f"hallgate-central-{site}")
+    try:
+        qc = QueueConfig.from_dict(queue)
+    except QueueError as e:
+        raise ConfigError(str(e)) from None
+    return CentralConfig(site=site, broker=broker, database=database, queue=qc,
+                         client_id=client_id, tick_s=tick_s, stats_s=stats_s)
+
+
+def load_config(path: str | Path) -> CentralConfig:
+    """Reads and checks a central config file; ConfigError naming the file and the key."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return load_config_dict(d, path.parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
