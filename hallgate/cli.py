@@ -209,6 +209,81 @@ def cmd_sim_bus(args):
     return 0
 
 
+def _central_config(args):
+    from hallgate.central.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return None
+
+
+def cmd_central_run(args):
+    """The central queue service on MQTT until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from hallgate.central.mqtt import CentralService
+    from hallgate.central.service import Central
+
+    cfg = _central_config(args)
+    if cfg is None:
+        return 1
+    central = Central(cfg.queue, cfg.database)
+    svc = CentralService(central, cfg.site, cfg.broker, client_id=cfg.client_id,
+                         tick_s=cfg.tick_s, stats_s=cfg.stats_s, version=__version__)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    svc.start()
+    logging.getLogger("hallgate.central").info("central %s: %s, db %s", cfg.site, cfg.broker,
+                                               cfg.database)
+    done.wait()
+    svc.stop()
+    central.close()
+    return 0
+
+
+def cmd_central_report(args):
+    """A day's figures from the store (the service may be running)."""
+    from hallgate.central.clock import local_day
+    from hallgate.central.stats import day_stats
+    from hallgate.central.store import Store
+
+    cfg = _central_config(args)
+    if cfg is None:
+        return 1
+    if not cfg.database.exists():
+        print(f"no database at {cfg.database}: has `hallgate central run` run?", file=sys.stderr)
+        return 1
+    day = args.day or local_day(time.time(), cfg.queue.tz)
+    with Store(cfg.database) as store:
+        tickets, votes = store.day(day)
+    rep = day_stats(tickets, votes, norm_s=cfg.queue.norm_s, day=day)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+
+    def f(v, fmt="{:.0f}"):
+        return "-" if v is None else fmt.format(v)
+
+    print(f"{cfg.site} {day}: {rep['all']['issued']} tickets, norm {cfg.queue.norm_s} s")
+    head = (f"{'':12} {'served':>6} {'noshow':>6} {'avg wait':>8} {'p95 wait':>8} "
+            f"{'>norm':>6} {'likes':>5} {'votes':>5} {'satisf.':>7} {'misuse':>6}")
+    for title, rows in (("all", {"": rep["all"]}), ("window", rep["by_window"]),
+                        ("service", rep["by_service"]), ("operator", rep["by_operator"])):
+        print(f"\n{head}" if title == "all" else f"-- by {title}")
+        for k, g in rows.items():
+            name = title if title == "all" else (
+                f"{k} {cfg.queue.services.get(k, '')}"[:12] if title == "service" else k)
+            print(f"{name:12} {g['served']:>6} {g['noshow']:>6} {f(g['wait_avg_s']):>7}s "
+                  f"{f(g['wait_p95_s']):>7}s {f(g['over_norm_share'], '{:.0%}'):>6} "
+                  f"{g['likes']:>5} {g['votes']:>5} {f(g['satisfaction'], '{:.0%}'):>7} "
+                  f"{g['misuse']:>6}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="hallgate",
@@ -263,6 +338,22 @@ def build_parser():
     p.add_argument("--json", action="store_true", help='print {"ok": ..., "problems": [...]}')
     p.set_defaults(func=cmd_config_check)
 
+    central_p = sub.add_parser("central", help="the reference central queue service")
+    central_sub = central_p.add_subparsers(dest="central_command", required=True,
+                                           metavar="SUBCOMMAND")
+    p = central_sub.add_parser("run", help="serve the queue on MQTT until SIGTERM/SIGINT")
+    p.add_argument("--config", required=True, help="central config (TOML), e.g. "
+                   "hardware/central-example.toml")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines as text (default) or one JSON object per line")
+    p.set_defaults(func=cmd_central_run)
+    p = central_sub.add_parser("report", help="a day's figures: served, waits, no-shows, "
+                               "satisfaction per window, service and operator")
+    p.add_argument("--config", required=True, help="central config (TOML)")
+    p.add_argument("--day", help="YYYY-MM-DD (default: today in the config's zone)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.set_defaults(func=cmd_central_report)
+
     sim_p = sub.add_parser("sim", help="simulated hardware: the real firmware on MicroPython")
     sim_sub = sim_p.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
     p = sim_sub.add_parser(
@@ -300,7 +391,7 @@ def main(argv=None):
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    daemon = args.command == "run"
+    daemon = args.command == "run" or getattr(args, "central_command", None) == "run"
     level = logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING
     logging.basicConfig(level=level, handlers=[handler])
     return args.func(args)

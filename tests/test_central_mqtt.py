@@ -1,0 +1,245 @@
+"""The central service on a real mosquitto: an independent paho client plays the gateway
+and a kiosk; tickets, calls, votes, duplicates, a restart and the report."""
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import jsonschema
+import paho.mqtt.client as paho
+import pytest
+from conftest import wait_for
+from hallgate.central.clock import FakeClock
+from hallgate.central.config import ConfigError, load_config, load_config_dict
+from hallgate.central.mqtt import CentralService
+from hallgate.central.queue import QueueConfig
+from hallgate.central.service import Central
+from hallgate.sim.broker import Mosquitto, mosquitto_binary
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "protocols" / "schemas"
+SITE = "t-1"
+P = f"hall/v1/{SITE}"
+DAY = "2026-11-23"  # FakeClock's default start
+
+try:
+    mosquitto_binary()
+except Exception:  # pragma: no cover
+    pytest.skip("mosquitto not installed", allow_module_level=True)
+
+
+def check(name, payload):
+    schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(payload))
+    assert not errors, [e.message for e in errors]
+
+
+def test_doc_central_examples_validate():
+    doc = (ROOT / "protocols" / "MQTT.md").read_text()
+    found = re.findall(r"<!-- central-example: (\w+) -->\n```jsonc\n(.*?)\n```", doc, re.S)
+    assert {n for n, _ in found} == {"ticket_request", "ticket_issued", "central_stats",
+                                     "central_errors"}
+    for name, text in found:
+        check(name, json.loads(text))
+
+
+def test_config_example_and_errors(tmp_path):
+    cfg = load_config(ROOT / "hardware" / "central-example.toml")
+    assert cfg.site == "msk-01" and cfg.queue.services["A"] == "Passports"
+    base = {"site": "x", "broker": "mqtt://h", "database": "d.db",
+            "services": {"A": "P"}, "windows": [{"n": 1, "services": ["A"]}]}
+    for change, key in [({"site": "a/b"}, "site"), ({"broker": "http://h"}, "broker"),
+                        ({"windows": [{"n": "1", "services": ["A"]}]}, "windows[0].n"),
+                        ({"windows": [{"n": 1, "services": ["Z"]}]}, "unknown service"),
+                        ({"tz": "Mars/Base"}, "tz"), ({"norm_s": "x"}, "norm_s")]:
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config_dict({**base, **change}, tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("site = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+class Witness:
+    """An independent client: the gateway and the kiosk, logging everything under P/#."""
+
+    def __init__(self, port):
+        self.msgs = []
+        self.lock = threading.Lock()
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"w-{uuid.uuid4().hex}",
+                             protocol=paho.MQTTv5)
+        self.c.on_message = self._msg
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(f"{P}/#", qos=1)
+        self.c.loop_start()
+
+    def _msg(self, client, userdata, m):
+        try:
+            payload = json.loads(m.payload) if m.payload else None
+        except ValueError:
+            payload = m.payload  # the malformed ones the test sends itself
+        with self.lock:
+            self.msgs.append((m.topic, payload))
+
+    def on(self, topic):
+        with self.lock:
+            return [p for t, p in self.msgs if t == f"{P}/{topic}"]
+
+    def last(self, topic):
+        got = self.on(topic)
+        return got[-1] if got else None
+
+    def pub(self, topic, payload):
+        self.c.publish(f"{P}/{topic}", json.dumps(payload) if isinstance(payload, dict)
+                       else payload, qos=1).wait_for_publish(5)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def ev(seq, key=None, vote=None, ticket=None, window=1):
+    e = {"id": f"gw-1.{seq:012d}", "gateway": "gw-1", "seq": seq,
+         "ts": "2026-11-23T08:00:00.000Z", "window": window}
+    if key:
+        e.update(type="key", key=key, action="press", source={"gpio": 5})
+    else:
+        e.update(type="vote", vote=vote, ticket=ticket, misuse=False, source={"gpio": 17})
+    check("event", e)
+    return e
+
+
+def req(rid, service="A"):
+    r = {"id": rid, "service": service, "ts": "2026-11-23T08:00:00.000Z"}
+    check("ticket_request", r)
+    return r
+
+
+QCFG = {"services": {"A": "Passports", "B": "Registration"}, "tz": "UTC",
+        "windows": [{"n": 1, "services": ["A"], "operator": "ivanova"},
+                    {"n": 2, "services": ["A", "B"]}]}
+
+
+def test_central_on_mqtt(tmp_path):
+    db = tmp_path / "central.db"
+    clock = FakeClock()
+    qcfg = QueueConfig.from_dict(QCFG)
+    broker = Mosquitto(tmp_path / "broker").start()
+    w = None
+    svc = None
+
+    def service():
+        s = CentralService(Central(qcfg, db, clock), SITE, broker.url, tick_s=0.05,
+                           stats_s=0.1, reconnect_max=0.5)
+        s.start()
+        assert s.wait_connected(5)
+        return s
+
+    try:
+        w = Witness(broker.port)
+        svc = service()
+        wait_for(lambda: (w.last("central/status") or {}).get("state") == "online",
+                 5, "status online")
+        check("status", w.last("central/status"))
+
+        # a ticket, and the same one for the same request again
+        w.pub("ticket/request", req("k1"))
+        wait_for(lambda: w.on("ticket/issued"), 5, "ticket issued")
+        issued = w.last("ticket/issued")
+        check("ticket_issued", issued)
+        assert issued["ticket"] == "A001" and issued["queue_position"] == 1
+        w.pub("ticket/request", req("k1"))
+        wait_for(lambda: len(w.on("ticket/issued")) == 2, 5, "second answer")
+        assert w.last("ticket/issued")["ticket"] == "A001"
+
+        # call: retained display and panel for window 1
+        clock.advance(60)
+        w.pub("window/1/event", ev(1, "call"))
+        wait_for(lambda: (w.last("window/1/display") or {}).get("text") == "A001 > 1",
+                 5, "display A001")
+        check("display", w.last("window/1/display"))
+        wait_for(lambda: (w.last("window/1/panel") or {}).get("mode") == "called", 5, "panel")
+        panel = w.last("window/1/panel")
+        check("panel", panel)
+        assert panel["text"] == "A001" and panel["wait_s"] == 60
+
+        # start, finish: voting opens; a like is recorded and counted in the stats
+        w.pub("window/1/event", ev(2, "start"))
+        w.pub("window/1/event", ev(3, "finish"))
+        wait_for(lambda: (w.last("window/1/vote") or {}).get("open") is True, 5, "vote open")
+        vote_open = w.last("window/1/vote")
+        check("vote", vote_open)
+        assert vote_open["ticket"] == "A001"
+        w.pub("window/1/event", ev(4, vote="like", ticket="A001"))
+        wait_for(lambda: (w.last("window/1/vote") or {}).get("open") is False, 5, "vote closed")
+        wait_for(lambda: (w.last("central/stats") or {}).get("all", {}).get("likes") == 1,
+                 5, "like in the stats")
+        stats = w.last("central/stats")
+        check("central_stats", stats)
+        assert stats["all"]["served"] == 1 and stats["by_window"]["1"]["satisfaction"] == 1.0
+
+        # a duplicate event changes nothing; malformed input is reported
+        versions = {k: svc.central.queue.desired(1, k)["version"]
+                    for k in ("display", "panel", "vote")}
+        w.pub("window/1/event", ev(3, "finish"))
+        w.pub("window/1/event", ev(4, vote="like", ticket="A001"))
+        w.pub("window/1/event", b"{not json")
+        w.pub("window/1/event", ev(5, "finish", window=2))  # topic says window 1
+        w.pub("ticket/request", req("k9", service="Z"))
+        wait_for(lambda: len(w.on("central/errors")) == 3, 5, "three errors")
+        for e in w.on("central/errors"):
+            check("central_errors", e)
+        assert [e["kind"] for e in w.on("central/errors")] == \
+            ["bad-event", "bad-event", "bad-request"]
+        assert svc.counters["duplicates"] == 2
+        assert {k: svc.central.queue.desired(1, k)["version"]
+                for k in ("display", "panel", "vote")} == versions
+        assert len(svc.central.queue.state.votes) == 1
+
+        # restart: events sent while the service is away arrive; tickets, votes, versions kept
+        assert svc.stop() is True
+        assert w.last("central/status")["reason"] == "stopped"
+        svc.central.close()
+        w.pub("ticket/request", req("k2"))
+        w.pub("window/1/event", ev(6, "call"))
+        svc = service()
+        wait_for(lambda: (w.last("window/1/display") or {}).get("text") == "A002 > 1",
+                 5, "A002 called after the restart")
+        assert w.last("window/1/display")["version"] > versions["display"]
+        assert w.last("window/1/panel")["version"] > versions["panel"]
+        w.pub("ticket/request", req("k1"))
+        wait_for(lambda: w.last("ticket/issued")["request_id"] == "k1", 5, "k1 again")
+        assert w.last("ticket/issued")["ticket"] == "A001"
+        assert "queue_position" not in w.last("ticket/issued")
+        assert len(svc.central.queue.state.votes) == 1
+        w.pub("window/1/event", ev(4, vote="like", ticket="A001"))  # still a duplicate
+        wait_for(lambda: svc.counters["duplicates"] == 1, 5, "duplicate after restart")
+
+        # the report, from another process, while the service runs
+        cfg = tmp_path / "central.toml"
+        cfg.write_text(f'site = "{SITE}"\nbroker = "{broker.url}"\ndatabase = "central.db"\n'
+                       'tz = "UTC"\n[services]\nA = "Passports"\nB = "Registration"\n'
+                       '[[windows]]\nn = 1\nservices = ["A"]\n')
+        out = subprocess.run([sys.executable, "-m", "hallgate.cli", "central", "report",
+                              "--config", str(cfg), "--day", DAY, "--json"],
+                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        rep = json.loads(out.stdout)
+        assert rep["all"]["served"] == 1 and rep["all"]["issued"] == 2
+        assert rep["all"]["likes"] == 1
+        table = subprocess.run([sys.executable, "-m", "hallgate.cli", "central", "report",
+                                "--config", str(cfg), "--day", DAY],
+                               capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        assert table.returncode == 0 and "-- by window" in table.stdout, table.stderr
+    finally:
+        if svc is not None:
+            svc.stop()
+            svc.central.close()
+        if w is not None:
+            w.close()
+        broker.stop()
