@@ -198,9 +198,9 @@ class CentralService:
                 acked = info.is_published()
             except (RuntimeError, ValueError):
                 acked = False
+        self._connected.clear()  # a clean stop is not a lost broker
         self.client.disconnect()
         self.client.loop_stop()
-        self._connected.clear()
         self._thread = None
         return acked
 
