@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -86,18 +85,6 @@ def _decode(payload: bytes) -> dict:
     return obj
 
 
-def _share_store(central: Central) -> None:
-    """`Store` opens SQLite with the default ``check_same_thread=True``, but here paho's
-    thread and the ticker use it (always under `CentralService.lock`, one at a time):
-    reopen its connection shareable, with the same pragmas. (Better in store.py itself.)"""
-    st = central.store
-    db = sqlite3.connect(st.path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    st.db.close()
-    st.db = db
-
-
 class CentralService:
     """`Central` wired to a broker. Counters in `counters` (events, duplicates, rejected,
     malformed, tickets, published, connects)."""
@@ -112,7 +99,6 @@ class CentralService:
             raise ValueError(f"broker url {url!r}: mqtt://host[:port] or mqtts://host[:port]")
         if protocol not in ("5", "3.1.1"):
             raise ValueError(f"protocol {protocol!r}: '5' or '3.1.1'")
-        _share_store(central)
         self.central = central
         self.site = site
         self.url = url

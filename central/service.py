@@ -16,7 +16,7 @@ from typing import Any
 
 from .clock import Clock, SystemClock, local_day
 from .queue import Desired, Outcome, Queue, QueueConfig, Ticket
-from .stats import live_stats
+from .stats import day_stats, live_stats
 from .store import Store
 
 __all__ = ["Central"]
@@ -62,7 +62,5 @@ class Central:
         return live_stats(self.queue, now=self.clock.now())
 
     def day_report(self, day: str) -> dict:
-        from central.stats import day_stats
-
         tickets, votes = self.store.day(day)
         return day_stats(tickets, votes, norm_s=self.queue.config.norm_s, day=day)
