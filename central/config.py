@@ -1,4 +1,4 @@
-"""The central service's config: one small TOML file (example: hardware/central-example.toml).
+"""The central service's config: one small TOML file (example: central/example.toml).
 
     site = "msk-01"
     broker = "mqtt://127.0.0.1:1883"

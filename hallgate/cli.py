@@ -343,7 +343,7 @@ def build_parser():
                                            metavar="SUBCOMMAND")
     p = central_sub.add_parser("run", help="serve the queue on MQTT until SIGTERM/SIGINT")
     p.add_argument("--config", required=True, help="central config (TOML), e.g. "
-                   "hardware/central-example.toml")
+                   "central/example.toml")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="log lines as text (default) or one JSON object per line")
     p.set_defaults(func=cmd_central_run)

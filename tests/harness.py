@@ -105,11 +105,16 @@ class Witness:
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=False)
+        self.subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        # Until the broker has the subscription, its session would not keep what comes.
+        if not self.subscribed.wait(10):
+            raise AssertionError("witness: no SUBACK from the broker within 10 s")
 
     def _on_message(self, client, userdata, msg):
         try:

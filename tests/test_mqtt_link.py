@@ -523,6 +523,8 @@ def test_mqtt_311(broker, witness, make_link):
     assert retained(broker, STATUS)["state"] == "online"
     link.publish_event(2, event(7, 2), token=7)
     wait_for(lambda: link.rec.delivered == [7], what="PUBACK under 3.1.1")
+    # The PUBACK may come back before the broker has passed the message on.
+    wait_for(lambda: witness.payloads(topic(2, "event")), what="the event at the witness")
     assert witness.payloads(topic(2, "event")) == [event(7, 2)]
     witness.publish(topic(2, "panel"), b'{"version": 2}')
     wait_for(lambda: witness.json(ERRORS), what="error under 3.1.1")
