@@ -103,7 +103,7 @@ class Reconciler:
 class Gateway:
     """One gateway: its config's buses, GPIO, outbox and MQTT link."""
 
-    def __init__(self, config, *, status_file=None, pin_factory=None, masters=None):
+    def __init__(self, config, *, status_file=None, pin_factory=None):
         self.config = config
         self.site = config.gateway.site
         self.name = config.gateway.id
@@ -128,7 +128,7 @@ class Gateway:
                 self.devices[(b.name, d.address)] = d
                 self.by_window.setdefault(d.window, {}).setdefault(d.role, []).append(
                     (b.name, d.address))
-        self.masters = masters if masters is not None else self._make_masters(pin_factory)
+        self.masters = self._make_masters(pin_factory)
         self.feedback = self._make_feedback(pin_factory)
         self.gpio_panels, self._panel_sampler = self._make_gpio_panels(pin_factory)
         self.link = self._make_link()
@@ -406,7 +406,8 @@ class Gateway:
             "ts": utc_ts(),
             "broker": {"connected": self.link.connected, "url": self.link.url,
                        "last_error": self.link.last_error, **self.link.stats.asdict()},
-            "outbox": {"depth": ob.get("depth"), **ob, "errors": self.outbox_errors},
+            "outbox": {**ob, "errors": self.outbox_errors},
+            "rejected_device_events": self.event_rejects,
             "devices": {"online": sum(r["online"] for r in table), "total": len(table),
                         "table": table},
             "buses": {n: {k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events",
