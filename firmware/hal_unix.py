@@ -74,7 +74,12 @@ class Board:
         self.running = True
         self._names = ()
         self._levels = bytearray(0)
-        self._timeline = []  # [due_ticks, key index, level], in the order given
+        # Contact steps, in the order given: [due ticks or None, key index, level, ms after
+        # the key's step before]. Only a key's first pending step has a due time; the next
+        # one's clock starts when it is applied, so a contact stays closed for its hold time
+        # as the firmware lives it, even when the process was starved of CPU meanwhile (a
+        # real key does not open early because the board was busy).
+        self._timeline = []
 
     # ---- bus ----------------------------------------------------------------------
 
@@ -101,13 +106,31 @@ class Board:
         return self._levels[i]
 
     def _advance(self, now):
-        later = []
-        for entry in self._timeline:
-            if ticks_diff(now, entry[0]) >= 0:
-                self._levels[entry[1]] = entry[2]
-            else:
-                later.append(entry)
-        self._timeline = later
+        tl = self._timeline
+        k = 0
+        while k < len(tl):
+            step = tl[k]
+            if step[0] is None or ticks_diff(now, step[0]) < 0:
+                k += 1
+                continue
+            self._levels[step[1]] = step[2]
+            tl.pop(k)
+            for j in range(k, len(tl)):  # start the clock of the key's next step
+                if tl[j][1] == step[1]:
+                    tl[j][0] = ticks_add(now, tl[j][3])
+                    break
+
+    def _schedule(self, i, steps, now):
+        """Steps [(ms from now, level)] for key i; after the key's pending steps, if any."""
+        pending = False
+        for step in self._timeline:
+            if step[1] == i:
+                pending = True
+        prev = 0
+        for ms, level in steps:
+            self._timeline.append([None if pending else ticks_add(now, ms), i, level, ms - prev])
+            pending = True
+            prev = ms
 
     def led(self, on):
         pass  # the role reports the LED in `state`; a blinking LED would flood the channel
@@ -144,13 +167,14 @@ class Board:
             if cmd == "press":
                 i = self._key(words[1])
                 hold = int(words[2]) if len(words) > 2 else 100
-                self._timeline.append([now, i, 1])
-                self._timeline.append([ticks_add(now, hold), i, 0])
+                self._schedule(i, ((0, 1), (hold, 0)), now)
             elif cmd == "levels":
                 i = self._key(words[1])
+                steps = []
                 for step in words[2:]:
                     ms, level = step.split(":")
-                    self._timeline.append([ticks_add(now, int(ms)), i, 1 if int(level) else 0])
+                    steps.append((int(ms), 1 if int(level) else 0))
+                self._schedule(i, steps, now)
             elif cmd == "state":
                 self.emit("state", core.role.describe())
             elif cmd == "info":

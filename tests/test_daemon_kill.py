@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import wait_for
 from hallgate.sim.broker import Mosquitto
-from hallgate.sim.device import DeviceError, FirmwareDevice
+from hallgate.sim.device import FirmwareDevice
 from hallgate.sim.hub import BusHub
 from harness import Daemon, Witness, write_hall_config
 
@@ -47,30 +47,18 @@ def test_sigkill_and_broker_restarts_lose_no_press(tmp_path):
         daemon.start()
 
         made = set()
-        unseen = []
         made_lock = threading.Lock()
         errors = []
 
         def operator(addr):
             dev = devices[addr]
             try:
-                i = 0
-                while i < PRESSES_PER_PANEL:
+                for i in range(PRESSES_PER_PANEL):
                     mark = dev.mark()
                     dev.press(KEYS[i % len(KEYS)], hold_ms=100)
-                    try:
-                        ev = dev.wait_kind("event", timeout=3, since=mark)
-                    except DeviceError:
-                        # The firmware samples its keys; a process starved of CPU for longer
-                        # than the hold can miss a press, as a board would miss a press
-                        # shorter than its debounce. Such a press never became an event,
-                        # so it is pressed again and counted apart.
-                        with made_lock:
-                            unseen.append(addr)
-                        continue
+                    ev = dev.wait_kind("event", timeout=10, since=mark)
                     with made_lock:
                         made.add((addr, dev.ready["boot"], ev["seq"]))
-                    i += 1
                     time.sleep(0.05)
             except Exception as e:  # noqa: BLE001 - handed to the test thread
                 errors.append((addr, e))
@@ -104,8 +92,7 @@ def test_sigkill_and_broker_restarts_lose_no_press(tmp_path):
             assert dev.info()["overflows"] == 0, f"device {addr} dropped presses"
         duplicates = len(events) - len(by_source)
         print(f"{len(made)} presses, {len(events)} deliveries ({duplicates} redelivered), "
-              f"{daemon.starts} gateway starts, {broker.starts} broker starts, "
-              f"{len(unseen)} presses the firmware did not see (pressed again)")
+              f"{daemon.starts} gateway starts, {broker.starts} broker starts")
         assert daemon.starts == 4 and broker.starts == 3
         assert daemon.terminate() == 0  # and a clean stop at the end
     finally:
