@@ -18,7 +18,7 @@ from hallgate.central.config import ConfigError, load_config, load_config_dict
 from hallgate.central.mqtt import CentralService
 from hallgate.central.queue import QueueConfig
 from hallgate.central.service import Central
-from hallgate.sim.broker import Mosquitto, mosquitto_binary
+from hallgate.sim.broker import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +26,6 @@ SCHEMAS = ROOT / "protocols" / "schemas"
 SITE = "t-1"
 P = f"hall/v1/{SITE}"
 DAY = "2026-11-23"  # FakeClock's default start
-
-try:
-    mosquitto_binary()
-except Exception:  # pragma: no cover
-    pytest.skip("mosquitto not installed", allow_module_level=True)
-
 
 def check(name, payload):
     schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
