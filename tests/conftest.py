@@ -51,3 +51,24 @@ def wait_for(cond, timeout=15.0, what="condition"):
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_retained(port, topic, timeout=3.0):
+    """The retained payload (bytes) on `topic` as a fresh client gets it on loopback `port`;
+    None if none came within `timeout` seconds."""
+    import paho.mqtt.client as mqtt
+
+    got = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+    c.on_message = lambda cl, u, m: got.append(m.payload) if m.retain else None
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got[0] if got else None

@@ -1,30 +1,12 @@
 """sim/broker.py: the real mosquitto on a free loopback port, its restarts and its errors."""
 
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import read_retained
 from hallgate.sim import broker as broker_mod
 from hallgate.sim.broker import BrokerError, Mosquitto, port_accepts
 from paho.mqtt.enums import CallbackAPIVersion
-
-
-def read_retained(port, topic, timeout=3.0):
-    """The retained payload on `topic` (None if none came within `timeout`)."""
-    got = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
-    c.on_message = lambda cl, u, m: got.append(m.payload)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        c.disconnect()
-        c.loop_stop()
-    return got[0] if got else None
 
 
 def publish_retained(port, topic, payload):

@@ -33,13 +33,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from conftest import wait_for
+from conftest import read_retained, wait_for
 from hallgate.gateway.outbox import read_stats
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import DeviceError, FirmwareDevice
@@ -55,25 +53,9 @@ PANEL = 1  # the firmware call panel's address and window
 
 def retained(port, topic, timeout=10):
     """The retained message on `topic` as a fresh client gets it; fails if there is none."""
-    got, done = [], threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="proc-retained-reader")
-
-    def on_message(c, userdata, msg):
-        if msg.retain:
-            got.append(json.loads(msg.payload))
-        done.set()
-
-    client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe(topic, 1)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        done.wait(timeout)  # no retained message: nothing comes, the wait runs out
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    assert got, f"no retained message on {topic}"
-    return got[0]
+    raw = read_retained(port, topic, timeout)
+    assert raw, f"no retained message on {topic}"
+    return json.loads(raw)
 
 
 def write_config(tmp_path, broker_url, hub_path=None, outbox=None):

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import wait_for
+from conftest import read_retained, wait_for
 from hallgate.gateway.commands import DisplayCommand, PanelCommand, VoteCommand
 from hallgate.gateway.mqtt import LinkFull, MqttLink, parse_url
 from hallgate.sim.broker import Mosquitto, free_port
@@ -84,20 +84,8 @@ class Witness:
 
 def retained(broker, topic_name, timeout=3.0):
     """The retained payload (parsed) on a topic, read by a fresh client; None if none."""
-    got = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic_name, qos=1)
-    c.on_message = lambda cl, u, m: got.append(m) if m.retain else None
-    c.connect("127.0.0.1", broker.port)
-    c.loop_start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        c.disconnect()
-        c.loop_stop()
-    return json.loads(got[0].payload) if got and got[0].payload else None
+    raw = read_retained(broker.port, topic_name, timeout)
+    return json.loads(raw) if raw else None
 
 
 class Recorder:
