@@ -26,6 +26,7 @@ import sys
 import termios
 
 from compat import const, ticks_add, ticks_diff
+from keypad import Debouncer
 
 _VTIME = const(5)  # indexes into termios c_cc on Linux
 _VMIN = const(6)
@@ -74,11 +75,12 @@ class Board:
         self.running = True
         self._names = ()
         self._levels = bytearray(0)
-        # Contact steps, in the order given: [due ticks or None, key index, level, ms after
-        # the key's step before]. Only a key's first pending step has a due time; the next
-        # one's clock starts when it is applied, so a contact stays closed for its hold time
-        # as the firmware lives it, even when the process was starved of CPU meanwhile (a
-        # real key does not open early because the board was busy).
+        self._whole_ms = 2 * Debouncer.debounce_ms  # see _advance
+        # Contact steps, in the order given: [due ticks or None, key index, level, ms the
+        # key's level before it lasts, seen: that level was sampled at its end (or need
+        # not be, see _advance)]. Only a key's first pending step has a due time;
+        # the next one's clock starts when it is applied, so a contact stays closed for its
+        # hold time as the firmware lives it, even when the command was read late.
         self._timeline = []
 
     # ---- bus ----------------------------------------------------------------------
@@ -102,22 +104,36 @@ class Board:
 
     def key_level(self, i, now):
         if self._timeline:
-            self._advance(now)
+            self._advance(i, now)
         return self._levels[i]
 
-    def _advance(self, now):
+    def _advance(self, i, now):
+        """Apply key i's steps that are due.
+
+        A level held for two debounce windows or more is sampled at least once at or
+        after its end before the next step replaces it: a board sampling every few ms
+        would have seen it whole, and a test process starved of CPU for longer than a
+        press (a loaded CI machine) must not turn a 100 ms press into a single sample.
+        Shorter levels (bounces, spikes) end on time, so they stay what they are.
+        """
         tl = self._timeline
         k = 0
         while k < len(tl):
             step = tl[k]
-            if step[0] is None or ticks_diff(now, step[0]) < 0:
+            if step[1] != i:
                 k += 1
                 continue
-            self._levels[step[1]] = step[2]
+            if step[0] is None or ticks_diff(now, step[0]) < 0:
+                return
+            if not step[4]:
+                step[4] = True  # this sample still reads the old level
+                return
+            self._levels[i] = step[2]
             tl.pop(k)
             for j in range(k, len(tl)):  # start the clock of the key's next step
-                if tl[j][1] == step[1]:
+                if tl[j][1] == i:
                     tl[j][0] = ticks_add(now, tl[j][3])
+                    tl[j][4] = tl[j][3] < self._whole_ms
                     break
 
     def _schedule(self, i, steps, now):
@@ -128,7 +144,8 @@ class Board:
                 pending = True
         prev = 0
         for ms, level in steps:
-            self._timeline.append([None if pending else ticks_add(now, ms), i, level, ms - prev])
+            due = None if pending else ticks_add(now, ms)
+            self._timeline.append([due, i, level, ms - prev, True])
             pending = True
             prev = ms
 
