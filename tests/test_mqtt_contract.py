@@ -1,9 +1,11 @@
-"""The MQTT contract: protocols/MQTT.md examples, the JSON Schemas, the AsyncAPI document and
-gateway/commands.py all say the same thing. No broker needed."""
+"""The MQTT contract: protocols/MQTT.md's topic table and examples, the JSON Schemas, the
+AsyncAPI document and gateway/commands.py all say the same thing. No broker needed. (The
+central service's examples, marked `central-example`, are validated by test_central_mqtt.py.)"""
 
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import jsonschema
 import pytest
@@ -24,15 +26,29 @@ SCHEMAS = PROTOCOLS / "schemas"
 DOC = (PROTOCOLS / "MQTT.md").read_text()
 ASYNCAPI = (PROTOCOLS / "asyncapi.yaml").read_text()
 
-TOPICS = {  # the contract's topic tree (ARCHITECTURE.md), per payload schema
-    "status": "hall/v1/{site}/gw/{gateway}/status",
-    "devices": "hall/v1/{site}/gw/{gateway}/devices",
-    "errors": "hall/v1/{site}/gw/{gateway}/errors",
-    "event": "hall/v1/{site}/window/{n}/event",
-    "display": "hall/v1/{site}/window/{n}/display",
-    "panel": "hall/v1/{site}/window/{n}/panel",
-    "vote": "hall/v1/{site}/window/{n}/vote",
+
+class Topic(NamedTuple):
+    address: str
+    schema: str  # protocols/schemas/{schema}.schema.json
+    retained: bool
+    action: str  # of the hallgate application at its end (asyncapi.yaml's header)
+
+
+TOPICS = {  # the contract's topic tree (MQTT.md section 1), per AsyncAPI channel; all QoS 1
+    "status": Topic("hall/v1/{site}/gw/{gateway}/status", "status", True, "send"),
+    "devices": Topic("hall/v1/{site}/gw/{gateway}/devices", "devices", True, "send"),
+    "errors": Topic("hall/v1/{site}/gw/{gateway}/errors", "errors", False, "send"),
+    "event": Topic("hall/v1/{site}/window/{n}/event", "event", False, "send"),
+    "display": Topic("hall/v1/{site}/window/{n}/display", "display", True, "receive"),
+    "panel": Topic("hall/v1/{site}/window/{n}/panel", "panel", True, "receive"),
+    "vote": Topic("hall/v1/{site}/window/{n}/vote", "vote", True, "receive"),
+    "ticket_request": Topic("hall/v1/{site}/ticket/request", "ticket_request", False, "receive"),
+    "ticket_issued": Topic("hall/v1/{site}/ticket/issued", "ticket_issued", False, "send"),
+    "central_status": Topic("hall/v1/{site}/central/status", "status", True, "send"),
+    "central_stats": Topic("hall/v1/{site}/central/stats", "central_stats", True, "send"),
+    "central_errors": Topic("hall/v1/{site}/central/errors", "central_errors", False, "send"),
 }
+SCHEMA_NAMES = sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json"))
 
 
 def schema(name):
@@ -49,16 +65,29 @@ def doc_examples():
     return re.findall(r"<!-- example: (\w+) -->\n```json\n(.*?)\n```", DOC, re.S)
 
 
-@pytest.mark.parametrize("name", sorted(TOPICS))
-def test_schemas_are_valid_draft7(name):
-    jsonschema.Draft7Validator.check_schema(schema(name))
+def test_every_schema_file_is_a_payload_of_the_contract():
+    assert set(SCHEMA_NAMES) == {t.schema for t in TOPICS.values()}
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_schemas_are_valid_draft7_and_name_their_topic(name):
+    s = schema(name)
+    jsonschema.Draft7Validator.check_schema(s)
+    uses = [t for t in TOPICS.values() if t.schema == name]
+    topic, rest = s["description"].split(", ", 1)  # "hall/v1/..., QoS 1, not retained..."
+    assert topic in {t.address for t in uses}, s["description"]
+    assert "QoS 1" in rest and re.search(r"\bretained\b", rest), s["description"]
+    assert {("not retained" not in rest)} == {t.retained for t in uses}, s["description"]
 
 
 def test_every_json_block_in_the_doc_is_a_checked_example():
     blocks = re.findall(r"```json\n", DOC)
     examples = doc_examples()
     assert len(examples) == len(blocks), "a ```json block without <!-- example: NAME -->"
-    assert {name for name, _ in examples} == set(TOPICS), "every payload has an example"
+    central = re.findall(r"<!-- central-example: (\w+) -->\n```jsonc\n", DOC)
+    assert len(central) == DOC.count("```jsonc\n"), "a ```jsonc block without a mark"
+    names = {name for name, _ in examples} | set(central)
+    assert names == set(SCHEMA_NAMES), "every payload has an example"
 
 
 @pytest.mark.parametrize("name,text", doc_examples())
@@ -70,9 +99,21 @@ def test_doc_example_validates_against_its_schema(name, text):
         assert parse_command(name, text.encode()) is not None
 
 
+def doc_topic_table():
+    """{topic: (QoS, retained, schema)} from the table of MQTT.md section 1."""
+    rows = re.findall(r"^\| `(hall/[^`]*)` \|(.*)$", DOC, re.M)
+    table = {}
+    for topic, rest in rows:
+        m = re.fullmatch(r" [^|]+ \| (\d) \| (yes|no) \| \[(\w+)\]\(schemas/\3\.schema\.json\) \|",
+                         rest)
+        assert m, f"topic table row for {topic} not understood: {rest}"
+        assert topic not in table, f"{topic} twice in the topic table"
+        table[topic] = (int(m[1]), m[2] == "yes", m[3])
+    return table
+
+
 def test_doc_topic_table_is_the_contract():
-    for topic in TOPICS.values():
-        assert f"`{topic}`" in DOC, topic
+    assert doc_topic_table() == {t.address: (1, t.retained, t.schema) for t in TOPICS.values()}
 
 
 # -- commands: the parser and the schemas agree ---------------------------------------------
@@ -207,24 +248,38 @@ def test_supersedes_by_version():
 
 def test_asyncapi_refers_to_every_schema_and_topic():
     refs = set(re.findall(r"\$ref: '\./schemas/([\w.]+)'", ASYNCAPI))
-    assert refs == {f"{name}.schema.json" for name in TOPICS}
-    for ref in refs:
-        assert (SCHEMAS / ref).is_file()
-    addresses = set(re.findall(r"address: '([^']+)'", ASYNCAPI))
-    assert addresses == set(TOPICS.values())
+    assert refs == {f"{name}.schema.json" for name in SCHEMA_NAMES}
+    addresses = re.findall(r"address: '([^']+)'", ASYNCAPI)
+    assert sorted(addresses) == sorted(t.address for t in TOPICS.values())
 
 
 def test_asyncapi_structure():
     yaml = pytest.importorskip("yaml")
     doc = yaml.safe_load(ASYNCAPI)
     assert doc["asyncapi"].startswith("3.")
+
+    def resolve(ref):  # '#/components/messages/status' -> that object
+        node = doc
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        return node
+
     channels = doc["channels"]
-    assert {c["address"] for c in channels.values()} == set(TOPICS.values())
+    assert {name: c["address"] for name, c in channels.items()} == {
+        name: t.address for name, t in TOPICS.items()}
+    for name, c in channels.items():
+        assert set(c["parameters"]) == set(re.findall(r"\{(\w+)\}", c["address"])), name
+        for p in c["parameters"].values():
+            resolve(p["$ref"])
+        payloads = {resolve(m["$ref"])["payload"]["$ref"] for m in c["messages"].values()}
+        assert payloads == {f"./schemas/{TOPICS[name].schema}.schema.json"}, name
+    ops = [op["channel"]["$ref"].rsplit("/", 1)[1] for op in doc["operations"].values()]
+    assert sorted(ops) == sorted(TOPICS), "one operation per channel"
     for op in doc["operations"].values():
         name = op["channel"]["$ref"].rsplit("/", 1)[1]
-        assert name in channels
-        expected = "receive" if name in commands.KINDS else "send"
-        assert op["action"] == expected, name
-        retained = name in ("status", "devices", *commands.KINDS)
-        assert op["bindings"]["mqtt"]["retain"] is retained, name
+        assert op["action"] == TOPICS[name].action, name
+        assert op["bindings"]["mqtt"]["retain"] is TOPICS[name].retained, name
         assert op["bindings"]["mqtt"]["qos"] == 1
+    # the gateway receives exactly the commands it parses
+    gateway = {n for n, t in TOPICS.items() if re.search(r"/(gw|window)/", t.address)}
+    assert {n for n in gateway if TOPICS[n].action == "receive"} == set(commands.KINDS)
