@@ -1,10 +1,18 @@
-"""A real mosquitto broker on a free loopback port, for the tests and the simulator.
+"""A real mosquitto broker on a free loopback port, for the tests and the simulator; an
+embedded amqtt broker where mosquitto is not installed.
 
 Design note
 -----------
-Operations: `Mosquitto(workdir)` writes `workdir/mosquitto.conf`, `start()` runs the Debian
-broker on it and returns once the port accepts connections; `stop()` is SIGTERM (the broker
-saves its state), `kill()` is SIGKILL (it does not), `restart()` comes back on the same port
+Choice: `start_broker(workdir, prefer="auto")` is what `hallgate sim` calls: mosquitto when
+`mosquitto_binary()` finds one, else `EmbeddedBroker` (amqtt, the `sim` extra); "mosquitto"
+or "amqtt" force one (ValueError for anything else). Both have `start(timeout)`, `stop()`,
+`port`, `url`, `running`, a context manager and a class attribute `protocol`: "5" for
+mosquitto, "3.1.1" for amqtt, which speaks MQTT 3.1.1 ONLY (a v5 CONNECT is refused), so a
+caller picks the client's protocol from it. The tests keep using `Mosquitto`.
+
+Mosquitto operations: `Mosquitto(workdir)` writes `workdir/mosquitto.conf`, `start()` runs
+the Debian broker on it and returns once the port accepts connections; `stop()` is SIGTERM (the
+broker saves its state), `kill()` is SIGKILL (it does not), `restart()` comes back on the same port
 with the same persistence file, `pause()`/`resume()` freeze it (SIGSTOP/SIGCONT) to play a hung
 broker whose TCP connections stay open.
 Goals: the tests run against the broker the halls run, not a fake; every wait is bounded and
@@ -27,18 +35,49 @@ Plan:
   `cafile`, `certfile`, `require_certificate` apply to it), with `allow_anonymous` a separate
   argument: room for the ACL and TLS set-ups of a later issue.
 
+EmbeddedBroker (amqtt 0.12):
+- One thread per broker with its own asyncio loop; `start()` returns once the port accepts
+  (amqtt's own start returned: its listener is bound), `stop()` shuts amqtt down (bounded),
+  stops the loop, joins the thread and the port is free again. amqtt is imported lazily (in
+  `start()`), so importing this module never needs it.
+- Config: one tcp listener on `host:port`; `plugins` given explicitly, which replaces amqtt's
+  defaults (event and packet loggers, `AnonymousAuthPlugin`, `BrokerSysPlugin` every 20 s):
+  no `$SYS` plugin at all (its `sys_interval: 0` warns "'sys_interval' key is not set"; absent,
+  nothing is published, not even `$SYS/broker/version`), and `OpenAuthPlugin` below instead of
+  `AnonymousAuthPlugin`: amqtt marks the sessions that plugin admits "anonymous", and drops an
+  anonymous session within a second of its disconnect and never queues QoS 1 messages for it,
+  even with clean_session=False; the gateway and central rely on a persistent session getting
+  what was sent while they were away, as with mosquitto. Open auth accepts every client
+  (with or without a username) as a normal session.
+- amqtt 0.12.1 differs from mosquitto in three more ways, repaired by a subclass of its
+  Broker (`_amqtt_classes()`; private methods, so the tests check the behaviour): on every
+  CONNECT it sent the client the retained messages matching ANY client's subscriptions;
+  messages queued for an offline session arrived with the retain flag set; a connection
+  closed before its CONNECT (a TCP probe such as `port_accepts`) was never closed. amqtt
+  still logs an ERROR for such a probe, so `start()` does not probe: amqtt's `start()`
+  returning means the listener is bound.
+- All in memory: retained messages and sessions die with `stop()` (no persistence file, no
+  `kill()`), sessions never expire (`session_expiry_interval` unset) and the queue of an
+  offline session is unbounded (no `max_queued_messages`; payloads of 2 MB pass). amqtt's
+  loggers (and those of its state machine library, `transitions`) are set to WARNING unless
+  the caller set a level on them.
+
 Example (starts a real broker, so not a doctest)::
 
-    with Mosquitto(tmp_path) as broker:
+    with start_broker(tmp_path) as broker:
+        v5 = broker.protocol == "5"
         client.connect("127.0.0.1", broker.port)
 """
 
+import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -48,7 +87,7 @@ STOP_TIMEOUT = 5.0
 
 
 class BrokerError(RuntimeError):
-    """mosquitto is missing, did not start, or died."""
+    """The broker (mosquitto or amqtt) is missing, did not start, or died."""
 
 
 def mosquitto_binary():
@@ -82,6 +121,8 @@ def port_accepts(host, port, timeout=0.2):
 
 class Mosquitto:
     """One mosquitto process with its config, log and persistence in `workdir`."""
+
+    protocol = "5"  # MQTT version the clients should speak (mosquitto 2 also takes 3.1.1)
 
     def __init__(
         self,
@@ -271,3 +312,245 @@ class Mosquitto:
     def __repr__(self):
         state = "running" if self.running else "stopped"
         return f"Mosquitto({self.url}, {state})"
+
+
+# -- embedded amqtt broker -------------------------------------------------------------------
+
+QUIET_LOGGERS = ("amqtt", "transitions")  # INFO for every connection and state change
+
+
+def _quiet_amqtt_logs():
+    """amqtt's loggers to WARNING, unless the caller set a level on them."""
+    for name in QUIET_LOGGERS:
+        log = logging.getLogger(name)
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.WARNING)
+
+
+def _amqtt_classes():
+    """(broker class, auth plugin path), built on first use so that amqtt stays a lazy import.
+
+    `OpenAuthPlugin` admits every client as a normal session (see the design note: amqtt's
+    AnonymousAuthPlugin makes persistent sessions forget). amqtt loads plugins by dotted path,
+    so the class is published as this module's `OpenAuthPlugin`.
+
+    `HallgateAmqtt` is amqtt's Broker with three repairs (amqtt 0.12.1, private methods; the
+    tests check the behaviour, so an amqtt that changes them fails there, not in the field):
+    - on every CONNECT amqtt sends the connecting client the retained messages matching ANY
+      client's subscriptions: here retained messages go out only in answer to the client's own
+      SUBSCRIBE (MQTT 3.3.1-6; mosquitto does the same);
+    - messages queued for an offline persistent session are delivered with the retain flag
+      set: here without it, as forwarded messages (MQTT 3.3.1-9);
+    - a connection that closes before its CONNECT is never closed by amqtt (ResourceWarning,
+      and a socket held until the garbage collector runs): here every connection is closed
+      when amqtt is done with it.
+    """
+    cached = globals().get("_AMQTT_CLASSES")
+    if cached is not None:
+        return cached
+    from amqtt.broker import Broker
+    from amqtt.plugins.base import BaseAuthPlugin
+
+    class OpenAuthPlugin(BaseAuthPlugin):
+        """Admits every client; its session is kept and queued for like mosquitto's."""
+
+        async def authenticate(self, *, session):
+            return True
+
+    class HallgateAmqtt(Broker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._subscribing = set()  # id() of the sessions whose SUBSCRIBE is being handled
+
+        async def stream_connected(self, reader, writer, listener_name):
+            try:
+                await super().stream_connected(reader, writer, listener_name)
+            finally:
+                writer.close()
+
+        async def _handle_subscription(self, client_session, *args, **kwargs):
+            self._subscribing.add(id(client_session))
+            try:
+                return await super()._handle_subscription(client_session, *args, **kwargs)
+            finally:
+                self._subscribing.discard(id(client_session))
+
+        async def _publish_retained_messages_for_subscription(self, subscription, session):
+            if id(session) in self._subscribing:
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+        async def _publish_session_retained_messages(self, session):
+            handler = self._get_handler(session)
+            tasks = []
+            while handler is not None and not session.retained_messages.empty():
+                m = session.retained_messages.get_nowait()
+                publish = handler.mqtt_publish(m.topic, m.data, m.qos, retain=False)
+                tasks.append(asyncio.ensure_future(publish))
+            if tasks:
+                await asyncio.wait(tasks)
+
+    OpenAuthPlugin.__module__ = HallgateAmqtt.__module__ = __name__
+    globals()["OpenAuthPlugin"] = OpenAuthPlugin
+    cached = (HallgateAmqtt, f"{__name__}.OpenAuthPlugin")
+    globals()["_AMQTT_CLASSES"] = cached
+    return cached
+
+
+class EmbeddedBroker:
+    """An amqtt broker in a thread of this process (its own asyncio loop): MQTT 3.1.1 only,
+    anonymous access, no $SYS, everything in memory. `workdir` is accepted for the same call
+    as `Mosquitto` and not used (nothing is written). `amqtt` is the running amqtt Broker, for
+    diagnostics (`amqtt.sessions`, `amqtt.retained_messages`): it belongs to the broker's
+    thread, so read it only (a snapshot, not a consistent one)."""
+
+    protocol = "3.1.1"  # amqtt 0.12 refuses an MQTT 5 CONNECT
+
+    def __init__(self, workdir=None, port=None, *, host="127.0.0.1"):
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.thread = None
+        self.amqtt = None
+        self.starts = 0
+        self._loop = None
+        self._stop_requested = None  # asyncio.Event of the broker's loop: wakes it up
+        self._stopping = threading.Event()  # set first: seen even before the loop exists
+        self._ready = threading.Event()
+        self._error = None
+
+    @property
+    def url(self):
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def running(self):
+        return self.thread is not None and self.thread.is_alive() and self._error is None
+
+    def config(self, auth_plugin):
+        """amqtt's config dict. `plugins` replaces amqtt's default plugin set."""
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {auth_plugin: {}},
+        }
+
+    def start(self, timeout=START_TIMEOUT):
+        """Runs the broker; returns once amqtt listens on the port (BrokerError with the reason
+        if amqtt is missing, fails, or has not started within `timeout` seconds). No TCP probe:
+        amqtt logs an ERROR for a connection that closes without a CONNECT."""
+        if self.running:
+            return self
+        try:
+            broker_class, auth_plugin = _amqtt_classes()
+        except ImportError as e:
+            raise BrokerError(
+                f"amqtt is not installed ({e}): pip install 'hallgate[sim]', or install mosquitto"
+            ) from e
+        _quiet_amqtt_logs()
+        self._error = None
+        self._ready.clear()
+        self._stopping.clear()
+        self.thread = threading.Thread(
+            target=self._run,
+            args=(broker_class, self.config(auth_plugin), timeout),
+            name=f"amqtt-{self.port}",
+            daemon=True,
+        )
+        self.thread.start()
+        self.starts += 1
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise BrokerError(f"amqtt did not start on {self.host}:{self.port} within {timeout} s")
+        if self._error is not None:
+            error = self._error
+            self.stop()
+            raise BrokerError(
+                f"amqtt failed to start on {self.host}:{self.port}: {error}"
+            ) from error
+        return self
+
+    def _run(self, broker_class, config, timeout):
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._stop_requested = asyncio.Event()  # binds to the loop at its first wait
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(broker_class, config, timeout))
+        except BaseException as e:  # the thread's only report is self._error
+            if self._error is None:
+                self._error = e
+        finally:
+            self._ready.set()
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=STOP_TIMEOUT))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    async def _serve(self, broker_class, config, timeout):
+        broker = self.amqtt = broker_class(config, loop=asyncio.get_running_loop())
+        try:
+            await asyncio.wait_for(broker.start(), timeout)
+        except Exception as e:
+            self._error = e
+            return
+        self._ready.set()
+        if not self._stopping.is_set():
+            await self._stop_requested.wait()
+        # amqtt closes the client connections, then the listener
+        await asyncio.wait_for(broker.shutdown(), STOP_TIMEOUT)
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """Shuts amqtt down, stops its loop and joins the thread: the port is free again and
+        every retained message and session is gone. Idempotent. BrokerError if the thread
+        does not end within `timeout` seconds."""
+        thread = self.thread
+        if thread is None:
+            return
+        self._stopping.set()  # before reading the loop: _serve checks it once started
+        loop, event = self._loop, self._stop_requested
+        if thread.is_alive() and loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                loop.call_soon_threadsafe(event.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise BrokerError(f"amqtt on port {self.port} did not stop within {timeout} s")
+        self.thread = self.amqtt = None
+        self._loop = self._stop_requested = None
+
+    def restart(self, timeout=START_TIMEOUT):
+        """Stops and starts again on the same port; amqtt keeps nothing across (in memory)."""
+        self.stop()
+        return self.start(timeout=timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedBroker({self.url}, {state})"
+
+
+BROKER_CHOICES = ("auto", "mosquitto", "amqtt")
+
+
+def start_broker(workdir, *, prefer="auto", port=None, timeout=START_TIMEOUT):
+    """A started broker for the simulator: `Mosquitto` when installed, else `EmbeddedBroker`
+    ("auto"); "mosquitto" or "amqtt" force one. Check `.protocol` for the MQTT version."""
+    if prefer not in BROKER_CHOICES:
+        raise ValueError(f"prefer must be one of {', '.join(BROKER_CHOICES)}, not {prefer!r}")
+    if prefer == "auto":
+        try:
+            mosquitto_binary()
+            prefer = "mosquitto"
+        except BrokerError:
+            prefer = "amqtt"
+    cls = Mosquitto if prefer == "mosquitto" else EmbeddedBroker
+    return cls(workdir, port).start(timeout=timeout)
