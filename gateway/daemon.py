@@ -306,17 +306,20 @@ class Gateway:
     # ---- desired state down ----------------------------------------------------------
 
     def _apply(self, window, kind, command):
+        # Only a new version gets here (the Reconciler), and a new version is news even with
+        # the same content (MQTT.md: a recall): the device gets a new bus version too.
         roles = self.by_window.get(window, {})
         if kind == "display":
             c = command or DisplayCommand(version=0, text="")
             for bus_name, addr in roles.get("window-display", ()):
                 self.masters[bus_name].set_state(
-                    addr, bus.DisplayState(c.text, c.blink_s, c.brightness))
+                    addr, bus.DisplayState(c.text, c.blink_s, c.brightness), renew=True)
         elif kind == "panel":
             c = command or PanelCommand(version=0, mode="idle")
             for bus_name, addr in roles.get("call-panel", ()):
                 self.masters[bus_name].set_state(addr, bus.PanelState(
-                    c.text, bus.PANEL_MODES.index(c.mode), c.queue, c.wait_s, c.tea, c.beep))
+                    c.text, bus.PANEL_MODES.index(c.mode), c.queue, c.wait_s, c.tea, c.beep),
+                    renew=True)
             if window in self.gpio_panels:
                 self.gpio_panels[window].show(c.mode, c.beep)
         elif kind == "vote" and self.feedback is not None and window in self.feedback.panels:

@@ -194,12 +194,14 @@ class Book:
     def remove(self, addr):
         self.devices.pop(addr, None)
 
-    def set_state(self, addr, state):
+    def set_state(self, addr, state, renew=False):
         """Desire `state` on device `addr`; returns its version. The same state again
-        keeps its version (so a display does not blink again for it)."""
+        keeps its version (so a display does not blink again for it), unless `renew`: a
+        recall announces the same ticket again, and the device blinks and beeps for a new
+        version only."""
         bus.encode_set(addr, 1, state)  # ValueError now, for the caller, if it cannot be sent
         dev = self.add(addr)
-        if dev.desired == state and dev.version:
+        if dev.desired == state and dev.version and not renew:
             return dev.version
         dev.desired = state
         dev.version = _next_version(dev.version)
@@ -494,11 +496,12 @@ class BusMaster:
         with self._lock:
             self.book.remove(addr)
 
-    def set_state(self, addr, state):
+    def set_state(self, addr, state, renew=False):
         """Desire `state` (bus.DisplayState or bus.PanelState) on `addr`; returns its bus
-        version. Raises ValueError if the state cannot be sent. The next cycle sends it."""
+        version (a new one for a new state, or when `renew`). Raises ValueError if the state
+        cannot be sent. The next cycle sends it."""
         with self._lock:
-            return self.book.set_state(addr, state)
+            return self.book.set_state(addr, state, renew)
 
     def identify(self, addr, seconds):
         """Ask `addr` (0: all) to show itself for `seconds`. A Future: True once the device

@@ -189,7 +189,7 @@ class LinkStats:
 class _Entry:
     """An event in the window: fed, not yet acknowledged."""
 
-    __slots__ = ("token", "topic", "payload", "mid", "sends", "refused")
+    __slots__ = ("token", "topic", "payload", "mid", "sends", "refused", "acked")
 
     def __init__(self, token, topic, payload):
         self.token = token
@@ -198,6 +198,7 @@ class _Entry:
         self.mid = None  # packet id on the current connection; None: not sent on it
         self.sends = 0
         self.refused = False  # the broker said no on this connection: retry on the next
+        self.acked = False  # PUBACKed; leaves the window once on_delivered has returned
 
 
 class MqttLink:
@@ -656,7 +657,7 @@ class MqttLink:
             for entry in self._window.values():
                 entry.mid = None
                 entry.refused = False
-            self._unsent = collections.deque(self._window)
+            self._unsent = collections.deque(t for t, e in self._window.items() if not e.acked)
         self._subscribe(client, self._topics(windows))
         self._connected.set()
         log.info("mqtt: connected to %s as %s", url.url, self.client_id)
@@ -755,10 +756,11 @@ class MqttLink:
                     entry.mid = None
                     refused.append((entry, reason))
                     continue
-                del self._window[token]
+                # Still in the window (pending()) until on_delivered has returned: the
+                # daemon deletes the outbox row there, and a token in neither place
+                # would look unsent to it and be fed, and published, twice.
+                entry.acked = True
                 delivered.append(token)
-            if delivered and not self._window:
-                self._idle.notify_all()
         for entry, reason in refused:
             self.stats.refused += 1
             self.publish_error(
@@ -767,6 +769,12 @@ class MqttLink:
         for token in delivered:
             self.stats.delivered += 1
             self._call(self.on_delivered, token)
+        if delivered:
+            with self._lock:
+                for token in delivered:
+                    self._window.pop(token, None)
+                if not self._window:
+                    self._idle.notify_all()
 
     def _take_subacks(self):
         subacks, self._suback = self._suback, []

@@ -130,6 +130,22 @@ def test_desired_state_reaches_the_display_stale_is_ignored_and_a_restart_gets_i
     wait_for(lambda: (display.shown() or {}).get("text") == "A002", what="A002 after restart")
 
 
+def test_a_recall_with_the_same_content_blinks_and_beeps_again(hall):
+    # The central's recall republishes the same ticket with a new version: the display
+    # must blink again and the panel beep again (a bug the hall simulator found).
+    _, witness, devices, _, _ = hall
+    panel, display = devices[1], devices[11]
+    for version in (1, 2):
+        mark_p, mark_d = panel.mark(), display.mark()
+        witness.publish(f"{BASE}/window/1/panel", {"version": version, "text": "A001",
+                                                   "mode": "called", "beep": True})
+        witness.publish(f"{BASE}/window/1/display", {"version": version, "text": "A001 > 1",
+                                                     "blink_s": 3})
+        assert panel.wait_kind("beep", timeout=10, since=mark_p) > 0
+        shown = display.wait_kind("display", timeout=10, since=mark_d)
+        assert shown["text"] == "A001 > 1" and shown["blink"]
+
+
 def test_a_malformed_command_is_answered_on_the_errors_topic_and_the_gateway_goes_on(hall):
     gw, witness, devices, _, _ = hall
     errors = f"{BASE}/gw/{GW}/errors"
