@@ -209,6 +209,85 @@ def cmd_sim_bus(args):
     return 0
 
 
+def _duration_hours(text):
+    """'10h', '90m', '7.5' (hours) -> hours."""
+    text = text.strip().lower()
+    try:
+        if text.endswith("m"):
+            return float(text[:-1]) / 60
+        return float(text.removesuffix("h"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: hours like 10h, or minutes like 90m") \
+            from None
+
+
+def cmd_sim_hall(args):
+    """A whole simulated day: broker, central, gateway, firmware devices, people."""
+    import tempfile
+    import threading
+
+    from hallgate.sim.hall import Hall, Options, SimError
+
+    try:
+        from rich.console import Console
+        from rich.live import Live
+
+        from hallgate.sim.view import render, report_text
+    except ImportError as e:
+        print(f"hallgate sim needs the sim extra ({e.name} is missing): "
+              "pip install 'hallgate[sim]'", file=sys.stderr)
+        return 1
+    try:
+        options = Options(windows=args.windows, visitors=args.visitors, hours=args.duration,
+                          speed=args.speed, seed=args.seed, broker=args.broker)
+    except ValueError as e:
+        print(f"hallgate sim: {e}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="hallgate-sim-") as tmp:
+        hall = Hall(options, args.workdir or tmp)
+        console = Console(stderr=args.json)
+        result = {}
+        try:
+            with console.status("starting the broker, the central service, the gateway "
+                                f"and {2 * options.windows} firmware devices..."):
+                hall.start()
+            day = threading.Thread(target=lambda: result.update(report=hall.run_day()),
+                                   daemon=True)
+            day.start()
+            with Live(render(hall.snapshot()), console=console, refresh_per_second=4,
+                      transient=args.json) as live:
+                while day.is_alive():
+                    day.join(0.25)
+                    live.update(render(hall.snapshot()))
+        except SimError as e:
+            print(f"hallgate sim: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            hall.close()
+    report = result.get("report")
+    if report is None:
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        console.print(report_text(report))
+    return 0 if report["finished"] and not report["problems"] else 1
+
+
+def cmd_sim_gateway(args):
+    from hallgate.gateway.config import ConfigError, load_config
+    from hallgate.sim import gwhost
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return gwhost.main(config)
+
+
 def _central_config(args):
     from hallgate.central.config import ConfigError, load_config
 
@@ -354,8 +433,30 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=cmd_central_report)
 
-    sim_p = sub.add_parser("sim", help="simulated hardware: the real firmware on MicroPython")
-    sim_sub = sim_p.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
+    sim_p = sub.add_parser(
+        "sim", help="a simulated hall: broker, central service, gateway, the real firmware on "
+        "MicroPython, operators and visitors; a day in about a minute",
+        description="Without a subcommand: a whole day in a simulated hall, shown live, then "
+        "the end-of-day report.")
+    sim_p.add_argument("--windows", type=int, default=6, help="windows, 1-12 (default 6)")
+    sim_p.add_argument("--visitors", type=int, default=200, help="visitors (default 200)")
+    sim_p.add_argument("--duration", type=_duration_hours, default=10.0, metavar="HOURS",
+                       help="opening hours, simulated: 10h (default), 90m")
+    sim_p.add_argument("--speed", type=float, default=600,
+                       help="simulated seconds per real second (default 600: 10 h in a minute)")
+    sim_p.add_argument("--seed", type=int, default=1, help="seed of the day's plan")
+    sim_p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) "
+                       "instead of starting one, to watch with your own MQTT client")
+    sim_p.add_argument("--workdir", help="keep the databases and logs here (default: a "
+                       "temporary folder, removed at the end)")
+    sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim_p.set_defaults(func=cmd_sim_hall)
+    sim_sub = sim_p.add_subparsers(dest="sim_command", required=False, metavar="SUBCOMMAND")
+    p = sim_sub.add_parser(
+        "gateway", help="the gateway daemon on gpiozero mock pins, its buttons pressed on "
+        "stdin (what `hallgate sim` runs as its gateway)")
+    p.add_argument("--config", required=True, help="hall config (TOML)")
+    p.set_defaults(func=cmd_sim_gateway)
     p = sim_sub.add_parser(
         "bus",
         help="a call panel and a window display per window on one simulated RS-485 line, "
@@ -391,7 +492,8 @@ def main(argv=None):
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    daemon = args.command == "run" or getattr(args, "central_command", None) == "run"
+    daemon = (args.command == "run" or getattr(args, "central_command", None) == "run"
+              or getattr(args, "sim_command", None) == "gateway")
     level = logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING
     logging.basicConfig(level=level, handlers=[handler])
     return args.func(args)

@@ -1,0 +1,92 @@
+"""The gateway daemon for the simulator: the real `Gateway` on gpiozero mock pins, whose
+feedback buttons are pressed through a control channel on stdin/stdout
+(`hallgate sim gateway --config FILE`).
+
+The simulator runs the gateway as a child process, so it can be killed with SIGKILL mid-day
+like a Pi losing power, and its like / dislike buttons are mock pins inside it, so they are
+pressed here. Nothing else differs from `hallgate run`: the same config, bus master,
+outbox, MQTT link and voting rules.
+
+Control channel, one line each way (as the firmware's, firmware/hal_unix.py):
+    in:  press PIN MS       drive the button on BCM pin PIN to closed for MS ms
+    out: {"ready": {"pid": ..., "outbox": N}}   once started (N events waiting from before)
+         {"ballot": {"window": n, "ticket": "A042" or null}}   voting opened or closed at
+                                a window: what the button LEDs show; a visitor waits for it
+         {"error": "..."}   a bad command line
+SIGTERM or the end of stdin: a clean stop (the outbox is drained for a moment first).
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from gpiozero.pins.mock import MockFactory
+from hallgate.gateway.daemon import Gateway
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 0.005  # how often voting state is compared: one feedback sample period
+
+
+class Host:
+    def __init__(self, config, out=sys.stdout):
+        self.factory = MockFactory()
+        self.gateway = Gateway(config, pin_factory=self.factory)
+        self._out = out
+        self._out_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ballots = {}
+
+    def emit(self, kind, value):
+        with self._out_lock:
+            self._out.write(json.dumps({kind: value}) + "\n")
+            self._out.flush()
+
+    def command(self, line):
+        words = line.split()
+        if not words:
+            return
+        try:
+            if words[0] != "press" or len(words) != 3:
+                raise ValueError("expected: press PIN MS")
+            pin, ms = self.factory.pin(int(words[1])), int(words[2])
+        except (ValueError, LookupError) as e:  # gpiozero: no such pin on the mock board
+            self.emit("error", f"bad command {line.strip()!r}: {e}")
+            return
+        pin.drive_low()  # buttons pull up: a closed contact reads low
+        threading.Timer(ms / 1000, pin.drive_high).start()
+
+    def _read_commands(self):
+        for line in sys.stdin:
+            self.command(line)
+        self._stop.set()  # nobody is driving any more
+
+    def _watch_ballots(self):
+        fb = self.gateway.feedback
+        if fb is None:
+            return
+        for s in fb.state().values():
+            ticket = s["ticket"] if s["open"] else None
+            if self._ballots.get(s["window"], "-") != ticket:
+                self._ballots[s["window"]] = ticket
+                self.emit("ballot", {"window": s["window"], "ticket": ticket})
+
+    def run(self):
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.gateway.start()
+        self.emit("ready", {"pid": os.getpid(),
+                            "outbox": self.gateway.outbox.depth()})
+        threading.Thread(target=self._read_commands, name="control", daemon=True).start()
+        try:
+            while not self._stop.wait(WATCH_S):
+                self._watch_ballots()
+        finally:
+            self.gateway.stop()
+        return 0
+
+
+def main(config):
+    return Host(config).run()

@@ -1,0 +1,605 @@
+"""A whole service hall on one machine: what `hallgate sim` (and `make demo`) runs.
+
+Design note
+-----------
+Operations: `Hall(options, workdir).start()` brings the parts up, `run_day()` plays the
+day's plan (sim/dayplan.py) until every visitor has been served or marked no-show, and
+returns the end-of-day report; `close()` stops everything. `restart_central()` and
+`kill_gateway()` are the faults a test plays mid-day.
+Parts, each the real component, nothing re-implemented:
+- broker: `sim.broker.start_broker` (mosquitto when installed, else amqtt, which speaks
+  MQTT 3.1.1 only, so then every client does), or an existing one (`--broker URL`);
+- central: `Central` + `CentralService` in this process on one `SimClock`, so waits, the
+  15-minute norm and vote timeouts run in simulated time; a restart builds new ones on
+  the same database and the same clock, as a restarted service would find them;
+- gateway: a `hallgate sim gateway` child (sim/gwhost.py), the real daemon with gpiozero
+  mock pins for the like / dislike buttons; it can be SIGKILLed like a Pi losing power;
+- bus devices: per window a call panel (address n) and a window display (100 + n), the
+  real firmware on MicroPython processes joined by the pty `BusHub`;
+- kiosk: publishes `ticket/request` at each visitor's arrival;
+- observer: one MQTT client logging the hall's topics, for the live view, for the report's
+  cross-check, and as the operators' eye on the vote events of their window.
+The people (sim/people.py) act only through what a person touches or sees: the panel's
+keys, the feedback buttons, the panel and the display as the firmware shows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from hallgate.central.clock import SimClock, local_day
+from hallgate.central.mqtt import CentralService, utc_ts
+from hallgate.central.queue import FINAL, QueueConfig
+from hallgate.central.service import Central
+from hallgate.sim import dayplan
+from hallgate.sim.device import FirmwareDevice, compile_firmware
+from hallgate.sim.hub import BusHub
+from paho.mqtt.enums import CallbackAPIVersion
+
+log = logging.getLogger(__name__)
+
+SITE = "sim-hall"
+GATEWAY = "gw-sim"
+DISPLAY_BASE = 100  # the display of window n is at bus address 100 + n
+MAX_WINDOWS = 12  # the Pi header's 26 GPIOs hold 12 like / dislike pairs
+OPENING_HOUR = 9  # the day starts at 09:00 UTC of today (the central's zone is UTC)
+READY_TIMEOUT = 60.0  # real seconds for a part to come up on a loaded machine
+
+
+class SimError(RuntimeError):
+    """A part did not come up or the day could not be finished."""
+
+
+@dataclasses.dataclass
+class Options:
+    windows: int = 6
+    visitors: int = 200
+    hours: float = 10.0
+    speed: float = 600.0
+    seed: int = 1
+    broker: str | None = None  # an existing broker's URL; None: start one
+    protocol: str | None = None  # MQTT version; None: what the broker speaks
+    real_limit_s: float | None = None  # give up after this long; None: 3 x the day's real time
+
+    def __post_init__(self):
+        if not 1 <= self.windows <= MAX_WINDOWS:
+            raise ValueError(f"windows: 1 to {MAX_WINDOWS} (the Pi's GPIO holds {MAX_WINDOWS}"
+                             f" like / dislike pairs), got {self.windows}")
+        if self.visitors < 1:
+            raise ValueError(f"visitors: at least 1, got {self.visitors}")
+        if not 0.5 <= self.hours <= 16:
+            raise ValueError(f"hours: 0.5 to 16, got {self.hours}")
+        if not 1 <= self.speed <= 3600:
+            raise ValueError(f"speed: 1 to 3600 times real time, got {self.speed}")
+
+
+def button_pins(window):
+    """(like, dislike) BCM pins of a window: BCM 2 and 3 for window 1, 4 and 5 for 2..."""
+    return 2 * window, 2 * window + 1
+
+
+def services_of(window, letters, windows):
+    """The services a window serves: every window its own service in turn, every other
+    one a second service too, so some queues are shared between windows; with fewer
+    windows than services, the services left over are shared out, so none goes unserved.
+
+    >>> [services_of(n, "ABCD", 3) for n in (1, 2, 3)]
+    [['A', 'D'], ['B', 'C'], ['C']]
+    """
+    own = {letters[(window - 1) % len(letters)]}
+    own |= {letters[j] for j in range(windows, len(letters)) if (j - windows) % windows
+            == window - 1}
+    if window % 2 == 0:
+        own.add(letters[window % len(letters)])
+    return sorted(own)
+
+
+def redirect_of(window, letters, windows):
+    """Where a window redirects to: the first service it does not serve itself."""
+    own = services_of(window, letters, windows)
+    return next((x for x in letters if x not in own), None)
+
+
+def queue_config(options, services):
+    letters = [s.letter for s in services]
+    return {
+        "services": {s.letter: s.name for s in services},
+        "windows": [{"n": n, "services": services_of(n, letters, options.windows),
+                     "redirect_to": redirect_of(n, letters, options.windows),
+                     "operator": f"operator-{n}"}
+                    for n in range(1, options.windows + 1)],
+        "tz": "UTC",
+        # The visitor votes while the operator waits; the next call closes voting sooner.
+        "vote_timeout_s": max(120, int(5 * options.speed)),
+        "blink_s": 3,  # real seconds on the firmware: long enough to see
+    }
+
+
+def gateway_config(path, options, broker_url, protocol, hub_path, outbox):
+    devices = "".join(
+        f'\n  [[buses.devices]]\n  address = {a}\n  role = "{role}"\n  window = {n}\n'
+        for n in range(1, options.windows + 1)
+        for a, role in ((n, "call-panel"), (DISPLAY_BASE + n, "window-display")))
+    windows = "".join(
+        "\n[[windows]]\nnumber = {}\nlike_pin = {}\ndislike_pin = {}\n".format(n, *button_pins(n))
+        for n in range(1, options.windows + 1))
+    path.write_text(f"""# written by hallgate sim
+[gateway]
+site = "{SITE}"
+id = "{GATEWAY}"
+
+[mqtt]
+urls = ["{broker_url}"]
+protocol = "{protocol}"
+
+[outbox]
+path = "{outbox}"
+
+[timings]
+poll_timeout_ms = 200
+
+[[buses]]
+name = "hall"
+port = "{hub_path}"
+{devices}{windows}""")
+    return path
+
+
+def _percentiles(seconds):
+    """{"n", "p50", "p95", "max"} of real seconds, in ms."""
+    if not seconds:
+        return {"n": 0}
+    s = sorted(seconds)
+    at = lambda q: round(1000 * s[min(len(s) - 1, int(q * len(s)))])  # noqa: E731
+    return {"n": len(s), "p50": at(0.5), "p95": at(0.95), "max": round(1000 * s[-1])}
+
+
+class Observer:
+    """An MQTT client that logs the hall's topics: the last retained state of each window,
+    the tickets issued, the events, the central's stats. Thread-safe reads; `wait(pred)`."""
+
+    def __init__(self, host, port, protocol, site=SITE):
+        self.prefix = f"hall/v1/{site}/"
+        self.cond = threading.Condition()
+        self.issued = {}  # request id -> ticket number
+        self.windows = {}  # n -> {"display": ..., "panel": ..., "vote": ...}
+        self.events = {}  # event id -> event payload (first delivery)
+        self.deliveries = 0
+        self.stats = None
+        self.central_errors = 0
+        self.gateway_status = None
+        v5 = protocol == "5"
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hallgate-sim-observer-"
+                        f"{uuid.uuid4().hex[:8]}",
+                        protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+        c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.prefix + "#", qos=1)
+        c.on_message = self._on_message
+        c.connect(host, port)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, client, userdata, msg):
+        rest = msg.topic[len(self.prefix):].split("/")
+        try:
+            body = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            return
+        with self.cond:
+            if rest[0] == "window" and len(rest) == 3:
+                if rest[2] == "event":
+                    self.deliveries += 1
+                    self.events.setdefault(body.get("id"), body)
+                else:
+                    self.windows.setdefault(int(rest[1]), {})[rest[2]] = body
+            elif rest == ["ticket", "issued"] and body:
+                self.issued[body.get("request_id")] = body.get("ticket")
+            elif rest == ["central", "stats"]:
+                self.stats = body
+            elif rest == ["central", "errors"]:
+                self.central_errors += 1
+            elif rest[0] == "gw" and rest[-1] == "status":
+                self.gateway_status = body
+            self.cond.notify_all()
+
+    def wait(self, predicate, timeout):
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+    def votes_at(self, window):
+        """Vote events (distinct ids) seen from `window`."""
+        return sum(1 for e in self.events.values()
+                   if e.get("type") == "vote" and e.get("window") == window)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class GatewayHost:
+    """The `hallgate sim gateway` child: start, kill (SIGKILL), press a button, and the
+    voting state it reports (`ballots`: window -> ticket open, or None)."""
+
+    def __init__(self, config, log_path):
+        self.config = config
+        self.log_path = log_path
+        self.proc = None
+        self.starts = 0
+        self.cond = threading.Condition()
+        self.ballots = {}
+
+    def start(self, timeout=READY_TIMEOUT):
+        cmd = [sys.executable, "-m", "hallgate.cli", "sim", "gateway", "--config",
+               str(self.config)]
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
+                                                                 "WATCHDOG_USEC")}
+        with open(self.log_path, "ab") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=err, env=env, text=True, bufsize=1)
+        self.starts += 1
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(timeout):
+            raise SimError(f"the gateway did not start within {timeout:.0f} s; its log: "
+                           f"{self.log_path}")
+        return self
+
+    def _read(self, proc, ready):
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "ready" in msg:
+                ready.set()
+            elif "ballot" in msg:
+                with self.cond:
+                    self.ballots[msg["ballot"]["window"]] = msg["ballot"]["ticket"]
+                    self.cond.notify_all()
+            elif "error" in msg:
+                log.error("gateway host: %s", msg["error"])
+
+    def press(self, pin, ms):
+        try:
+            self.proc.stdin.write(f"press {pin} {int(ms)}\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):  # the gateway is down: the visitor's press is lost
+            return False
+
+    def wait_ballot(self, window, ticket, timeout):
+        with self.cond:
+            return self.cond.wait_for(lambda: self.ballots.get(window) == ticket, timeout)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
+        with self.cond:
+            self.ballots.clear()
+
+    def stop(self, timeout=15):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Hall:
+    def __init__(self, options, workdir, *, services=dayplan.DEFAULT_SERVICES):
+        self.options = options
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.services = services
+        self.plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed,
+                                          services=services)
+        self.breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
+                                          seed=options.seed)
+        today = datetime.now(UTC).replace(hour=OPENING_HOUR, minute=0, second=0,
+                                          microsecond=0)
+        self.opening = today.timestamp()
+        self.day = local_day(self.opening, "UTC")
+        self.queue_config = QueueConfig.from_dict(queue_config(options, services))
+        self.db = self.dir / "central.sqlite"
+        self.clock = None
+        self.broker = None
+        self.hub = None
+        self.panels, self.displays = {}, {}
+        self.central = self.service = None
+        self.central_starts = 0
+        self.gateway = None
+        self.observer = None
+        self.lock = threading.Lock()
+        self.requests = {}  # request id -> visitor
+        self.kiosk_done = threading.Event()
+        self.stopping = threading.Event()
+        self.journal = []  # what the people did: dicts with "what"
+        self.problems = []  # what went wrong that a person would notice
+        self.answers = []  # real seconds from a key press to the panel's answer
+        self.redirected = set()  # tickets redirected once already
+
+    # ---- parts ----------------------------------------------------------------------------
+
+    def start(self):
+        from hallgate.sim.broker import start_broker
+
+        opts = self.options
+        if opts.broker:
+            url = opts.broker
+            protocol = opts.protocol or "5"
+        else:
+            self.broker = start_broker(self.dir / "broker")
+            url = self.broker.url
+            protocol = opts.protocol or self.broker.protocol
+        self.url, self.protocol = url, protocol
+        host, port = url.split("://", 1)[1].rsplit(":", 1)
+        self.observer = Observer(host, int(port), protocol)
+        compile_firmware()
+        self.hub = BusHub(baud=115200).start()
+        for n in range(1, opts.windows + 1):
+            self.panels[n] = FirmwareDevice(self.dir / f"panel-{n}", n, "call-panel", n,
+                                            self.hub.add_port(f"panel-{n}"),
+                                            ready_timeout=READY_TIMEOUT, start=False,
+                                            **self.panel_timings())
+            self.displays[n] = FirmwareDevice(self.dir / f"display-{n}", DISPLAY_BASE + n,
+                                              "window-display", n,
+                                              self.hub.add_port(f"display-{n}"),
+                                              ready_timeout=READY_TIMEOUT, start=False)
+        for dev in [*self.panels.values(), *self.displays.values()]:
+            dev.start(READY_TIMEOUT)
+        self.clock = SimClock(start=self.opening, speed=opts.speed)
+        self.start_central()
+        config = gateway_config(self.dir / "hall.toml", opts, url, protocol,
+                                self.hub.master_path, self.dir / "outbox.sqlite")
+        self.gateway = GatewayHost(config, self.dir / "gateway.log").start()
+        return self
+
+    def panel_timings(self):
+        """The panel's human-scale times, scaled to the simulation's speed: its operator
+        lives `speed` times faster, so a real-time 1 s double-click lockout would swallow
+        their deliberate presses, and a real-time long press would last minutes."""
+        speed = self.options.speed
+        return {"lockout_ms": int(1000 / speed), "long_ms": max(100, int(800 / speed))}
+
+    def start_central(self):
+        self.central = Central(self.queue_config, self.db, self.clock)
+        self.service = CentralService(self.central, SITE, self.url, protocol=self.protocol,
+                                      tick_s=0.1, stats_s=0.5,
+                                      client_id="hallgate-sim-central").start()
+        self.central_starts += 1
+        if not self.service.wait_connected(READY_TIMEOUT):
+            raise SimError(f"the central service could not connect to {self.url}")
+
+    def restart_central(self, down_s=1.0):
+        """Stop the central service, stay away `down_s` real seconds, start a new one on
+        the same database and clock."""
+        with self.lock:
+            service, central = self.service, self.central
+            self.service = None
+        service.stop()
+        central.close()
+        time.sleep(down_s)
+        with self.lock:
+            self.start_central()
+
+    def kill_gateway(self, down_s=0.5):
+        """SIGKILL the gateway mid-day (a power cut), restart it after `down_s`."""
+        self.gateway.kill()
+        time.sleep(down_s)
+        self.gateway.start()
+
+    def close(self):
+        self.stopping.set()
+        if self.gateway is not None:
+            self.gateway.stop()
+        with self.lock:
+            if self.service is not None:
+                self.service.stop()
+                self.central.close()
+                self.service = None
+        for dev in [*self.panels.values(), *self.displays.values()]:
+            dev.close()
+        if self.hub is not None:
+            self.hub.close()
+        if self.observer is not None:
+            self.observer.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+    # ---- what people use ------------------------------------------------------------------
+
+    def sim_now(self):
+        """Simulated seconds since opening."""
+        return self.clock.now() - self.opening
+
+    def sleep_sim(self, seconds):
+        """Sleep `seconds` of simulated time; False if the simulation is stopping."""
+        return not self.stopping.wait(max(0.0, seconds) / self.options.speed)
+
+    def visitor_for(self, ticket, timeout=10.0):
+        """The planned visitor holding `ticket` (the kiosk's answer names it)."""
+        obs = self.observer
+        found = {}
+
+        def known():
+            for rid, number in obs.issued.items():
+                if number == ticket and rid in self.requests:
+                    found["v"] = self.requests[rid]
+                    return True
+            return False
+
+        obs.wait(known, timeout)
+        return found.get("v")
+
+    def record(self, what, **fields):
+        with self.lock:
+            self.journal.append({"what": what, "at_s": round(self.sim_now(), 1), **fields})
+
+    def first_redirect(self, window, ticket):
+        """True once per ticket, if `window` has somewhere to redirect to: a visitor the
+        plan sends elsewhere is redirected once, then served there."""
+        cfg = next(w for w in self.queue_config.windows if w.n == window)
+        with self.lock:
+            if cfg.redirect_to is None or ticket in self.redirected:
+                return False
+            self.redirected.add(ticket)
+            return True
+
+    def answered(self, real_s):
+        """A key press's round trip (press to the panel's answer), in real seconds."""
+        with self.lock:
+            self.answers.append(real_s)
+
+    def problem(self, text):
+        log.warning("%s", text)
+        with self.lock:
+            self.problems.append(text)
+
+    def day_over(self):
+        """Every visitor has a ticket and every ticket has ended (served or no-show)."""
+        if not self.kiosk_done.is_set():
+            return False
+        with self.lock:
+            if self.service is None:
+                return False
+            with self.service.lock:
+                tickets = list(self.central.queue.tickets.values())
+        return len(tickets) >= len(self.plan) and all(t.state in FINAL for t in tickets)
+
+    # ---- the day --------------------------------------------------------------------------
+
+    def kiosk(self):
+        """Publish a ticket request at each visitor's arrival (QoS 1: the broker keeps it
+        for the central service if that is away)."""
+        client = self.observer.client
+        for v in self.plan:
+            if not self.sleep_sim(v.arrive_s - self.sim_now()):
+                return
+            rid = str(uuid.uuid4())
+            with self.lock:
+                self.requests[rid] = v
+            body = {"id": rid, "service": v.service, "appointment": v.appointment,
+                    "priority": v.priority, "ts": utc_ts()}
+            client.publish(f"hall/v1/{SITE}/ticket/request", json.dumps(body), qos=1)
+        self.kiosk_done.set()
+
+    def run_day(self, faults=(), progress=None):
+        """Play the day; `faults` are (simulated seconds since opening, callable) run on
+        the way. Returns the report."""
+        from hallgate.sim.people import Operator
+
+        real0 = time.monotonic()
+        limit = self.options.real_limit_s or max(
+            60.0, 3 * self.options.hours * 3600 / self.options.speed)
+        threads = [threading.Thread(target=self.kiosk, name="kiosk", daemon=True)]
+        operators = [Operator(self, n, [b for b in self.breaks if b.window == n])
+                     for n in self.panels]
+        threads += [threading.Thread(target=op.run, name=f"operator-{op.window}",
+                                     daemon=True) for op in operators]
+        for t in threads:
+            t.start()
+        pending = sorted(faults, key=lambda f: f[0])
+        finished = False
+        while time.monotonic() - real0 < limit:
+            if pending and self.sim_now() >= pending[0][0]:
+                _, fault = pending.pop(0)
+                fault()
+            if self.day_over() and not pending:
+                finished = True
+                break
+            if progress is not None:
+                progress(self)
+            time.sleep(0.1)
+        doing = {op.window: op.doing for op in operators}
+        self.stopping.set()
+        for t in threads:
+            t.join(30)
+        if not finished:
+            self.problem(f"the day did not finish within {limit:.0f} real seconds; the "
+                         "operators were: "
+                         + "; ".join(f"window {n}: {d}" for n, d in doing.items()))
+        # Let the last votes and figures reach the observer before counting.
+        time.sleep(0.5)
+        return self.report(real_s=time.monotonic() - real0, finished=finished)
+
+    # ---- the report -----------------------------------------------------------------------
+
+    def report(self, real_s, finished):
+        with self.lock:
+            live = self.service is not None
+            journal = list(self.journal)
+        if live:
+            with self.service.lock:
+                central = self.central.day_report(self.day)
+        else:
+            central = None
+        calls = [j for j in journal if j["what"] == "call"]
+        pressed = [j for j in journal if j["what"] == "vote"]
+        return {
+            "day": self.day,
+            "finished": finished,
+            "options": dataclasses.asdict(self.options),
+            "real_s": round(real_s, 1),
+            "sim_hours": round(self.sim_now() / 3600, 2),
+            "plan": dayplan.summary(self.plan),
+            "broker": {"url": self.url, "protocol": self.protocol},
+            "key_to_panel_ms": _percentiles(self.answers),
+            "calls": len(calls),
+            "calls_shown": sum(1 for c in calls if c["shown"]),
+            "vote_presses": sum(j["presses"] for j in pressed),
+            "voters": len(pressed),
+            "gateway_starts": self.gateway.starts if self.gateway else 0,
+            "central_starts": self.central_starts,
+            "observer": {"events": len(self.observer.events),
+                         "deliveries": self.observer.deliveries,
+                         "tickets_issued": len(set(self.observer.issued.values())),
+                         "central_errors": self.observer.central_errors},
+            "problems": list(self.problems),
+            "central": central,
+        }
+
+    # ---- the live view's data -------------------------------------------------------------
+
+    def snapshot(self):
+        """What the hall shows now: each window's display and panel as the firmware shows
+        them, and the central's live figures (its retained stats)."""
+        stats = self.observer.stats or {}
+        by_window = stats.get("by_window", {})
+        letters = [s.letter for s in self.services]
+        windows = []
+        for n in self.panels:
+            d = self.displays[n].shown() or {}
+            p = self.panels[n].shown() or {}
+            w = by_window.get(str(n), {})
+            windows.append({
+                "n": n, "services": services_of(n, letters, len(self.panels)),
+                "display": d.get("text", ""), "blink": bool(d.get("blink")),
+                "mode": p.get("mode", "?"), "ticket": p.get("text", ""),
+                "queue": p.get("queue", 0), "wait_s": p.get("wait_s", 0),
+                "tea": bool(p.get("tea")), "served": w.get("served", 0),
+                "likes": w.get("likes", 0), "dislikes": w.get("dislikes", 0),
+                "misuse": w.get("misuse", 0),
+            })
+        return {
+            "clock": self.clock.now() if self.clock else self.opening,
+            "day": self.day,
+            "all": stats.get("all", {}),
+            "now": stats.get("now", {}),
+            "windows": windows,
+            "gateway_starts": self.gateway.starts if self.gateway else 0,
+            "central_starts": self.central_starts,
+            "problems": len(self.problems),
+        }

@@ -1,0 +1,172 @@
+"""The people of a simulated hall: an operator at each window, and the visitors they call.
+
+An operator only does what a person at a window can: press keys on the call panel (the
+firmware's control channel, so debouncing, the event queue and the bus are the real ones)
+and read what the panel shows. A visitor only looks at the window display and presses a
+like / dislike button once the buttons invite a vote. What each visitor does comes from the
+day's plan (sim/dayplan.py); what the operator must do next comes from the panel.
+
+Every wait is bounded in real seconds, long enough to ride out a gateway restart or a
+central restart (a key pressed meanwhile waits in the panel's event queue, as on a board).
+"""
+
+import logging
+import random
+import time
+
+from hallgate.sim.device import DeviceError
+from hallgate.sim.hall import button_pins
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 45.0  # real seconds for the hall to answer a key (outages included)
+KEY_MS = 80  # a brisk press
+WALK_S = (20, 90)  # simulated seconds from the call to the visitor at the window
+RECALL_AFTER_S = 60  # simulated seconds the operator waits before recalling
+VOTE_GAP_S = 0.25  # real seconds between the presses of a visitor who presses again
+
+
+class Operator:
+    def __init__(self, hall, window, breaks):
+        self.hall = hall
+        self.window = window
+        self.panel = hall.panels[window]
+        self.display = hall.displays[window]
+        self.breaks = list(breaks)
+        self.doing = "starting"  # what the operator is waiting for: said if the day stalls
+        self.seen = 0  # the display's messages from here on follow the last call
+        self.rng = random.Random(hall.options.seed * 1000 + window)
+        self.long_ms = hall.panel_timings()["long_ms"] + 200  # no-show is a long press
+
+    # ---- the panel ------------------------------------------------------------------------
+
+    def shown(self):
+        return self.panel.shown() or {}
+
+    def press(self, key, hold_ms=KEY_MS, until=None, what=None):
+        """Press `key`; wait until the panel shows `until(shown)` (True) or WAIT_S passes
+        (False)."""
+        mark = self.panel.mark()
+        t0 = time.monotonic()
+        self.panel.press(key, hold_ms)
+        if until is None:
+            return True
+        self.doing = f"pressed {key}, waiting for the panel to answer"
+        try:
+            self.panel.wait_for(lambda m: "panel" in m and until(m["panel"]), WAIT_S, mark)
+            self.hall.answered(time.monotonic() - t0)
+            return True
+        except DeviceError:  # the hall did not answer
+            if not self.hall.stopping.is_set():
+                seen = self.panel.messages[mark:][-4:]
+                self.hall.problem(f"window {self.window}: {what or key} not answered "
+                                  f"within {WAIT_S:.0f} s (the panel said: {seen})")
+            return False
+
+    def mode_is(self, mode):
+        return lambda p: p["mode"] == mode
+
+    # ---- the day --------------------------------------------------------------------------
+
+    def run(self):
+        """Look at the panel and do what it calls for, until the day is over. The panel is
+        the truth: a call that was answered late (an outage) is served when it shows."""
+        hall = self.hall
+        while not hall.stopping.is_set():
+            s = self.shown()
+            mode = s.get("mode")
+            self.doing = f"looking at the panel: {s}"
+            if mode == "idle" and self.breaks and hall.sim_now() >= self.breaks[0].start_s:
+                self.take_break(self.breaks.pop(0))
+            elif mode == "called":
+                self.serve(s["text"])
+            elif mode == "serving":  # a start answered after the operator gave up on it
+                self.finish(s["text"], vote=None, presses=0)
+            elif mode == "paused":
+                self.press("resume", until=self.mode_is("idle"))
+            elif mode == "idle" and s.get("queue"):
+                self.seen = self.display.mark()  # the display may change before the panel
+                self.press("call", until=lambda p: p["mode"] == "called" or not p["queue"])
+            else:
+                hall.sleep_sim(30)  # nothing to call (yet): look again in half a minute
+
+    def take_break(self, brk):
+        hall = self.hall
+        if self.shown().get("mode") != "idle":
+            return
+        if self.press("pause", until=self.mode_is("paused")):
+            hall.record("break", window=self.window, minutes=round(brk.duration_s / 60))
+            hall.sleep_sim(brk.duration_s)
+            self.press("resume", until=self.mode_is("idle"))
+
+    def serve(self, ticket):
+        hall = self.hall
+        shown = self.display_shows(ticket, self.seen)
+        hall.record("call", window=self.window, ticket=ticket, shown=shown)
+        v = hall.visitor_for(ticket)
+        if v is None:
+            hall.problem(f"window {self.window}: called {ticket}, which no kiosk issued")
+            self.press("noshow", self.long_ms, until=self.mode_is("idle"))
+            return
+        for _ in range(v.recalls if v.shows_up else max(1, v.recalls)):
+            hall.sleep_sim(RECALL_AFTER_S)
+            version = self.shown().get("version")
+            self.press("recall", until=lambda p, old=version: p["version"] != old)
+        if not v.shows_up:
+            hall.sleep_sim(RECALL_AFTER_S)
+            if self.press("noshow", self.long_ms, until=self.mode_is("idle")):
+                hall.record("noshow", window=self.window, ticket=ticket)
+            return
+        hall.sleep_sim(self.rng.uniform(*WALK_S))
+        if not self.press("start", until=self.mode_is("serving")):
+            return
+        if v.redirect and hall.first_redirect(self.window, ticket):
+            hall.sleep_sim(v.service_s / 3)
+            if self.press("redirect", until=self.mode_is("idle")):
+                hall.record("redirect", window=self.window, ticket=ticket)
+            return
+        hall.sleep_sim(v.service_s)
+        self.finish(ticket, v.vote, v.presses)
+
+    def finish(self, ticket, vote, presses):
+        if not self.press("finish", until=self.mode_is("idle")):
+            return
+        self.hall.record("served", window=self.window, ticket=ticket)
+        if vote is not None:
+            self.vote(ticket, vote, presses)
+
+    def display_shows(self, ticket, since):
+        """The visitor looks up: does the window's display show their ticket (since the
+        operator pressed call)?"""
+        self.doing = f"visitor of {ticket} looking for it on the display"
+        try:
+            self.display.wait_for(
+                lambda m: "display" in m and m["display"]["text"].startswith(ticket),
+                WAIT_S, since)
+            return True
+        except DeviceError:
+            self.hall.problem(f"window {self.window}: the display never showed {ticket}")
+            return False
+
+    def vote(self, ticket, vote, presses):
+        """The visitor waits for the buttons to invite a vote, presses; the operator waits
+        until the press has reached the broker before calling the next visitor."""
+        hall = self.hall
+        gw = hall.gateway
+        self.doing = f"visitor of {ticket} waiting for the buttons to invite a vote"
+        if not gw.wait_ballot(self.window, ticket, WAIT_S):
+            hall.problem(f"window {self.window}: voting never opened for {ticket}")
+            return
+        pin = button_pins(self.window)[0 if vote == "like" else 1]
+        obs = hall.observer
+        before = obs.votes_at(self.window)
+        for i in range(presses):
+            if i:
+                hall.stopping.wait(VOTE_GAP_S)
+            gw.press(pin, KEY_MS)
+        hall.record("vote", window=self.window, ticket=ticket, vote=vote, presses=presses)
+        self.doing = f"waiting for {presses} vote press(es) of {ticket} at the broker"
+        # (the presses after the vote may name no ticket: voting closes on the vote)
+        if not obs.wait(lambda: obs.votes_at(self.window) >= before + presses, WAIT_S):
+            hall.problem(f"window {self.window}: {presses} vote press(es) for {ticket} did "
+                         f"not all reach the broker")

@@ -1,0 +1,82 @@
+"""The simulator's live terminal view (rich) and its end-of-day report as text.
+
+`render(snapshot)` turns `Hall.snapshot()` into a rich renderable: one row per window with
+what its display and panel show (read back from the firmware) and its figures so far.
+`report_text(report)` is the end-of-day summary a person reads (`--json` prints the dict).
+"""
+
+from datetime import UTC, datetime
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+MODE_STYLE = {"idle": "dim", "called": "bold yellow", "serving": "green", "paused": "blue",
+              "closed": "red"}
+
+
+def _mmss(seconds):
+    seconds = int(seconds or 0)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def render(snap):
+    clock = datetime.fromtimestamp(snap["clock"], UTC).strftime("%H:%M")
+    a, now = snap["all"], snap["now"]
+    head = Text.assemble(
+        (f" {snap['day']} {clock} ", "bold reverse"),
+        f"  issued {a.get('issued', 0)}  served {a.get('served', 0)}"
+        f"  no-show {a.get('noshow', 0)}  waiting {now.get('waiting', 0)}"
+        f"  wait avg {_mmss(a.get('wait_avg_s'))} p95 {_mmss(a.get('wait_p95_s'))}"
+        f"  over 15 min {_pct(a.get('over_norm_share'))}"
+        f"  satisfaction {_pct(a.get('satisfaction'))} ({a.get('votes', 0)} votes,"
+        f" {a.get('misuse', 0)} misuse)")
+    table = Table(expand=True, box=None, header_style="bold")
+    for col in ("win", "serves", "display", "panel", "ticket", "queue", "wait", "served",
+                "like", "dislike", "misuse"):
+        table.add_column(col, justify="right" if col in ("win", "queue", "served", "like",
+                                                         "dislike", "misuse") else "left")
+    for w in snap["windows"]:
+        display = Text(w["display"] or "·", style="bold yellow blink" if w["blink"] else "")
+        wait = Text(_mmss(w["wait_s"]) + (" tea" if w["tea"] else ""),
+                    style="red" if w["tea"] else "")
+        table.add_row(str(w["n"]), ",".join(w["services"]), display,
+                      Text(w["mode"], style=MODE_STYLE.get(w["mode"], "")), w["ticket"],
+                      str(w["queue"]), wait, str(w["served"]), str(w["likes"]),
+                      str(w["dislikes"]), str(w["misuse"]))
+    foot = Text(f"gateway starts {snap['gateway_starts']}  central starts "
+                f"{snap['central_starts']}  problems {snap['problems']}", style="dim")
+    return Panel(Group(head, table, foot), title="hallgate sim: the hall",
+                 subtitle="displays and panels as the firmware shows them")
+
+
+def report_text(r):
+    c = (r.get("central") or {}).get("all", {})
+    lines = [
+        f"End of day {r['day']}: {'finished' if r['finished'] else 'NOT FINISHED'} in "
+        f"{r['real_s']} s real ({r['sim_hours']} simulated hours,"
+        f" speed {r['options']['speed']:g}x)",
+        f"  visitors planned {r['plan']['visitors']}, tickets issued {c.get('issued', 0)}:"
+        f" served {c.get('served', 0)}, no-show {c.get('noshow', 0)}",
+        f"  wait avg {_mmss(c.get('wait_avg_s'))}, p95 {_mmss(c.get('wait_p95_s'))},"
+        f" over 15 min {_pct(c.get('over_norm_share'))}",
+        f"  votes {c.get('votes', 0)} (likes {c.get('likes', 0)}, dislikes"
+        f" {c.get('dislikes', 0)}), satisfaction {_pct(c.get('satisfaction'))},"
+        f" misuse presses {c.get('misuse', 0)}",
+        f"  calls {r['calls']}, shown on the right display {r['calls_shown']};"
+        f" vote presses {r['vote_presses']}",
+        f"  gateway starts {r['gateway_starts']}, central starts {r['central_starts']};"
+        f" broker {r['broker']['url']} (MQTT {r['broker']['protocol']})",
+    ]
+    by_window = (r.get("central") or {}).get("by_window", {})
+    for n, w in by_window.items():
+        lines.append(f"    window {n:>2}: served {w['served']:>3}, no-show {w['noshow']:>2},"
+                     f" satisfaction {_pct(w['satisfaction'])}")
+    for p in r["problems"]:
+        lines.append(f"  problem: {p}")
+    return "\n".join(lines)
