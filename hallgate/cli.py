@@ -245,20 +245,29 @@ def cmd_sim_hall(args):
         return 2
     with tempfile.TemporaryDirectory(prefix="hallgate-sim-") as tmp:
         hall = Hall(options, args.workdir or tmp)
-        console = Console(stderr=args.json)
+        # The real file, bound now: rich's Live swaps sys.stdout for a proxy meanwhile.
+        console = Console(file=sys.stderr if args.json else sys.stdout)
         result = {}
+
+        def day():
+            try:
+                result["report"] = hall.run_day()
+            except BaseException as e:  # handed to the main thread below
+                result["error"] = e
+
         try:
             with console.status("starting the broker, the central service, the gateway "
                                 f"and {2 * options.windows} firmware devices..."):
                 hall.start()
-            day = threading.Thread(target=lambda: result.update(report=hall.run_day()),
-                                   daemon=True)
-            day.start()
+            runner = threading.Thread(target=day, name="sim-day", daemon=True)
+            runner.start()
             with Live(render(hall.snapshot()), console=console, refresh_per_second=4,
-                      transient=args.json) as live:
-                while day.is_alive():
-                    day.join(0.25)
+                      transient=args.json, redirect_stderr=False) as live:
+                while runner.is_alive():
+                    runner.join(0.25)
                     live.update(render(hall.snapshot()))
+            if "error" in result:
+                raise result["error"]
         except SimError as e:
             print(f"hallgate sim: {e}", file=sys.stderr)
             return 1

@@ -58,9 +58,12 @@ class Operator:
             return True
         except DeviceError:  # the hall did not answer
             if not self.hall.stopping.is_set():
-                seen = self.panel.messages[mark:][-4:]
+                said = self.panel.messages[mark:]
+                other = [m for m in said if "panel" not in m]
+                last = [m["panel"] for m in said if "panel" in m][-1:]
                 self.hall.problem(f"window {self.window}: {what or key} not answered "
-                                  f"within {WAIT_S:.0f} s (the panel said: {seen})")
+                                  f"within {WAIT_S:.0f} s (the panel said {other}, and "
+                                  f"{len(said) - len(other)} panel updates, the last {last})")
             return False
 
     def mode_is(self, mode):

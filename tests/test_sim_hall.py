@@ -1,0 +1,112 @@
+"""A whole simulated day (`hallgate sim`) balances: every ticket ends served or no-show,
+every call was shown on the right window's display (read back from the firmware), every vote
+is recorded exactly once against the right ticket, and the central's report agrees with an
+independent MQTT subscriber that logged the whole day. Also with the central service
+restarted and the gateway SIGKILLed mid-day.
+
+All real parts: mosquitto, the central service, the gateway daemon (a child process on
+gpiozero mock pins), the firmware on MicroPython behind ptys.
+"""
+
+import collections
+import os
+
+import pytest
+from hallgate.central.store import Store
+from hallgate.sim.hall import SITE, Hall, Options
+from harness import Witness
+
+pytestmark = pytest.mark.micropython
+
+SEED = int(os.environ.get("HALLGATE_TEST_SEED", "3"))
+
+
+def play(tmp_path, options, faults=()):
+    """Run a day with a witness subscribed to the whole site; (hall, report, witness
+    messages by topic, central tickets, central votes)."""
+    hall = Hall(options, tmp_path / "hall")
+    witness = None
+    try:
+        hall.start()
+        witness = Witness(hall.broker.port, topics=[f"hall/v1/{SITE}/#"],
+                          client_id="test-witness")
+        report = hall.run_day(faults=[(at, getattr(hall, name)) for at, name in faults])
+        log = collections.defaultdict(list)
+        with witness.lock:
+            messages = list(witness.messages)
+        for topic, payload, _ in messages:
+            log[topic.removeprefix(f"hall/v1/{SITE}/")].append(payload)
+    finally:
+        hall.close()
+        if witness is not None:
+            witness.close()
+    with Store(hall.db) as store:
+        tickets, votes = store.day(hall.day)
+    return hall, report, log, tickets, votes
+
+
+def assert_day_balances(hall, report, log, tickets, votes):
+    assert report["finished"], report["problems"]
+    assert report["problems"] == []
+    central = report["central"]["all"]
+
+    # Every visitor got a ticket, and every ticket ended served or no-show.
+    assert len(tickets) == report["plan"]["visitors"] == central["issued"]
+    assert {t.state for t in tickets} <= {"served", "noshow"}
+    assert central["served"] + central["noshow"] == central["issued"]
+    assert central["waiting"] == central["called"] == central["serving"] == 0
+
+    # Every call was shown on the display of the window that called it, and each ticket's
+    # last call was at the window where it ended.
+    calls = [j for j in hall.journal if j["what"] == "call"]
+    assert calls and all(c["shown"] for c in calls)
+    last_call = {c["ticket"]: c["window"] for c in calls}
+    assert {t.number: t.ended_window for t in tickets} == last_call
+
+    # Every vote event the gateway sent is recorded once, on the ticket it names; every
+    # visitor who voted has exactly one counted vote, theirs, on their ticket and window.
+    events = {}
+    for topic, payloads in log.items():
+        if topic.startswith("window/") and topic.endswith("/event"):
+            for e in payloads:
+                events.setdefault(e["id"], e)
+    vote_events = {i: e for i, e in events.items() if e["type"] == "vote"}
+    assert sorted(v.id for v in votes) == sorted(vote_events)
+    for v in votes:
+        e = vote_events[v.id]
+        assert (v.window, v.vote, v.ticket) == (e["window"], e["vote"], e["ticket"])
+    counted = collections.Counter((v.ticket, v.window, v.vote) for v in votes if v.counted)
+    voters = [j for j in hall.journal if j["what"] == "vote"]
+    assert voters
+    assert counted == collections.Counter((j["ticket"], j["window"], j["vote"])
+                                          for j in voters)
+
+    # The report's counts equal the witness's: tickets issued, finishes, no-shows, votes.
+    issued = {m["ticket"] for m in log["ticket/issued"]}
+    keys = collections.Counter(e["key"] for e in events.values() if e["type"] == "key")
+    assert central["issued"] == len(issued)
+    assert central["served"] == keys["finish"]
+    assert central["noshow"] == keys["noshow"]
+    good = [e for e in vote_events.values() if not e["misuse"]]
+    assert central["likes"] == sum(e["vote"] == "like" for e in good)
+    assert central["dislikes"] == sum(e["vote"] == "dislike" for e in good)
+    assert central["misuse"] == len(vote_events) - len(good)
+    assert report["observer"]["central_errors"] == len(log["central/errors"])
+
+
+def test_a_day_of_300_visitors_balances(tmp_path):
+    options = Options(windows=10, visitors=300, hours=10, speed=600, seed=SEED)
+    hall, report, log, tickets, votes = play(tmp_path, options)
+    assert_day_balances(hall, report, log, tickets, votes)
+    plan = report["plan"]
+    assert report["central"]["all"]["noshow"] == plan["no_shows"]
+    print(f"{len(tickets)} tickets, {report['calls']} calls, {len(votes)} vote records, "
+          f"{report['real_s']} s real; key to panel {report['key_to_panel_ms']}")
+
+
+def test_a_central_restart_and_a_gateway_kill_mid_day_still_balance(tmp_path):
+    options = Options(windows=6, visitors=150, hours=6, speed=600, seed=SEED + 1)
+    hall, report, log, tickets, votes = play(
+        tmp_path, options, faults=[(2 * 3600, "restart_central"), (4 * 3600, "kill_gateway")])
+    assert report["central_starts"] == 2 and report["gateway_starts"] == 2
+    assert_day_balances(hall, report, log, tickets, votes)
