@@ -68,7 +68,7 @@ firmware: setup
 
 # Until the simulated hall arrives: the bus with real firmware devices and the real master.
 demo: setup
-	$(BIN)/hallgate sim bus --windows 4 --seconds 30
+	$(BIN)/hallgate sim --windows 8 --visitors 200 --duration 8h
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

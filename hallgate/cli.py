@@ -239,7 +239,8 @@ def cmd_sim_hall(args):
         return 1
     try:
         options = Options(windows=args.windows, visitors=args.visitors, hours=args.duration,
-                          speed=args.speed, seed=args.seed, broker=args.broker)
+                          speed=args.speed, seed=args.seed, broker=args.broker,
+                          broker_kind=args.broker_kind)
     except ValueError as e:
         print(f"hallgate sim: {e}", file=sys.stderr)
         return 2
@@ -447,8 +448,8 @@ def build_parser():
         "MicroPython, operators and visitors; a day in about a minute",
         description="Without a subcommand: a whole day in a simulated hall, shown live, then "
         "the end-of-day report.")
-    sim_p.add_argument("--windows", type=int, default=6, help="windows, 1-12 (default 6)")
-    sim_p.add_argument("--visitors", type=int, default=200, help="visitors (default 200)")
+    sim_p.add_argument("--windows", type=int, default=10, help="windows, 1-12 (default 10)")
+    sim_p.add_argument("--visitors", type=int, default=300, help="visitors (default 300)")
     sim_p.add_argument("--duration", type=_duration_hours, default=10.0, metavar="HOURS",
                        help="opening hours, simulated: 10h (default), 90m")
     sim_p.add_argument("--speed", type=float, default=600,
@@ -456,6 +457,9 @@ def build_parser():
     sim_p.add_argument("--seed", type=int, default=1, help="seed of the day's plan")
     sim_p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) "
                        "instead of starting one, to watch with your own MQTT client")
+    sim_p.add_argument("--broker-kind", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                       help="the broker to start: mosquitto when installed, else the embedded "
+                       "amqtt (MQTT 3.1.1) (default auto)")
     sim_p.add_argument("--workdir", help="keep the databases and logs here (default: a "
                        "temporary folder, removed at the end)")
     sim_p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -69,6 +69,7 @@ class Options:
     speed: float = 600.0
     seed: int = 1
     broker: str | None = None  # an existing broker's URL; None: start one
+    broker_kind: str = "auto"  # the one to start: mosquitto when installed, else amqtt
     protocol: str | None = None  # MQTT version; None: what the broker speaks
     real_limit_s: float | None = None  # give up after this long; None: 3 x the day's real time
     baud: int = 921600  # the bus: the fastest BUS.md allows, so key round trips cost the
@@ -344,7 +345,7 @@ class Hall:
             url = opts.broker
             protocol = opts.protocol or "5"
         else:
-            self.broker = start_broker(self.dir / "broker")
+            self.broker = start_broker(self.dir / "broker", prefer=opts.broker_kind)
             url = self.broker.url
             protocol = opts.protocol or self.broker.protocol
         self.url, self.protocol = url, protocol

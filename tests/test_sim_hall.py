@@ -110,3 +110,11 @@ def test_a_central_restart_and_a_gateway_kill_mid_day_still_balance(tmp_path):
         tmp_path, options, faults=[(2 * 3600, "restart_central"), (4 * 3600, "kill_gateway")])
     assert report["central_starts"] == 2 and report["gateway_starts"] == 2
     assert_day_balances(hall, report, log, tickets, votes)
+
+
+def test_without_mosquitto_the_day_runs_on_the_embedded_amqtt_broker(tmp_path):
+    options = Options(windows=3, visitors=40, hours=3, speed=600, seed=SEED,
+                      broker_kind="amqtt")
+    hall, report, log, tickets, votes = play(tmp_path, options)
+    assert report["broker"]["protocol"] == "3.1.1"
+    assert_day_balances(hall, report, log, tickets, votes)
