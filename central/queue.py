@@ -382,7 +382,11 @@ class Queue:
                              f"{', '.join(sorted(self.config.services))}")
         s = self.state
         if request_id is not None and request_id in s.issued_ids:
-            return s.tickets[s.issued_ids[request_id]]
+            tid = s.issued_ids[request_id]
+            if tid not in s.tickets:  # an earlier day's, no longer loaded
+                raise QueueError(f"request {request_id!r} was answered with ticket {tid} "
+                                 "on an earlier day; a new request needs a new id")
+            return s.tickets[tid]
         day = local_day(now, self.config.tz)
         n = s.counters.get((day, service), 0) + 1
         s.counters[(day, service)] = n

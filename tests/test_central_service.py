@@ -3,7 +3,7 @@
 
 
 from hallgate.central.clock import FakeClock
-from hallgate.central.queue import QueueConfig
+from hallgate.central.queue import QueueConfig, QueueError
 from hallgate.central.service import Central
 from test_central_queue import CONFIG  # noqa: E402
 
@@ -40,4 +40,25 @@ def test_restart_mid_day_loses_nothing(tmp_path):
     assert stats["all"]["served"] == 1 and stats["all"]["likes"] == 1
     assert stats["all"]["over_norm"] == 1
     assert c.day_report("2026-11-23")["all"] == stats["all"]
+    c.close()
+
+
+def test_a_request_resent_days_later_gets_a_clear_refusal_not_a_crash(tmp_path):
+    cfg, clock, db = QueueConfig.from_dict(CONFIG), FakeClock(), tmp_path / "c.db"
+    c = Central(cfg, db, clock)
+    t, _ = c.issue("A", request_id="kiosk-1")
+    for i, key in enumerate(("call", "start", "finish")):
+        assert c.handle_event(ev(10 + i, 1, key))[0].ok
+    assert c.handle_event({"id": "gw-1.13", "window": 1, "type": "vote", "vote": "like",
+                           "ticket": "A001", "misuse": False})[0].vote.counted  # closes voting
+    c.close()
+    clock.advance(3 * 86400)  # the old day's tickets are no longer loaded at start
+    c = Central(cfg, db, clock)
+    try:
+        c.issue("A", request_id="kiosk-1")
+    except QueueError as e:
+        assert "kiosk-1" in str(e) and t.tid in str(e) and "new id" in str(e)
+    else:
+        raise AssertionError("a stale request id must be refused")
+    assert c.issue("A", request_id="kiosk-2")[0].number == "A001"  # a new day, a new count
     c.close()
