@@ -244,6 +244,18 @@ def cmd_sim_hall(args):
     except ValueError as e:
         print(f"hallgate sim: {e}", file=sys.stderr)
         return 2
+    # The parts' logs would tear up the live view: with --workdir they go to sim.log
+    # there (the gateway's to gateway.log), else only errors are shown.
+    root = logging.getLogger()
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+        log_file = logging.FileHandler(os.path.join(args.workdir, "sim.log"))
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                "%(message)s"))
+        root.handlers = [log_file]
+        root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    elif not args.verbose:
+        root.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="hallgate-sim-") as tmp:
         hall = Hall(options, args.workdir or tmp)
         # The real file, bound now: rich's Live swaps sys.stdout for a proxy meanwhile.
@@ -282,6 +294,7 @@ def cmd_sim_hall(args):
     if args.json:
         print(json.dumps(report, indent=1))
     else:
+        console.print()
         console.print(report_text(report))
     return 0 if report["finished"] and not report["problems"] else 1
 
@@ -460,8 +473,8 @@ def build_parser():
     sim_p.add_argument("--broker-kind", choices=("auto", "mosquitto", "amqtt"), default="auto",
                        help="the broker to start: mosquitto when installed, else the embedded "
                        "amqtt (MQTT 3.1.1) (default auto)")
-    sim_p.add_argument("--workdir", help="keep the databases and logs here (default: a "
-                       "temporary folder, removed at the end)")
+    sim_p.add_argument("--workdir", help="keep the databases and logs (sim.log, gateway.log) "
+                       "here (default: a temporary folder, removed at the end)")
     sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
     sim_p.set_defaults(func=cmd_sim_hall)
     sim_sub = sim_p.add_subparsers(dest="sim_command", required=False, metavar="SUBCOMMAND")
