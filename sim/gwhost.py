@@ -8,7 +8,10 @@ pressed here. Nothing else differs from `hallgate run`: the same config, bus mas
 outbox, MQTT link and voting rules.
 
 Control channel, one line each way (as the firmware's, firmware/hal_unix.py):
-    in:  press PIN MS       drive the button on BCM pin PIN to closed for MS ms
+    in:  press PIN MS       close the button on BCM pin PIN for MS ms, and on until the
+                            gateway has taken the press (at most HOLD_MAX_S): a process
+                            starved of CPU must not sleep through a short press that a
+                            Pi would have seen, as the firmware's contact timeline does
     out: {"ready": {"pid": ..., "outbox": N}}   once started (N events waiting from before)
          {"ballot": {"window": n, "ticket": "A042" or null}}   voting opened or closed at
                                 a window: what the button LEDs show; a visitor waits for it
@@ -22,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from gpiozero.pins.mock import MockFactory
 from hallgate.gateway.daemon import Gateway
@@ -29,6 +33,7 @@ from hallgate.gateway.daemon import Gateway
 log = logging.getLogger(__name__)
 
 WATCH_S = 0.005  # how often voting state is compared: one feedback sample period
+HOLD_MAX_S = 2.0  # a press held this long and still not taken is let go (and reported)
 
 
 class Host:
@@ -39,6 +44,12 @@ class Host:
         self._out_lock = threading.Lock()
         self._stop = threading.Event()
         self._ballots = {}
+        self._panel_of = {}  # button pin -> its FeedbackPanel
+        if self.gateway.feedback is not None:
+            for w in config.windows:
+                for pin in (w.like_pin, w.dislike_pin):
+                    if pin is not None:
+                        self._panel_of[pin] = self.gateway.feedback[w.number]
 
     def emit(self, kind, value):
         with self._out_lock:
@@ -52,12 +63,24 @@ class Host:
         try:
             if words[0] != "press" or len(words) != 3:
                 raise ValueError("expected: press PIN MS")
-            pin, ms = self.factory.pin(int(words[1])), int(words[2])
-        except (ValueError, LookupError) as e:  # gpiozero: no such pin on the mock board
-            self.emit("error", f"bad command {line.strip()!r}: {e}")
+            number, ms = int(words[1]), int(words[2])
+            panel = self._panel_of[number]
+        except (ValueError, LookupError) as e:
+            self.emit("error", f"bad command {line.strip()!r}: not a feedback button ({e})")
             return
+        threading.Thread(target=self._hold, args=(number, panel, ms), daemon=True).start()
+
+    def _hold(self, number, panel, ms):
+        pin = self.factory.pin(number)
+        taken = panel.presses
         pin.drive_low()  # buttons pull up: a closed contact reads low
-        threading.Timer(ms / 1000, pin.drive_high).start()
+        time.sleep(ms / 1000)
+        deadline = time.monotonic() + HOLD_MAX_S
+        while panel.presses == taken and time.monotonic() < deadline:
+            time.sleep(WATCH_S)
+        if panel.presses == taken:
+            self.emit("error", f"press on pin {number} not taken within {HOLD_MAX_S} s")
+        pin.drive_high()
 
     def _read_commands(self):
         for line in sys.stdin:

@@ -239,6 +239,7 @@ class GatewayHost:
         self.log_path = log_path
         self.proc = None
         self.starts = 0
+        self.started_at = 0.0  # time.monotonic() of the last start
         self.cond = threading.Condition()
         self.ballots = {}
 
@@ -251,6 +252,7 @@ class GatewayHost:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=err, env=env, text=True, bufsize=1)
         self.starts += 1
+        self.started_at = time.monotonic()
         ready = threading.Event()
         threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
         if not ready.wait(timeout):

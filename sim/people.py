@@ -10,20 +10,18 @@ Every wait is bounded in real seconds, long enough to ride out a gateway restart
 central restart (a key pressed meanwhile waits in the panel's event queue, as on a board).
 """
 
-import logging
 import random
 import time
 
 from hallgate.sim.device import DeviceError
 from hallgate.sim.hall import button_pins
 
-log = logging.getLogger(__name__)
-
 WAIT_S = 45.0  # real seconds for the hall to answer a key (outages included)
 KEY_MS = 80  # a brisk press
 WALK_S = (20, 90)  # simulated seconds from the call to the visitor at the window
 RECALL_AFTER_S = 60  # simulated seconds the operator waits before recalling
 VOTE_GAP_S = 0.25  # real seconds between the presses of a visitor who presses again
+RESTART_GRACE_S = 3.0  # real seconds for a restarted gateway's outbox to send what it had
 
 
 class Operator:
@@ -43,14 +41,12 @@ class Operator:
     def shown(self):
         return self.panel.shown() or {}
 
-    def press(self, key, hold_ms=KEY_MS, until=None, what=None):
+    def press(self, key, hold_ms=KEY_MS, *, until):
         """Press `key`; wait until the panel shows `until(shown)` (True) or WAIT_S passes
         (False)."""
         mark = self.panel.mark()
         t0 = time.monotonic()
         self.panel.press(key, hold_ms)
-        if until is None:
-            return True
         self.doing = f"pressed {key}, waiting for the panel to answer"
         try:
             self.panel.wait_for(lambda m: "panel" in m and until(m["panel"]), WAIT_S, mark)
@@ -61,7 +57,7 @@ class Operator:
                 said = self.panel.messages[mark:]
                 other = [m for m in said if "panel" not in m]
                 last = [m["panel"] for m in said if "panel" in m][-1:]
-                self.hall.problem(f"window {self.window}: {what or key} not answered "
+                self.hall.problem(f"window {self.window}: {key} not answered "
                                   f"within {WAIT_S:.0f} s (the panel said {other}, and "
                                   f"{len(said) - len(other)} panel updates, the last {last})")
             return False
@@ -162,7 +158,7 @@ class Operator:
             return
         pin = button_pins(self.window)[0 if vote == "like" else 1]
         obs = hall.observer
-        before = obs.votes_at(self.window)
+        before, starts = obs.votes_at(self.window), gw.starts
         for i in range(presses):
             if i:
                 hall.stopping.wait(VOTE_GAP_S)
@@ -170,6 +166,23 @@ class Operator:
         hall.record("vote", window=self.window, ticket=ticket, vote=vote, presses=presses)
         self.doing = f"waiting for {presses} vote press(es) of {ticket} at the broker"
         # (the presses after the vote may name no ticket: voting closes on the vote)
-        if not obs.wait(lambda: obs.votes_at(self.window) >= before + presses, WAIT_S):
-            hall.problem(f"window {self.window}: {presses} vote press(es) for {ticket} did "
-                         f"not all reach the broker")
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not hall.stopping.is_set():
+            if obs.wait(lambda n=before + presses: obs.votes_at(self.window) >= n, 0.5):
+                return
+            if gw.starts == starts or time.monotonic() - gw.started_at < RESTART_GRACE_S:
+                continue
+            # The gateway lost power meanwhile: presses it had not yet taken are gone, as
+            # from a real one. Voting still open for the ticket and nothing arrived: the
+            # button did not react, so the visitor presses again; a vote arrived: done.
+            arrived = obs.votes_at(self.window) - before
+            if arrived and gw.ballots.get(self.window) != ticket:
+                hall.record("lost-presses", window=self.window, ticket=ticket,
+                            presses=presses - arrived)
+                return
+            if not arrived and gw.ballots.get(self.window) == ticket:
+                starts, presses = gw.starts, 1
+                gw.press(pin, KEY_MS)
+                hall.record("pressed-again", window=self.window, ticket=ticket)
+        hall.problem(f"window {self.window}: {presses} vote press(es) for {ticket} did "
+                     f"not all reach the broker")
