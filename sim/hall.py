@@ -234,8 +234,9 @@ class GatewayHost:
     """The `hallgate sim gateway` child: start, kill (SIGKILL), press a button, and the
     voting state it reports (`ballots`: window -> ticket open, or None)."""
 
-    def __init__(self, config, log_path):
+    def __init__(self, config, log_path, on_error=None):
         self.config = config
+        self.on_error = on_error
         self.log_path = log_path
         self.proc = None
         self.starts = 0
@@ -272,8 +273,8 @@ class GatewayHost:
                 with self.cond:
                     self.ballots[msg["ballot"]["window"]] = msg["ballot"]["ticket"]
                     self.cond.notify_all()
-            elif "error" in msg:
-                log.error("gateway host: %s", msg["error"])
+            elif "error" in msg and self.on_error is not None:
+                self.on_error(f"gateway host: {msg['error']}")
 
     def press(self, pin, ms):
         try:
@@ -370,7 +371,8 @@ class Hall:
         self.start_central()
         config = gateway_config(self.dir / "hall.toml", opts, url, protocol,
                                 self.hub.master_path, self.dir / "outbox.sqlite")
-        self.gateway = GatewayHost(config, self.dir / "gateway.log").start()
+        self.gateway = GatewayHost(config, self.dir / "gateway.log",
+                                   on_error=self.problem).start()
         return self
 
     def panel_timings(self):
@@ -523,7 +525,7 @@ class Hall:
             if pending and self.sim_now() >= pending[0][0]:
                 _, fault = pending.pop(0)
                 fault()
-            if self.day_over() and not pending:
+            if self.day_over() and not pending and not any(op.busy for op in operators):
                 finished = True
                 break
             if progress is not None:
@@ -570,6 +572,7 @@ class Hall:
             "calls": len(calls),
             "calls_shown": sum(1 for c in calls if c["shown"]),
             "vote_presses": sum(j["presses"] for j in pressed),
+            "pressed_again": sum(1 for j in journal if j["what"] == "pressed-again"),
             "voters": len(pressed),
             "gateway_starts": self.gateway.starts if self.gateway else 0,
             "central_starts": self.central_starts,

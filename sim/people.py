@@ -22,6 +22,7 @@ WALK_S = (20, 90)  # simulated seconds from the call to the visitor at the windo
 RECALL_AFTER_S = 60  # simulated seconds the operator waits before recalling
 VOTE_GAP_S = 0.25  # real seconds between the presses of a visitor who presses again
 RESTART_GRACE_S = 3.0  # real seconds for a restarted gateway's outbox to send what it had
+UNANSWERED_S = 10.0  # real seconds after which a visitor presses a silent button again
 
 
 class Operator:
@@ -33,6 +34,7 @@ class Operator:
         self.breaks = list(breaks)
         self.doing = "starting"  # what the operator is waiting for: said if the day stalls
         self.seen = 0  # the display's messages from here on follow the last call
+        self.busy = False  # with a visitor (until their vote is in)
         self.rng = random.Random(hall.options.seed * 1000 + window)
         self.long_ms = hall.panel_timings()["long_ms"] + 200  # no-show is a long press
 
@@ -91,14 +93,21 @@ class Operator:
 
     def take_break(self, brk):
         hall = self.hall
-        if self.shown().get("mode") != "idle":
-            return
-        if self.press("pause", until=self.mode_is("paused")):
+        # A call still on its way may win over the pause: the panel then shows the visitor.
+        if self.press("pause", until=lambda p: p["mode"] != "idle") and (
+                self.shown().get("mode") == "paused"):
             hall.record("break", window=self.window, minutes=round(brk.duration_s / 60))
             hall.sleep_sim(brk.duration_s)
             self.press("resume", until=self.mode_is("idle"))
 
     def serve(self, ticket):
+        self.busy = True
+        try:
+            self._serve(ticket)
+        finally:
+            self.busy = False
+
+    def _serve(self, ticket):
         hall = self.hall
         shown = self.display_shows(ticket, self.seen)
         hall.record("call", window=self.window, ticket=ticket, shown=shown)
@@ -167,22 +176,31 @@ class Operator:
         self.doing = f"waiting for {presses} vote press(es) of {ticket} at the broker"
         # (the presses after the vote may name no ticket: voting closes on the vote)
         deadline = time.monotonic() + WAIT_S
+        pressed_at = time.monotonic()
         while time.monotonic() < deadline and not hall.stopping.is_set():
             if obs.wait(lambda n=before + presses: obs.votes_at(self.window) >= n, 0.5):
                 return
-            if gw.starts == starts or time.monotonic() - gw.started_at < RESTART_GRACE_S:
+            restarted = gw.starts != starts
+            if restarted and time.monotonic() - gw.started_at < RESTART_GRACE_S:
                 continue
-            # The gateway lost power meanwhile: presses it had not yet taken are gone, as
-            # from a real one. Voting still open for the ticket and nothing arrived: the
-            # button did not react, so the visitor presses again; a vote arrived: done.
             arrived = obs.votes_at(self.window) - before
-            if arrived and gw.ballots.get(self.window) != ticket:
+            if restarted and arrived and gw.ballots.get(self.window) != ticket:
+                # The gateway lost power with the later presses in it, as a real one can.
                 hall.record("lost-presses", window=self.window, ticket=ticket,
                             presses=presses - arrived)
                 return
-            if not arrived and gw.ballots.get(self.window) == ticket:
-                starts, presses = gw.starts, 1
+            if not arrived and gw.ballots.get(self.window) == ticket and (
+                    restarted or time.monotonic() - pressed_at > UNANSWERED_S):
+                # Nothing arrived and the buttons still invite: the press did not take
+                # (lost with a gateway that lost power), so the visitor presses again.
+                # Recorded: a day without faults must have none (tests/test_sim_hall.py).
+                hall.record("pressed-again", window=self.window, ticket=ticket,
+                            gateway_restarted=restarted)
+                starts, presses, pressed_at = gw.starts, 1, time.monotonic()
                 gw.press(pin, KEY_MS)
-                hall.record("pressed-again", window=self.window, ticket=ticket)
+        if hall.stopping.is_set():
+            return
         hall.problem(f"window {self.window}: {presses} vote press(es) for {ticket} did "
-                     f"not all reach the broker")
+                     f"not all reach the broker ({obs.votes_at(self.window) - before} did; "
+                     f"gateway starts {starts} -> {gw.starts}; voting open at the gateway "
+                     f"for {gw.ballots.get(self.window)})")
