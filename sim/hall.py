@@ -25,6 +25,7 @@ keys, the feedback buttons, the panel and the display as the firmware shows them
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -182,7 +183,6 @@ class Observer:
         self.deliveries = 0
         self.stats = None
         self.central_errors = 0
-        self.gateway_status = None
         v5 = protocol == "5"
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hallgate-sim-observer-"
                         f"{uuid.uuid4().hex[:8]}",
@@ -212,8 +212,6 @@ class Observer:
                 self.stats = body
             elif rest == ["central", "errors"]:
                 self.central_errors += 1
-            elif rest[0] == "gw" and rest[-1] == "status":
-                self.gateway_status = body
             self.cond.notify_all()
 
     def wait(self, predicate, timeout):
@@ -573,6 +571,7 @@ class Hall:
             "calls_shown": sum(1 for c in calls if c["shown"]),
             "vote_presses": sum(j["presses"] for j in pressed),
             "pressed_again": sum(1 for j in journal if j["what"] == "pressed-again"),
+            "people": dict(collections.Counter(j["what"] for j in journal)),
             "voters": len(pressed),
             "gateway_starts": self.gateway.starts if self.gateway else 0,
             "central_starts": self.central_starts,

@@ -73,6 +73,9 @@ def report_text(r):
         f"  gateway starts {r['gateway_starts']}, central starts {r['central_starts']};"
         f" broker {r['broker']['url']} (MQTT {r['broker']['protocol']})",
     ]
+    if r.get("people"):
+        lines.append("  what people did: " + ", ".join(f"{n} {what}" for what, n in
+                                                    sorted(r["people"].items())))
     by_window = (r.get("central") or {}).get("by_window", {})
     for n, w in by_window.items():
         lines.append(f"    window {n:>2}: served {w['served']:>3}, no-show {w['noshow']:>2},"
