@@ -386,6 +386,56 @@ def cmd_central_report(args):
     return 0
 
 
+def cmd_keygen(args):
+    """A new Ed25519 key pair for signing firmware bundles."""
+    from hallgate.gateway.bundle import BundleError, keygen
+
+    try:
+        keygen(args.private, args.public)
+    except BundleError as e:
+        print(f"hallgate keygen: {e}", file=sys.stderr)
+        return 1
+    print(f"private key {args.private} (mode 0600: keep it with whoever builds firmware), "
+          f"public key {args.public} (for the gateway's config)")
+    return 0
+
+
+def cmd_firmware_build(args):
+    from hallgate.gateway.bundle import BundleError, build
+
+    try:
+        m = build(args.role, args.out, args.key, version=args.version, compile=not args.source)
+    except BundleError as e:
+        print(f"hallgate firmware build: {e}", file=sys.stderr)
+        return 1
+    kind = f"mpy v{m.mpy['version']} for {m.mpy['arch']}" if m.compiled else "plain .py"
+    print(f"{args.out}: {m.role} {m.version}, {len(m.files)} files ({kind}), "
+          f"signed by key {m.key_id}")
+    return 0
+
+
+def cmd_firmware_verify(args):
+    from hallgate.gateway.bundle import BundleError, verify
+
+    try:
+        m = verify(args.bundle, args.key)
+    except BundleError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "bundle": args.bundle, "error": str(e)}, indent=1))
+        print(f"hallgate firmware verify: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, "bundle": args.bundle, "role": m.role,
+                          "version": m.version, "created": m.created, "compiled": m.compiled,
+                          "mpy": m.mpy, "key_id": m.key_id,
+                          "files": {n: {"sha256": e.sha256, "size": e.size}
+                                    for n, e in m.files.items()}}, indent=1))
+    else:
+        print(f"{args.bundle}: ok, {m.role} {m.version} built {m.created}, "
+              f"{len(m.files)} files, signed by key {m.key_id}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="hallgate",
@@ -493,6 +543,34 @@ def build_parser():
     p.add_argument("--baud", type=int, default=115200, help="line speed the hub paces at")
     p.add_argument("--seed", type=int, default=1, help="seed of the operators' choices")
     p.set_defaults(func=cmd_sim_bus)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing firmware bundles")
+    p.add_argument("--private", required=True, metavar="PATH",
+                   help="private key to write (PEM, mode 0600; never overwritten)")
+    p.add_argument("--public", required=True, metavar="PATH",
+                   help="public key to write (PEM; the gateway's config points at it)")
+    p.set_defaults(func=cmd_keygen)
+
+    fw_p = sub.add_parser("firmware", help="signed device firmware bundles: build, verify")
+    fw_sub = fw_p.add_subparsers(dest="firmware_command", required=True, metavar="SUBCOMMAND")
+    p = fw_sub.add_parser("build", help="build and sign the firmware bundle of a device role")
+    p.add_argument("--role", required=True, choices=("call-panel", "window-display"),
+                   help="the device role the bundle is for")
+    p.add_argument("--key", required=True, metavar="PRIVATE",
+                   help="private key to sign with (from `hallgate keygen`)")
+    p.add_argument("--out", required=True, metavar="PATH", help="the bundle file to write")
+    p.add_argument("--version", help="firmware version in the manifest (default: the "
+                   "firmware's own, appcore.FIRMWARE)")
+    p.add_argument("--source", action="store_true",
+                   help="plain .py files instead of .mpy compiled with mpy-cross")
+    p.set_defaults(func=cmd_firmware_build)
+    p = fw_sub.add_parser("verify", help="check a bundle's signature and every file's hash; "
+                          "exit 1 with the reason if anything is wrong")
+    p.add_argument("bundle", help="the bundle file")
+    p.add_argument("--key", required=True, metavar="PUBLIC", help="public key to check with")
+    p.add_argument("--json", action="store_true", help="print the manifest (or the error) "
+                   "as JSON")
+    p.set_defaults(func=cmd_firmware_verify)
     return parser
 
 
