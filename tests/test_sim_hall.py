@@ -13,6 +13,7 @@ import os
 
 import pytest
 from hallgate.central.store import Store
+from hallgate.sim.broker import Mosquitto
 from hallgate.sim.hall import SITE, Hall, Options
 from harness import Witness
 
@@ -21,14 +22,14 @@ pytestmark = pytest.mark.micropython
 SEED = int(os.environ.get("HALLGATE_TEST_SEED", "3"))
 
 
-def play(tmp_path, options, faults=()):
-    """Run a day with a witness subscribed to the whole site; (hall, report, witness
-    messages by topic, central tickets, central votes)."""
+def play(tmp_path, options, faults=(), port=None):
+    """Run a day with a witness subscribed to the whole site (on the hall's broker, or on
+    `port`); (hall, report, witness messages by topic, central tickets, central votes)."""
     hall = Hall(options, tmp_path / "hall")
     witness = None
     try:
         hall.start()
-        witness = Witness(hall.broker.port, topics=[f"hall/v1/{SITE}/#"],
+        witness = Witness(port or hall.broker.port, topics=[f"hall/v1/{SITE}/#"],
                           client_id="test-witness")
         report = hall.run_day(faults=[(at, getattr(hall, name)) for at, name in faults])
         log = collections.defaultdict(list)
@@ -123,3 +124,12 @@ def test_without_mosquitto_the_day_runs_on_the_embedded_amqtt_broker(tmp_path):
     assert report["broker"]["protocol"] == "3.1.1"
     assert_day_balances(hall, report, log, tickets, votes)
     assert report["pressed_again"] == 0
+
+
+def test_with_broker_url_the_day_runs_on_an_existing_broker(tmp_path):
+    with Mosquitto(tmp_path / "theirs") as broker:
+        options = Options(windows=2, visitors=12, hours=2, speed=600, seed=SEED,
+                          broker=broker.url)
+        hall, report, log, tickets, votes = play(tmp_path, options, port=broker.port)
+        assert hall.broker is None and report["broker"]["url"] == broker.url
+        assert_day_balances(hall, report, log, tickets, votes)
