@@ -119,7 +119,21 @@ def port_accepts(host, port, timeout=0.2):
         return False
 
 
-class Mosquitto:
+class _Broker:
+    """What both brokers share: a context manager that starts and stops, and a repr."""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        state = "running" if self.running else "stopped"
+        return f"{type(self).__name__}({self.url}, {state})"
+
+
+class Mosquitto(_Broker):
     """One mosquitto process with its config, log and persistence in `workdir`."""
 
     protocol = "5"  # MQTT version the clients should speak (mosquitto 2 also takes 3.1.1)
@@ -303,15 +317,6 @@ class Mosquitto:
     def log_tail(self, lines=20):
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def __repr__(self):
-        state = "running" if self.running else "stopped"
-        return f"Mosquitto({self.url}, {state})"
 
 
 # -- embedded amqtt broker -------------------------------------------------------------------
@@ -396,7 +401,7 @@ def _amqtt_classes():
     return cached
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(_Broker):
     """An amqtt broker in a thread of this process (its own asyncio loop): MQTT 3.1.1 only,
     anonymous access, no $SYS, everything in memory. `workdir` is accepted for the same call
     as `Mosquitto` and not used (nothing is written). `amqtt` is the running amqtt Broker, for
@@ -527,15 +532,6 @@ class EmbeddedBroker:
         self.stop()
         return self.start(timeout=timeout)
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def __repr__(self):
-        state = "running" if self.running else "stopped"
-        return f"EmbeddedBroker({self.url}, {state})"
 
 
 BROKER_CHOICES = ("auto", "mosquitto", "amqtt")
