@@ -248,7 +248,8 @@ def test_same_version_again_is_harmless(panel):
     m, dev = panel.master, panel.dev
     state = bus.PanelState("B1", mode=2, beep=True)
     m.request(bus.encode_set(ADDR, 9, state))
-    dev.wait_kind("panel")
+    # Version 9 itself, not the boot-time state: stdout may lag behind the bus reply.
+    dev.wait_for(lambda msg: msg.get("panel", {}).get("version") == 9)
     mark = dev.mark()
     for _ in range(3):
         assert bus.decode_status(m.request(bus.encode_set(ADDR, 9, state)).payload) == 9
