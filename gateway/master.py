@@ -21,6 +21,11 @@ exchanges, at most `max_burst`: SET when its STATUS shows a version other than t
 one, POLL again at once after an event (carrying the ack, which also drains a backlog), a
 single immediate retry after a garbled reply; a timeout ends the turn. So an idle device
 costs one POLL and its STATUS per cycle.
+
+Jobs (`run_job`, a firmware transfer for one) get the bus between cycles, for at most
+`job_share` of its time: after a cycle that took T seconds, jobs may use up to
+T * share / (1 - share) (at least one exchange), so polling slows by at most 1 / (1 - share)
+(2x at the default 0.5) and a press waits at most one more cycle's worth.
 """
 
 import concurrent.futures
@@ -71,10 +76,14 @@ class Stats:
 class BusStats(Stats):
     """The bus as a whole: the device counters summed, plus the poll cycle."""
 
-    __slots__ = ("cycles", "cycle_last", "cycle_total", "port_errors", "line_busy")
+    __slots__ = ("cycles", "cycle_last", "cycle_total", "port_errors", "line_busy",
+                 "poll_time", "job_time", "job_exchanges")
 
     def __init__(self):
         super().__init__()
+        self.poll_time = 0.0  # seconds spent in poll cycles
+        self.job_time = 0.0  # ... and in jobs' exchanges (a firmware transfer)
+        self.job_exchanges = 0
         self.line_busy = 0  # requests held back: bytes were still arriving (a late reply)
         self.cycles = 0
         self.cycle_last = 0.0  # seconds the last cycle took
@@ -459,7 +468,12 @@ class BusMaster:
         on_nak=None,
         tx_enable=None,
         devices=(),
+        job_share=0.5,
     ):
+        if not 0 < job_share < 1:
+            raise ValueError(f"job_share must be between 0 and 1, not {job_share!r}")
+        self.job_share = job_share
+        self._jobs = []  # run between cycles, oldest first
         self.timeout = timeout
         self._url = None
         if isinstance(port, str):
@@ -510,6 +524,15 @@ class BusMaster:
         future = concurrent.futures.Future()
         self._commands.put((self._identify, (addr, seconds), future))
         return future
+
+    def run_job(self, job):
+        """Give `job` the bus between cycles until `job.done`. A job is a sans-I/O
+        exchanger with `addr`, `done`, `next_request()` (bytes, or None: nothing to send
+        before the next cycle) and `handle(outcome)` (a reply Frame, TIMEOUT or GARBLED);
+        both are called in the master's thread. Returns the job."""
+        with self._lock:
+            self._jobs.append(job)
+        return job
 
     def scan(self, addresses, timeout=None, add=True):
         """GET_INFO to each address; {addr: Info} of those that answered, which become
@@ -605,6 +628,29 @@ class BusMaster:
             stats.cycles += 1
             stats.cycle_last = elapsed
             stats.cycle_total += elapsed
+            stats.poll_time += elapsed
+        self._run_jobs(elapsed * self.job_share / (1 - self.job_share))
+
+    def _run_jobs(self, budget):
+        """Exchanges for the jobs, oldest first, until `budget` seconds are used (the
+        exchange under way may overrun it; the first one always runs)."""
+        with self._lock:
+            self._jobs = [job for job in self._jobs if not job.done]
+            jobs = list(self._jobs)
+        started = time.monotonic()
+        for job in jobs:
+            while not self._stop.is_set() and not job.done:
+                if time.monotonic() - started > budget:
+                    break
+                request = job.next_request()
+                if request is None:
+                    break
+                t0 = time.monotonic()
+                outcome = self._exchange(job.addr, request, self.timeout)
+                with self._lock:
+                    self.book.stats.job_time += time.monotonic() - t0
+                    self.book.stats.job_exchanges += 1
+                job.handle(outcome)
 
     def _run_commands(self):
         while True:
