@@ -469,11 +469,16 @@ class BusMaster:
         tx_enable=None,
         devices=(),
         job_share=0.5,
+        tap=None,
     ):
         if not 0 < job_share < 1:
             raise ValueError(f"job_share must be between 0 and 1, not {job_share!r}")
         self.job_share = job_share
         self._jobs = []  # run between cycles, oldest first
+        # tap(direction, data, t): every request written ("tx") and every chunk of bytes
+        # read ("rx"), with time.monotonic(), for a sniffer; called in the master's thread,
+        # so it must be quick and must not raise. May be set or cleared at any time.
+        self.tap = tap
         self.timeout = timeout
         self._url = None
         if isinstance(port, str):
@@ -697,7 +702,7 @@ class BusMaster:
         if self._port is None and time.monotonic() >= self._reopen_at:
             try:
                 self._port = serial.serial_for_url(
-                    self._url, self.baudrate, timeout=self.read_slice
+                    self._url, self.baudrate, timeout=self.read_slice, exclusive=True
                 )
             except (serial.SerialException, OSError) as e:
                 log.warning("cannot open %s: %s", self._url, e)
@@ -751,6 +756,8 @@ class BusMaster:
                 if data:
                     decoder.feed(data)
                     last_rx = now
+                    if self.tap is not None:
+                        self.tap("rx", data, now)
                 elif last_rx is not None:
                     idle = now - last_rx >= self.quiet
                 frame = self._reply_in(decoder, addr, idle or now >= deadline)
@@ -794,6 +801,8 @@ class BusMaster:
             # an echo of a request, or another device's reply: not ours
 
     def _write(self, port, data):
+        if self.tap is not None:
+            self.tap("tx", bytes(data), time.monotonic())
         tx = self._tx
         if tx is None:
             port.write(data)
