@@ -23,9 +23,12 @@ FIRMWARE = (0, 1, 0)
 
 
 class Core:
-    def __init__(self, hal, cfg, role, boot, resets, now):
+    def __init__(self, hal, cfg, role, boot, resets, now, slots=None):
         self.hal = hal
         self.role = role
+        self.slots = slots  # the boot loader's Boot (main.py); None on a development image
+        self.ota = None  # ota.Receiver, made at the first update request
+        self.reboot = False  # set once a new image is staged: the main loop reboots
         self.address = cfg["address"]
         self.window = cfg["window"]
         self.resets = resets  # boot counter, reported in INFO
@@ -130,6 +133,12 @@ class Core:
             self.role.identify(seconds, now)
             self.hal.emit("identify", seconds)
             return bus.encode_status(addr, self.role.version)
+        if bus.OTA_BEGIN <= mtype <= bus.OTA_QUERY:
+            if self.ota is None:
+                import ota
+
+                self.ota = ota.Receiver(self, FIRMWARE)
+            return self.ota.answer(mtype, payload)
         return self._nak(mtype, bus.NAK_UNKNOWN_TYPE)
 
     def _nak(self, mtype, reason):

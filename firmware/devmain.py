@@ -4,14 +4,24 @@
 # unix command line), counts the boot, then builds HAL, role and core. The board is picked
 # here and nowhere else: hal_rp2 on an RP2040, hal_unix otherwise.
 # Exit codes on unix: 2 = bad config (the message names the field).
+#
+# Started by the boot loader (main.py) from a slot, main() gets its Boot: a new image on
+# trial confirms itself once it has run _CONFIRM_MS and answered _CONFIRM_REQUESTS bus
+# requests (it can start, and it can talk), and falls back by itself if that has not
+# happened within _TRIAL_MS.
 
 import gc
 import sys
 import time
 
+from compat import const, ticks_diff
+
+_CONFIRM_MS = const(2000)
+_CONFIRM_REQUESTS = const(3)
+_TRIAL_MS = const(60000)
 
 
-def start(path):
+def start(path, boot=None):
     """Build the device from its config; returns (core, hal). Raises ValueError (a
     devconfig.ConfigError, mostly) naming the field when the config is bad."""
     cfg, count, persisted = _read_config(path)
@@ -29,7 +39,7 @@ def start(path):
     now = time.ticks_ms()
     role = Role(hal, cfg, now)
     hal.setup_keys(role.KEYS)
-    core = Core(hal, cfg, role, count & 0xFF, count, now)
+    core = Core(hal, cfg, role, count & 0xFF, count, now, boot)
     role.tick(now)
     hal.emit(role.KIND, role.shown())
     hal.emit(  # last: whoever waits for it has seen everything start-up says
@@ -42,6 +52,8 @@ def start(path):
             "resets": count,
             "boot_persisted": persisted,
             "firmware": "%d.%d.%d" % FIRMWARE,
+            "slot": boot.slot if boot else None,
+            "trial": boot.trial if boot else False,
         },
     )
     return core, hal
@@ -62,20 +74,27 @@ def _read_config(path):
     return cfg, count, persisted
 
 
-def run(core, hal):
-    """Serve the bus and sample the keys until the HAL stops (never, on a board)."""
+def run(core, hal, boot=None):
+    """Serve the bus and sample the keys until the HAL stops (never, on a board) or a
+    new image wants a reboot; returns True for a reboot."""
     from keypad import Debouncer
 
     sample_ms = Debouncer.sample_ms  # the loop's period when idle: the key sampling rate
     buf = bytearray(64)
     view = memoryview(buf)
     faults = 0
+    started = time.ticks_ms()
     while hal.running:
         try:
             now = time.ticks_ms()
             n = hal.uart_read(buf)
             if n:
                 core.feed(view[:n], now)
+            if core.reboot:
+                return True
+            if boot and boot.trial:
+                if _trial_over(core, hal, boot, ticks_diff(now, started)):
+                    return True
             core.tick(now)
             hal.wait(core, 1 if core.waiting() else sample_ms, now)
         except Exception as e:  # one bad moment must not silence the device for good
@@ -84,14 +103,29 @@ def run(core, hal):
             sys.print_exception(e, sys.stderr)  # pyright: ignore[reportArgumentType]
             hal.emit("fault", {"count": faults, "error": repr(e)})
             time.sleep_ms(sample_ms)  # a fault that repeats must not spin the CPU
+    return False
 
 
-def main():
+def _trial_over(core, hal, boot, up_ms):
+    """Confirm a healthy trial; True when it ran out of time (fallen back: reboot)."""
+    if up_ms >= _CONFIRM_MS and core.requests >= _CONFIRM_REQUESTS:
+        boot.confirm()
+        hal.emit("confirmed", boot.slot)
+    elif up_ms >= _TRIAL_MS:
+        boot.fall_back("not healthy within %d s" % (_TRIAL_MS // 1000))
+        return True
+    return False
+
+
+def main(boot=None):
+    """Runs the device; returns True when it should reboot (the boot loader does it)."""
     path = sys.argv[1] if len(sys.argv) > 1 else "config.json"
     try:
-        core, hal = start(path)
+        core, hal = start(path, boot)
     except ValueError as e:  # a bad config: say which field, and stop
         print("hallgate firmware: %s" % e, file=sys.stderr)
         sys.exit(2)
-    run(core, hal)
+    again = run(core, hal, boot)
+    hal.close()
+    return again
 

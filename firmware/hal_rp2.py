@@ -86,6 +86,9 @@ class Board:
 
     # ---- keys and outputs ---------------------------------------------------------
 
+    def close(self):
+        self._uart.deinit()  # the boot loader resets the board next
+
     def setup_keys(self, names):
         self._keys = [Pin(self._pins[name], Pin.IN, Pin.PULL_UP) for name in names]
 

@@ -96,6 +96,11 @@ class Board:
     def uart_write(self, data):
         self._uart.write(data)  # a pty has no direction pin to drive
 
+    def close(self):
+        """Let the UART go (before the boot loader starts the firmware again)."""
+        self._poll.unregister(self._uart)
+        self._uart.close()
+
     # ---- keys and outputs ---------------------------------------------------------
 
     def setup_keys(self, names):

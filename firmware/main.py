@@ -1,9 +1,7 @@
-# hallgate device firmware: entry point. On a Pico it runs at power-up and reads
-# config.json from flash. Kept to two lines because a board compiles main.py from source
-# at every start: the code lives in precompiled modules (devmain and what it imports).
-# On a PC (MicroPython unix port) see README.md: the board image (build/mpy/main.py) runs in
-# a 48 KB heap; this file with the sources beside it needs about 96 KB, because compiling
-# the bus codec from source alone takes ~70 KB.
-import devmain
+# hallgate device firmware: entry point, the boot loader (slots.py) in two lines. A board
+# compiles main.py from source at every start, so the code lives in precompiled modules.
+# main.py and slots.mpy stay in the root of the flash and are never changed over the bus;
+# the firmware itself runs from a slot folder (see slots.py).
+import slots
 
-devmain.main()
+slots.start()

@@ -20,7 +20,7 @@ Format (a zip file, entries stored uncompressed-or-deflated, in this order)
 
         {"compiled": true, "created": "2025-01-01T12:00:00Z",
          "files": {"appcore.mpy": {"sha256": "<64 hex>", "size": 4711}, ...},
-         "format": 1, "mpy": {"arch": "armv6m", "version": "6.3"},
+         "board": "rp2", "format": 1, "mpy": {"arch": "armv6m", "version": "6.3"},
          "role": "call-panel", "version": "0.1.0"}
 
     ``mpy`` is null when the bundle holds plain .py sources (``compiled`` false).
@@ -33,10 +33,11 @@ Format (a zip file, entries stored uncompressed-or-deflated, in this order)
     one entry per manifest file, NAME a plain file name as it goes on the board's
     flash: main.py as source, every other module .mpy (or .py with compile=False).
 
-The role's files: main.py, devmain, devconfig, bootcount, appcore, keypad, eventqueue,
-compat, hal_rp2, max7219 and protocols/bus.py, plus role_panel (call panel) or
-role_display (window display). hal_unix.py and cpython.py are for the unix port and
-CPython only and never go into a bundle.
+The role's files: main.py and slots (the boot loader), devmain, devconfig, bootcount, appcore,
+keypad, eventqueue, compat, ota, protocols/bus.py and protocols/otawire.py, the board's
+HAL (hal_rp2 and max7219 on a Pico, the default; hal_unix for the MicroPython unix port
+that the simulator and the tests run), plus role_panel (call panel) or role_display
+(window display). cpython.py is for CPython only and never goes into a bundle.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -72,12 +73,30 @@ PROTOCOLS = ROOT / "protocols"
 FORMAT = 1
 ARCH = "armv6m"  # the RP2040's Cortex-M0+, as in the Makefile's `firmware` target
 
-COMMON = ("main", "devmain", "devconfig", "bootcount", "appcore", "keypad", "eventqueue",
-          "compat", "hal_rp2", "max7219", "bus")
-ROLE_MODULES = {
-    "call-panel": COMMON + ("role_panel",),
-    "window-display": COMMON + ("role_display",),
+COMMON = ("main", "slots", "devmain", "devconfig", "bootcount", "appcore", "keypad", "eventqueue",
+          "compat", "ota", "bus", "otawire")
+BOARD_MODULES = {
+    "rp2": ("hal_rp2", "max7219"),  # a Raspberry Pi Pico
+    "unix": ("hal_unix",),  # the MicroPython unix port: the simulator's and the tests' devices
 }
+ROLE_MODULES = {
+    "call-panel": ("role_panel",),
+    "window-display": ("role_display",),
+}
+PROTOCOL_MODULES = ("bus", "otawire")  # from protocols/, the rest from firmware/
+# The boot loader: in the root of the board's flash, written by USB flashing only; every
+# other module goes into a slot folder, which an update over the bus replaces.
+LOADER_MODULES = ("main", "slots")
+
+
+def in_root(name):
+    """True for a bundle file that belongs in the root of the flash (the boot loader)."""
+    return name.rsplit(".", 1)[0] in LOADER_MODULES
+
+
+def modules(role, board="rp2"):
+    """The modules a `role` on a `board` runs (main is the boot loader)."""
+    return COMMON + BOARD_MODULES[board] + ROLE_MODULES[role]
 MANIFEST, SIGNATURE, FILES = "manifest.json", "manifest.sig", "files/"
 
 
@@ -100,6 +119,7 @@ class Manifest:
     mpy: dict | None  # {"version": "6.3", "arch": "armv6m"} when compiled
     files: dict  # name -> FileEntry
     key_id: str
+    board: str = "rp2"  # "rp2" (a Pico) or "unix" (the MicroPython unix port)
 
 
 def key_id(public_key):
@@ -190,12 +210,14 @@ def firmware_version(firmware_dir=FIRMWARE):
     return ".".join(m.groups())
 
 
-def _sources(role, firmware_dir):
+def _sources(role, board, firmware_dir):
     if role not in ROLE_MODULES:
         raise BundleError(f"unknown role {role!r}: use one of {', '.join(ROLE_MODULES)}")
+    if board not in BOARD_MODULES:
+        raise BundleError(f"unknown board {board!r}: use one of {', '.join(BOARD_MODULES)}")
     out = []
-    for mod in ROLE_MODULES[role]:
-        src = (PROTOCOLS if mod == "bus" else Path(firmware_dir)) / f"{mod}.py"
+    for mod in modules(role, board):
+        src = (PROTOCOLS if mod in PROTOCOL_MODULES else Path(firmware_dir)) / f"{mod}.py"
         if not src.is_file():
             raise BundleError(f"firmware source {src} is missing (role {role})")
         out.append(src)
@@ -229,11 +251,11 @@ def _compile(cross, src, arch, tmp):
 
 
 def build(role, out_path, private_key_path, *, version=None, compile=True, arch=ARCH,
-          firmware_dir=FIRMWARE):
-    """Build and sign the bundle for `role` into `out_path`; returns the Manifest.
-    `version` defaults to the firmware's own (appcore.FIRMWARE)."""
+          board="rp2", firmware_dir=FIRMWARE):
+    """Build and sign the bundle for `role` on `board` into `out_path`; returns the
+    Manifest. `version` defaults to the firmware's own (appcore.FIRMWARE)."""
     key = load_private_key(private_key_path)
-    sources = _sources(role, firmware_dir)
+    sources = _sources(role, board, firmware_dir)
     version = version or firmware_version(firmware_dir)
     files, mpy = {}, None
     with tempfile.TemporaryDirectory(prefix="hallgate-bundle-") as tmp:
@@ -251,6 +273,7 @@ def build(role, out_path, private_key_path, *, version=None, compile=True, arch=
     manifest = {
         "format": FORMAT,
         "role": role,
+        "board": board,
         "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "compiled": bool(compile),
@@ -391,5 +414,9 @@ def _manifest(m, kid):
     for k in ("version", "created"):
         if not isinstance(m[k], str):
             raise ValueError(f"{k} is not a string")
+    board = m.get("board", "rp2")
+    if board not in BOARD_MODULES:
+        raise ValueError(f"unknown board {board!r}")
     return Manifest(role=m["role"], version=m["version"], created=m["created"],
-                    compiled=bool(m["compiled"]), mpy=m["mpy"], files=files, key_id=kid)
+                    compiled=bool(m["compiled"]), mpy=m["mpy"], files=files, key_id=kid,
+                    board=board)

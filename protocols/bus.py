@@ -33,9 +33,14 @@ POLL = 0x01  # master: "your oldest unacked event, or your status"; may carry an
 GET_INFO = 0x02  # master: "who are you and how are you"
 SET = 0x03  # master: desired state with a version
 IDENTIFY = 0x04  # master: show yourself (blink, beep) for N seconds
+OTA_BEGIN = 0x05  # master: an image of this size and sha256 follows (otawire.py)
+OTA_DATA = 0x06  # master: image bytes at an offset
+OTA_COMMIT = 0x07  # master: check the whole image, switch to it on reboot
+OTA_QUERY = 0x08  # master: your update state
 STATUS = 0x81  # device: nothing to report; the state version it shows
 EVENT = 0x82  # device: one key event
 INFO = 0x83  # device: role, firmware, window, uptime, error counters
+OTA_STATUS = 0x84  # device: update state, image bytes staged, running firmware
 NAK = 0x8F  # device: request refused, with a reason
 
 TYPE_NAMES = {
@@ -43,9 +48,14 @@ TYPE_NAMES = {
     GET_INFO: "GET_INFO",
     SET: "SET",
     IDENTIFY: "IDENTIFY",
+    OTA_BEGIN: "OTA_BEGIN",
+    OTA_DATA: "OTA_DATA",
+    OTA_COMMIT: "OTA_COMMIT",
+    OTA_QUERY: "OTA_QUERY",
     STATUS: "STATUS",
     EVENT: "EVENT",
     INFO: "INFO",
+    OTA_STATUS: "OTA_STATUS",
     NAK: "NAK",
 }
 

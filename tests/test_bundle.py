@@ -82,7 +82,7 @@ def test_a_public_key_is_no_signing_key(keys, tmp_path):
 # -- build and verify ---------------------------------------------------------------------
 
 def expected_names(role, compiled=True):
-    mods = bundle.COMMON + (ROLE_ONLY[role],)
+    mods = bundle.modules(role)
     return {"main.py"} | {m + (".mpy" if compiled else ".py") for m in mods if m != "main"}
 
 
@@ -124,7 +124,8 @@ def test_version_defaults_to_the_firmwares_own(keys, tmp_path):
 def test_role_files_are_what_main_imports_on_a_pico(role):
     """The import closure of main.py on an rp2 (hal_rp2, this role, MicroPython's own
     modules left out) is exactly the bundle's module list."""
-    local = {p.stem: p for p in FIRMWARE.glob("*.py")} | {"bus": ROOT / "protocols/bus.py"}
+    local = {p.stem: p for p in FIRMWARE.glob("*.py")} | {
+        m: ROOT / f"protocols/{m}.py" for m in bundle.PROTOCOL_MODULES}
     skip = {"hal_unix", "cpython", ROLE_ONLY["window-display" if role == "call-panel"
                                              else "call-panel"]}
     seen, todo = set(), ["main"]
@@ -137,7 +138,7 @@ def test_role_files_are_what_main_imports_on_a_pico(role):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module] if isinstance(node, ast.ImportFrom) else [])
             todo += [n for n in names if n in local and n not in skip]
-    assert seen == set(bundle.ROLE_MODULES[role])
+    assert seen == set(bundle.modules(role))
 
 
 def test_unknown_role_is_refused(keys, tmp_path):
@@ -242,7 +243,7 @@ def test_cli_keygen_build_verify(tmp_path):
     done = hallgate("firmware", "build", "--role", "call-panel", "--key", priv, "--out", out,
                     "--version", "3.1.4")
     assert done.returncode == 0, done.stderr
-    assert "12 files (mpy v6.3 for armv6m)" in done.stdout
+    assert "15 files (mpy v6.3 for armv6m)" in done.stdout
 
     done = hallgate("firmware", "verify", out, "--key", pub)
     assert done.returncode == 0, done.stderr

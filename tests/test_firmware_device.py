@@ -16,6 +16,7 @@ import tty
 import pytest
 from hallgate.protocols import bus
 from hallgate.sim.device import (
+    HEAPSIZE,
     FirmwareDevice,
     compile_firmware,
     micropython_command,
@@ -405,7 +406,7 @@ def test_bad_config_names_the_field(tmp_path):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps(config))
         done = subprocess.run(
-            [micropython_command(), "-X", "heapsize=48k", str(mpy / "main.py"), str(path)],
+            [micropython_command(), "-X", f"heapsize={HEAPSIZE}", str(mpy / "main.py"), str(path)],
             capture_output=True,
             text=True,
             timeout=20,
@@ -425,5 +426,5 @@ def test_control_channel_reports_bad_commands_and_memory(panel):
     assert "nokey" in first
     assert "dance" in dev.wait_kind("error", since=dev.messages.index({"error": first}) + 1)
     info = dev.info()
-    assert info["mem_free"] > 8 * 1024  # 48 KB heap, everything loaded
+    assert info["mem_free"] > 16 * 1024  # 64 KB heap, everything loaded
     assert info["boot"] == dev.ready["boot"]

@@ -6,6 +6,7 @@ import json
 import sys
 
 import bus
+import otawire as ow
 
 
 def unhex(text):
@@ -46,6 +47,17 @@ def encode_message(addr, m):
             m["version"],
             bus.PanelState(m["text"], m["mode"], m["queue"], m["wait_s"], m["tea"], m["beep"]),
         )
+    if kind == "ota_begin":
+        return ow.encode_begin(addr, m["size"], unhex(m["sha256"]))
+    if kind == "ota_data":
+        return ow.encode_data(addr, m["offset"], unhex(m["data"]))
+    if kind == "ota_commit":
+        return ow.encode_commit(addr, unhex(m["sha256"]))
+    if kind == "ota_query":
+        return ow.encode_query(addr)
+    if kind == "ota_status":
+        return ow.encode_status(
+            addr, ow.Status(m["state"], m["have"], tuple(m["firmware"]), m["reason"]))
     raise ValueError("unknown kind " + kind)
 
 
@@ -86,6 +98,20 @@ def decode_message(frame, m):
             assert role == bus.ROLE_CALL_PANEL
             for name in ("mode", "queue", "wait_s", "tea", "beep"):
                 got[name] = getattr(s, name)
+    elif kind == "ota_begin":
+        size, digest = ow.decode_begin(p)
+        got = {"size": size, "sha256": digest.hex()}
+    elif kind == "ota_data":
+        offset, data = ow.decode_data(p)
+        got = {"offset": offset, "data": bytes(data).hex()}
+    elif kind == "ota_commit":
+        got = {"sha256": ow.decode_commit(p).hex()}
+    elif kind == "ota_query":
+        got = {}
+    elif kind == "ota_status":
+        st = ow.decode_status(p)
+        got = {"state": st.state, "have": st.have, "firmware": list(st.firmware),
+               "reason": st.reason}
     else:
         raise ValueError("unknown kind " + kind)
     for name in got:
