@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import selectors
+import stat
 import subprocess
 import sys
 import tempfile
@@ -116,7 +117,11 @@ def _devconfig():
 def device_config(role, address, window, baud=115200, extra=None):
     """The config.json dict, checked as the firmware will check it (ConfigError names the
     field), so a wrong address is refused here rather than by a board that stays dark."""
-    cfg = {"address": address, "role": role, "window": window, "baud": baud, **(extra or {})}
+    cfg = {"address": address, "role": role, "window": window, "baud": baud}
+    clash = sorted(set(cfg) & set(extra or {}))
+    if clash:
+        raise FlashError(f"bad device config: give {', '.join(clash)} with its own option")
+    cfg.update(extra or {})
     devconfig = _devconfig()
     try:
         if devconfig is not None:
@@ -197,9 +202,11 @@ def _step(port, what, commands, timeout, **kw):
                          "running MicroPython? (another device, or a program on the board "
                          "that ignores Ctrl-C, looks the same)")
     if "failed to access" in err:
-        hint = ("permission denied: add the user to the dialout group"
-                if os.path.exists(port) and not os.access(port, os.R_OK | os.W_OK)
-                else "in use by another program?")
+        hint = "in use by another program?"
+        if os.path.exists(port) and not stat.S_ISCHR(os.stat(port).st_mode):
+            hint = "not a serial device"
+        elif os.path.exists(port) and not os.access(port, os.R_OK | os.W_OK):
+            hint = "permission denied: add the user to the dialout group"
         raise FlashError(f"{port}: cannot open the port ({hint})")
     if rc is None:
         raise FlashError(f"{port}: {what} timed out after {timeout:.0f} s")
@@ -354,13 +361,16 @@ def flash(port, bundle_path, key_path, role, address, window, *, baud=115200, re
     removed = json.loads((_marked(out, "HG-REMOVED") or ["[]"])[0])
 
     # 4) reset, so the boot loader starts the new firmware
-    reset = reset and board["reset"]  # the unix port has no machine.reset
+    reset, warning = reset and board["reset"], None  # the unix port has no machine.reset
     if reset:
-        _step(port, "reset", ["reset"], timeout)
-    return {"ok": True, "port": port, "role": manifest.role, "version": manifest.version,
-            "bundle": str(bundle_path), "key_id": manifest.key_id, "files": len(layout),
-            "bytes": size, "verified": True, "removed": removed, "reset": reset,
-            "board": board, "config": json.loads(layout["config.json"])}
+        try:  # the files are in place and verified: a failed reset is no failed flash
+            _step(port, "reset", ["reset"], timeout)
+        except FlashError as e:
+            reset, warning = False, f"{e}; press the board's reset or plug it in again"
+    return {"ok": True, "warning": warning, "port": port, "role": manifest.role,
+            "version": manifest.version, "bundle": str(bundle_path), "key_id": manifest.key_id,
+            "files": len(layout), "bytes": size, "verified": True, "removed": removed,
+            "reset": reset, "board": board, "config": json.loads(layout["config.json"])}
 
 
 def _field(text):
@@ -433,6 +443,8 @@ def run(args):
     except KeyboardInterrupt:
         print(f"hallgate flash: interrupted; flash {args.port} again", file=sys.stderr)
         return 1
+    if result["warning"] and not args.json:
+        print(f"hallgate flash: warning: {result['warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
