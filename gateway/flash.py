@@ -7,21 +7,22 @@ Operations: a technician plugs a board into the Pi (or a laptop) and runs
 --bundle B.zip --key KEY.pub``; `flash` does the work and raises `FlashError`, `run` is the
 command body (one line per failure, exit 1), `configure_parser` adds its options.
 Goals: nothing reaches the board before the bundle's signature and hashes, the role, the
-device config and the board's bytecode version have all been checked; a board whose copy
-fails keeps its old firmware; every file on the board is hashed on the board afterwards.
-Plan: mpremote (run as a subprocess, one per step) does the talking; each step reports
-through marker lines. 1) probe (read-only): MicroPython answers, its `sys.implementation._mpy`.
-2) copy: the new layout goes into a staging folder, `.hallgate-new/`. 3) install, one
-script on the board: hash the staged files against the manifest (a bad copy stops here,
-the old firmware untouched), remove what an earlier install left (`b/`, `ota.bin`,
-`ota.json`, the old `a/`, root copies of the bundle's modules from the pre-slot layout),
-rename the staged files into place, hash every final file. 4) reset, so main.py runs.
+device config, the board kind and its bytecode version have all been checked; a board whose
+copy fails keeps its old firmware; every file is hashed on the board afterwards.
+Plan: mpremote (a subprocess per step) does the talking; the board answers in marker lines.
+1) probe (read-only): MicroPython answers; its sys.platform and sys.implementation._mpy.
+2) copy: the new layout goes into a staging folder, `.hallgate-new/`.
+3) install, one script on the board: hash the staged files against the manifest (a bad
+copy stops here, the old firmware untouched), remove what an earlier install left (`b/`,
+`ota.bin`, `ota.json`, the old `a/`, root copies of slot modules from the pre-slot layout),
+rename the staged files into place, hash every final file.
+4) reset, so the boot loader starts the new firmware.
 
-The board's layout (the boot loader, firmware/main.py, and OTA rely on it)::
+The board's layout (the boot loader, firmware/main.py and slots.py, and OTA rely on it)::
 
-    main.py      the bundle's boot loader      config.json  the device config
-    boot.json    {"slot": "a"}                 a/           every other bundle file
-    state.json   kept: the boot counter must never go back
+    main.py, slots.mpy  the boot loader (bundle.in_root)   config.json  the device config
+    boot.json           {"slot": "a"}                      a/  every other bundle file
+    state.json          kept: the boot counter must never go back
 
 Bytecode (checked with mpy-cross 1.29 and the unix port): a bytecode-only .mpy file has
 no architecture: its header is ``M 06 00 1f`` whatever ``-march`` says (armv6m and x64
@@ -48,6 +49,7 @@ from hallgate.gateway import bundle
 STAGE = ".hallgate-new"
 LEFTOVERS = ("b", "ota.bin", "ota.json")
 BOOT_JSON = b'{"slot": "a"}'
+BOARDS = {"rp2": ("rp2",), "unix": ("linux", "darwin", "freebsd")}  # manifest: sys.platform
 # sys.implementation._mpy >> 10, and an .mpy header's third byte >> 2 (py/persistentcode.h)
 ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
          "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
@@ -58,6 +60,13 @@ class FlashError(Exception):
 
 
 # -- checks on the PC, before the board is touched ----------------------------------------
+
+def check_board(platform, manifest, where="the board"):
+    """Refuse a bundle made for another kind of board (its HAL would not start)."""
+    if platform not in BOARDS.get(manifest.board, (manifest.board,)):
+        raise FlashError(f"{where}: the bundle is for {manifest.board} boards, this board's "
+                         f"MicroPython is {platform}")
+
 
 def check_bytecode(board_mpy, manifest, files, where="the board"):
     """Refuse a compiled bundle this board cannot load. `board_mpy` is the board's
@@ -143,13 +152,16 @@ def device_config(role, address, window, baud=115200, extra=None):
 
 
 def board_layout(files, config):
-    """{path on the board: bytes}, in the order they are copied (main.py last)."""
+    """{path on the board: bytes}, in the order they are copied and installed: the slot,
+    config.json, boot.json, then the boot loader in the root, main.py last."""
     if "main.py" not in files:
         raise FlashError("the bundle has no main.py (boot loader)")
-    out = {f"a/{name}": data for name, data in sorted(files.items()) if name != "main.py"}
+    out = {f"a/{name}": data for name, data in sorted(files.items()) if not bundle.in_root(name)}
     out["config.json"] = json.dumps(config, sort_keys=True).encode() + b"\n"
     out["boot.json"] = BOOT_JSON
-    out["main.py"] = files["main.py"]
+    for name in sorted(files, key=lambda n: (n == "main.py", n)):
+        if bundle.in_root(name):
+            out[name] = files[name]
     return out
 
 
@@ -266,7 +278,7 @@ else:
     print('HG-REMOVED', json.dumps([p for p in GONE if _rm(p)]))
     _rm('a')
     os.rename(S + '/a', 'a')
-    for p in ('boot.json', 'config.json', 'main.py'):
+    for p in TOP:
         try:
             os.rename(S + '/' + p, p)
         except OSError:  # FAT will not rename onto an existing file
@@ -304,6 +316,7 @@ def flash(port, bundle_path, key_path, role, address, window, *, baud=115200, re
     except (IndexError, ValueError):
         raise FlashError(f"{port}: unexpected answer from the board: {out.strip()[-200:]!r}") \
             from None
+    check_board(board["platform"], manifest, where=port)
     check_bytecode(board["mpy"], manifest, files, where=port)
 
     # 2) copy into the staging folder
@@ -339,10 +352,11 @@ def flash(port, bundle_path, key_path, role, address, window, *, baud=115200, re
 
     # 3) check the staged copy, install it, hash the result
     expected = {p: hashlib.sha256(d).hexdigest() for p, d in layout.items()}
-    stale = sorted({f"{Path(n).stem}{ext}" for n in files if n != "main.py"
-                    for ext in (".py", ".mpy")})
-    script = (_RM + f"S = {STAGE!r}\nFILES = {expected!r}\nGONE = {[*LEFTOVERS, *stale]!r}\n"
-              + _INSTALL)
+    top = [p for p in layout if "/" not in p]
+    stale = sorted({f"{Path(n).stem}{ext}" for n in files if not bundle.in_root(n)
+                    for ext in (".py", ".mpy")})  # the pre-slot layout had them in the root
+    script = (_RM + f"S = {STAGE!r}\nFILES = {expected!r}\nTOP = {top!r}\n"
+              f"GONE = {[*LEFTOVERS, *stale]!r}\n" + _INSTALL)
 
     def verified(line):
         if line.startswith("HG-FILE "):

@@ -1,6 +1,7 @@
 """hallgate flash against a real MicroPython REPL: the unix port behind a pty (socat), its
 filesystem a temporary folder, driven by the real mpremote (FIELD-NOTES). Bundles are built
-and signed here, compiled with mpy-cross for armv6m as for a Pico."""
+and signed here, compiled with mpy-cross for armv6m as for a Pico (bytecode-only .mpy files
+load on the x64 unix port); the unix port gets bundles for board "unix" (its HAL)."""
 
 import base64
 import dataclasses
@@ -18,8 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import micropython_path, wait_for
 from hallgate.gateway import bundle
-from hallgate.gateway.flash import FlashError, check_bytecode, flash
+from hallgate.gateway.flash import FlashError, check_board, check_bytecode, device_config, flash
 from hallgate.protocols import bus
+from hallgate.sim.device import HEAPSIZE
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(120)]
 
@@ -36,8 +38,16 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def display_bundle(keys):
-    """A compiled (armv6m .mpy) window-display bundle, as a Pico gets it."""
+    """A compiled (armv6m .mpy) window-display bundle for the unix port's HAL."""
     path = keys / "display.zip"
+    bundle.build("window-display", path, keys / "key.pem", compile=True, board="unix")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pico_bundle(keys):
+    """The same for a Pico (board rp2): what a technician flashes in a hall."""
+    path = keys / "pico.zip"
     bundle.build("window-display", path, keys / "key.pem", compile=True)
     return path
 
@@ -141,11 +151,11 @@ def test_files_arrive_in_the_slot_layout_and_match_the_manifest(board, keys, dis
                            extra_config={"idle_text": "CLOSED", "brightness": 3},
                            progress=lambda done, total, what: seen.append((done, total)))
     root = board.root
-    assert sorted(p.name for p in root.iterdir()) == ["a", "boot.json", "config.json", "main.py"]
-    assert (root / "main.py").read_bytes() == files["main.py"]
-    assert sorted(p.name for p in (root / "a").iterdir()) == sorted(set(files) - {"main.py"})
+    loader = ["main.py", "slots.mpy"]
+    assert sorted(p.name for p in root.iterdir()) == ["a", "boot.json", "config.json", *loader]
+    assert sorted(p.name for p in (root / "a").iterdir()) == sorted(set(files) - set(loader))
     for name, entry in manifest.files.items():
-        on_board = root / ("main.py" if name == "main.py" else f"a/{name}")
+        on_board = root / (name if name in loader else f"a/{name}")
         assert sha(on_board.read_bytes()) == entry.sha256, name
     assert all(n.endswith(".mpy") for n in files if n != "main.py")  # really compiled
     assert (root / "boot.json").read_bytes() == b'{"slot": "a"}'
@@ -160,17 +170,27 @@ def test_files_arrive_in_the_slot_layout_and_match_the_manifest(board, keys, dis
     assert seen[-1] == (2 * n, 2 * n) and [d for d, _ in seen] == list(range(1, 2 * n + 1))
 
 
-def test_the_armv6m_bytecode_runs_on_the_x64_unix_port(board, keys, display_bundle):
-    """Bytecode-only .mpy files carry no arch: the flashed armv6m modules import on x64, and
-    the firmware's own config check accepts the config.json that flash wrote."""
-    flash_display(board, display_bundle, keys / "key.pub", address=17, window=4, baud=9600)
-    done = subprocess.run(
-        [micropython_path(), "-c", "import sys\nsys.path.insert(0, 'a')\nimport devconfig\n"
-         "c = devconfig.load('config.json')\nprint(c['address'], c['window'], c['baud'], "
-         "c['role'], c['state_file'])"],
-        cwd=board.root, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split() == ["17", "4", "9600", "window-display", "state.json"]
+def test_the_flashed_board_boots_from_slot_a(board, keys, display_bundle):
+    """The board as flashed starts: main.py and slots.mpy pick slot a from boot.json, the
+    armv6m bytecode there runs on the x64 unix port, and the firmware takes the config.json
+    that flash wrote (the unix HAL's bus UART is a pty here)."""
+    manifest = bundle.verify(display_bundle, keys / "key.pub")
+    master, slave = os.openpty()
+    try:
+        flash_display(board, display_bundle, keys / "key.pub", address=17, window=4,
+                      baud=9600, extra_config={"uart": os.ttyname(slave)})
+        # stdin at its end: the device starts, says it is ready, and quits
+        done = subprocess.run([micropython_path(), "-X", f"heapsize={HEAPSIZE}", "main.py"],
+                              cwd=board.root, input="", capture_output=True, text=True,
+                              timeout=30, env=dict(os.environ, MICROPYPATH=""))
+    finally:
+        os.close(slave)
+        os.close(master)
+    ready = [json.loads(ln)["ready"] for ln in done.stdout.splitlines() if '"ready"' in ln]
+    assert ready, done.stdout + done.stderr
+    assert {k: ready[0][k] for k in ("address", "role", "window", "firmware")} == {
+        "address": 17, "role": "window-display", "window": 4, "firmware": manifest.version}
+    assert (board.root / "state.json").exists()  # the boot counter, beside config.json
 
 
 def test_leftovers_of_an_earlier_install_are_removed_and_state_json_kept(board, keys,
@@ -191,7 +211,8 @@ def test_leftovers_of_an_earlier_install_are_removed_and_state_json_kept(board, 
     result = flash_display(board, display_bundle, keys / "key.pub", reset=True)
     assert result["reset"] is False  # the unix port has no machine.reset: skipped
     names = sorted(p.name for p in root.iterdir())
-    assert names == ["a", "boot.json", "config.json", "main.py", "notes.txt", "state.json"]
+    assert names == ["a", "boot.json", "config.json", "main.py", "notes.txt", "slots.mpy",
+                     "state.json"]
     assert (root / "state.json").read_text() == '{"boots": 41}'
     assert not (root / "a" / "role_panel.mpy").exists()
     assert sorted(result["removed"]) == ["b", "bus.py", "devmain.mpy", "ota.bin", "ota.json"]
@@ -257,6 +278,11 @@ def test_bad_optional_config_fields_are_refused(board, keys, display_bundle):
             extra_config={"lockout": 5})
     refused(board, "give address with its own option", display_bundle, keys / "key.pub",
             extra_config={"address": 7})
+
+
+def test_a_bundle_for_another_kind_of_board_is_refused(board, keys, pico_bundle):
+    refused(board, "the bundle is for rp2 boards, this board's MicroPython is linux",
+            pico_bundle, keys / "key.pub")
 
 
 def test_a_bundle_for_another_mpy_version_is_refused_on_the_board(board, keys, display_bundle,
@@ -364,3 +390,24 @@ def test_a_source_bundle_needs_no_mpy_support(keys, tmp_path):
     bundle.build("call-panel", path, keys / "key.pem", compile=False)
     manifest, files = bundle.load(path, keys / "key.pub")
     check_bytecode(0, manifest, files)
+
+
+def test_board_kind_rule(keys, pico_bundle, display_bundle):
+    check_board("rp2", bundle.verify(pico_bundle, keys / "key.pub"))
+    check_board("linux", bundle.verify(display_bundle, keys / "key.pub"))
+    with pytest.raises(FlashError, match="/dev/ttyACM0: the bundle is for unix boards, this "
+                       "board's MicroPython is rp2"):
+        check_board("rp2", bundle.verify(display_bundle, keys / "key.pub"), "/dev/ttyACM0")
+
+
+def test_config_check_without_the_firmware_sources(monkeypatch, tmp_path):
+    """An installed package has no firmware/: the fields the command sets are still checked."""
+    monkeypatch.setattr(bundle, "FIRMWARE", tmp_path)
+    assert device_config("call-panel", 3, 2, 9600) == {
+        "address": 3, "role": "call-panel", "window": 2, "baud": 9600}
+    for args, field in [((0, 2, 9600), "address"), ((3, 70000, 9600), "window"),
+                        ((3, 2, True), "baud")]:
+        with pytest.raises(FlashError, match=f"config field '{field}': expected an integer"):
+            device_config("call-panel", *args)
+    with pytest.raises(FlashError, match="config field 'role'"):
+        device_config("kiosk", 3, 2)
