@@ -22,15 +22,18 @@ again), GPIO presses are retried by the feedback module; a malformed command -> 
 topic; SIGTERM -> stop taking input, drain the outbox for a few seconds, say offline, exit.
 """
 
+import functools
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
+from hallgate.gateway import sniff
 from hallgate.gateway.commands import (
     DisplayCommand,
     PanelCommand,
@@ -38,6 +41,7 @@ from hallgate.gateway.commands import (
     supersedes,
     utc_ts,
 )
+from hallgate.gateway.control import ControlError, ControlServer, arg
 from hallgate.gateway.mqtt import MqttLink, Tls
 from hallgate.gateway.outbox import Outbox, OutboxError
 from hallgate.protocols import bus
@@ -49,6 +53,8 @@ log = logging.getLogger("hallgate.daemon")
 DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying offline
 OUTBOX_REPORT_S = 10.0  # a failing outbox is reported at most this often
 DROP_REPORT_S = 5.0  # drops past the outbox cap are summed up and reported this often
+MASTER_WAIT_S = 10.0  # longest wait of a control command for a bus master's thread
+SNIFF_QUEUE = 20000  # tapped chunks held per sniff session; more are dropped and counted
 
 
 def _str(path):
@@ -103,11 +109,18 @@ class Reconciler:
 class Gateway:
     """One gateway: its config's buses, GPIO, outbox and MQTT link."""
 
-    def __init__(self, config, *, status_file=None, pin_factory=None):
+    def __init__(self, config, *, status_file=None, pin_factory=None, control_path=None):
         self.config = config
         self.site = config.gateway.site
         self.name = config.gateway.id
         self.status_file = Path(status_file) if status_file else None
+        if control_path is None and self.status_file is not None:
+            control_path = self.status_file.with_name("control.sock")
+        self.control = None if control_path is None else ControlServer(
+            control_path, self._control_handlers())
+        self.control_error = None
+        self._sniffs = ()  # (queue, bus names, drop counter) of the sniff sessions
+        self._sniffs_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False
         self._wake = threading.Event()
@@ -330,28 +343,213 @@ class Gateway:
                 self.feedback.close_vote(window, command.version if command else None)
 
     def device_table(self):
+        """The devices as the MQTT contract publishes them (protocols/MQTT.md)."""
+        keys = ("bus", "address", "role", "window", "firmware", "online", "last_seen")
+        return [{k: r[k] for k in keys} for r in self.device_rows()]
+
+    def device_rows(self):
+        """device_table() with what a technician asks for: uptime and counters from the
+        device's last INFO, the master's counters of the exchanges with it."""
         rows = []
+        now = time.monotonic()
         for name, master in self.masters.items():
             for addr, snap in master.devices().items():
                 dev = self.devices.get((name, addr))
                 info = snap["info"]
-                seen = snap["stats"].get("last_seen")
+                st = snap["stats"]
+                seen = st.get("last_seen")
                 rows.append({
                     "bus": name, "address": addr,
                     "role": dev.role if dev else (info.role_name if info else "unknown"),
                     "window": dev.window if dev else (info.window if info else None),
                     "firmware": info.firmware_text if info else None,
+                    "uptime_s": info.uptime_s if info else None,
                     "online": snap["online"],
-                    "last_seen": utc_ts(time.time() - (time.monotonic() - seen))
-                    if seen else None,
+                    "last_seen": utc_ts(time.time() - (now - seen)) if seen else None,
+                    "seen_ago_s": round(now - seen, 3) if seen else None,
+                    "device": {k: getattr(info, k) for k in (
+                        "crc_errors", "overflows", "resets", "queued", "version")}
+                    if info else None,
+                    "link": {k: st[k] for k in (
+                        "exchanges", "timeouts", "garbled", "retries", "crc_errors",
+                        "events", "duplicates", "naks")},
                 })
         return rows
+
+    def _bus_port(self, name):
+        for b in self.config.buses:
+            if b.name == name:
+                return b.port
+        return None
 
     def _devices_changed(self):
         # Called in a master's thread under its lock: the table is built in the sender's
         # thread, because reading every master from here could deadlock two masters.
         self._devices_due = True
         self._wake.set()
+
+    # ---- control socket (gateway/control.py; `hallgate devices` and the like) ----------
+
+    def _control_handlers(self):
+        """The commands of the control socket: one line each."""
+        return {
+            "hello": self._c_hello,
+            "devices": self._c_devices,
+            "identify": self._c_identify,
+            "stats": self._c_stats,
+            "sniff": self._c_sniff,
+        }
+
+    def _c_hello(self, req, session):
+        return {"pid": os.getpid(), "gateway": self.name, "site": self.site,
+                "version": __version__, "commands": sorted(self.control.handlers)
+                if self.control is not None else [],
+                "buses": {b.name: {"port": b.port, "baud": b.baud} for b in self.config.buses}}
+
+    def _masters(self, req):
+        """{name: master} the request is about: its "bus", or all of them."""
+        name = arg(req, "bus", str)
+        if name is None:
+            return dict(self.masters)
+        if name not in self.masters:
+            raise ControlError(f"no bus {name!r} (buses: {', '.join(self.masters) or 'none'})")
+        return {name: self.masters[name]}
+
+    @staticmethod
+    def _bounded(fn, what, timeout=MASTER_WAIT_S):
+        """fn() in a helper thread, waited for at most `timeout` s: a master's thread that
+        does not come round never holds a control connection forever."""
+        box = {}
+
+        def call():
+            try:
+                box["result"] = fn()
+            except BaseException as e:
+                box["error"] = e
+
+        helper = threading.Thread(target=call, name="control-wait", daemon=True)
+        helper.start()
+        helper.join(timeout)
+        if helper.is_alive():
+            raise ControlError(f"{what}: no answer within {timeout:g} s")
+        if "error" in box:
+            raise ControlError(f"{what}: {box['error']!r}")
+        return box["result"]
+
+    def _c_devices(self, req, session):
+        """The device table; with "refresh" (default true) the online devices are asked for
+        a fresh INFO first (a GET_INFO each, between poll cycles: nothing is acked)."""
+        masters = self._masters(req)
+        if arg(req, "refresh", bool, True):
+            for name, master in masters.items():
+                online = [a for a, s in master.devices().items() if s["online"]]
+                if online:
+                    self._bounded(functools.partial(master.scan, online, add=True),
+                                  f"bus {name}")
+        rows = [r for r in self.device_rows() if r["bus"] in masters]
+        return {"devices": rows}
+
+    def _c_identify(self, req, session):
+        addr = arg(req, "address", int, required=True)
+        seconds = arg(req, "seconds", int, 10)
+        if not 0 <= addr <= bus.MAX_ADDRESS:
+            raise ControlError(f"address {addr} out of range 0-{bus.MAX_ADDRESS}")
+        if not 1 <= seconds <= 255:
+            raise ControlError(f"seconds {seconds} out of range 1-255")
+        masters = self._masters(req)
+        if len(masters) > 1:
+            having = [n for n, m in masters.items() if m.device(addr) is not None]
+            if addr == bus.BROADCAST or len(having) != 1:
+                where = (f"on buses {', '.join(having)}" if having else "on no bus")
+                raise ControlError(f"device {addr} is {where}: say which bus (--bus NAME; "
+                                   f"buses: {', '.join(masters)})")
+            masters = {having[0]: masters[having[0]]}
+        if not masters:
+            raise ControlError("this gateway has no bus")
+        (name, master), = masters.items()
+        future = master.identify(addr, seconds)
+        ok = self._bounded(lambda: future.result(MASTER_WAIT_S), f"bus {name}",
+                           MASTER_WAIT_S + 1)
+        if not ok:
+            raise ControlError(f"device {addr} on bus {name} did not acknowledge IDENTIFY")
+        return {"bus": name, "address": addr, "seconds": seconds}
+
+    def _c_stats(self, req, session):
+        now = time.monotonic()
+        out = {}
+        for name, master in self._masters(req).items():
+            stats = master.stats
+            seen = stats.get("last_seen")
+            stats["seen_ago_s"] = round(now - seen, 3) if seen else None
+            devices = {}
+            for addr, snap in master.devices().items():
+                d = dict(snap["stats"])
+                seen = d.pop("last_seen")
+                d["seen_ago_s"] = round(now - seen, 3) if seen else None
+                d["online"] = snap["online"]
+                devices[str(addr)] = d
+            out[name] = {"port": self._bus_port(name), "stats": stats, "devices": devices}
+        return {"buses": out}
+
+    def _c_sniff(self, req, session):
+        """Streams the frames the masters send and receive, decoded (gateway/sniff.py),
+        one record per line with its "bus"; ends after "seconds" (if given), when the
+        client closes, or at stop. The final object holds the summary."""
+        seconds = arg(req, "seconds", float)
+        masters = self._masters(req)
+        chunks = queue.Queue(SNIFF_QUEUE)
+        sub = (chunks, frozenset(masters), [0])
+        sniffers = {n: sniff.Sniffer(sniff.quiet_for(m.baudrate)) for n, m in masters.items()}
+        offset = time.time() - time.monotonic()  # records carry wall-clock time
+        self._tap_add(sub)
+        end = None if seconds is None else time.monotonic() + seconds
+
+        def send(name, records):
+            for rec in records:
+                rec["t"] = round(rec["t"] + offset, 6)
+                rec["bus"] = name
+                session.send(rec)
+
+        try:
+            while session.alive() and (end is None or time.monotonic() < end):
+                try:
+                    name, _, data, t = chunks.get(timeout=0.05)
+                except queue.Empty:
+                    now = time.monotonic()
+                    for n, s in sniffers.items():
+                        send(n, s.tick(now))
+                    continue
+                send(name, sniffers[name].feed(data, t))
+        finally:
+            self._tap_remove(sub)
+        for n, s in sniffers.items():
+            send(n, s.finish())
+        return {"buses": {n: s.summary.asdict() for n, s in sniffers.items()},
+                "dropped_chunks": sub[2][0]}
+
+    def _tap_add(self, sub):
+        with self._sniffs_lock:
+            self._sniffs = (*self._sniffs, sub)
+            self._retap()
+
+    def _tap_remove(self, sub):
+        with self._sniffs_lock:
+            self._sniffs = tuple(s for s in self._sniffs if s is not sub)
+            self._retap()
+
+    def _retap(self):
+        for name, master in self.masters.items():
+            wanted = any(name in buses for _, buses, _ in self._sniffs)
+            master.tap = functools.partial(self._tap, name) if wanted else None
+
+    def _tap(self, name, direction, data, t):
+        """In the master's thread: hand the bytes to each sniff session, never wait."""
+        for chunks, buses, dropped in self._sniffs:
+            if name in buses:
+                try:
+                    chunks.put_nowait((name, direction, data, t))
+                except queue.Full:
+                    dropped[0] += 1
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -364,6 +562,15 @@ class Gateway:
             self.feedback.start()
         if self._panel_sampler is not None:
             self._panel_sampler.start()
+        if self.control is not None:
+            try:
+                self.control.start()
+            except (ControlError, OSError) as e:
+                # The gateway's real work goes on; only the technician commands are missing.
+                self.control_error = str(e)
+                log.error("control socket %s: %s; `hallgate devices` and the like cannot "
+                          "go through this daemon", self.control.path, e)
+                self.control = None
         log.info("gateway %s/%s started: %d bus(es), %d window(s), outbox %s (%d waiting)",
                  self.site, self.name, len(self.masters), len(self.config.windows),
                  self.config.outbox.path, self.outbox.depth())
@@ -375,6 +582,8 @@ class Gateway:
         if self._stopped:
             return None
         self._stopped = True
+        if self.control is not None:
+            self.control.stop()
         if self.feedback is not None:
             self.feedback.close()
         if self._panel_sampler is not None:
@@ -413,8 +622,10 @@ class Gateway:
             "rejected_device_events": self.event_rejects,
             "devices": {"online": sum(r["online"] for r in table), "total": len(table),
                         "table": table},
-            "buses": {n: {k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events",
-                                              "duplicates")} for n, s in masters.items()},
+            "buses": {n: {"port": self._bus_port(n), **{
+                k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events", "duplicates")}}
+                for n, s in masters.items()},
+            "control": str(self.control.path) if self.control is not None else None,
             "feedback": self.feedback.state() if self.feedback is not None else {},
             "gpio_panels": {w: p.state() for w, p in self.gpio_panels.items()},
             "stale_commands": self.reconciler.stale,
