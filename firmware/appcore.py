@@ -14,6 +14,8 @@
 #   emit(kind, value)     observer channel: what a test or simulator may watch
 #                         (JSON lines on the unix HAL; nothing on a board)
 
+import sys
+
 import bus
 import keypad
 from eventqueue import EventQueue
@@ -138,7 +140,11 @@ class Core:
                 import ota
 
                 self.ota = ota.Receiver(self, FIRMWARE)
-            return self.ota.answer(mtype, payload)
+            reply = self.ota.answer(mtype, payload)
+            if not self.ota.busy():  # its ~5 KB of RAM back until the next update
+                self.ota = None
+                del sys.modules["ota"], sys.modules["otawire"]
+            return reply
         return self._nak(mtype, bus.NAK_UNKNOWN_TYPE)
 
     def _nak(self, mtype, reason):
@@ -166,6 +172,8 @@ class Core:
         past its end may hide a real request behind it)."""
         if self.decoder.pending() and ticks_diff(now, self._last_rx) >= self.quiet_ms:
             self._extract(True, now)
+        if self.ota is not None:
+            self.ota.tick()
         elapsed = ticks_diff(now, self._last)
         self._last = now
         if elapsed > 0:

@@ -4,9 +4,11 @@
 # sha256, so an update cut by a reset or a lost bus resumes where it stopped: OTA_BEGIN
 # for the same image answers with the bytes already staged. Bytes come strictly in order
 # (OTA_DATA at any other offset is answered with what is staged, and the master goes on
-# from there). OTA_COMMIT hashes the whole staged file, unpacks it into the slot that is
-# not running, marks that slot for a trial in boot.json and asks the main loop to reboot;
-# the boot loader (main.py) does the rest. Imported at the first update request only.
+# from there). OTA_COMMIT is answered at once ("checking"); the next tick of the main loop
+# hashes the whole staged file, unpacks it into the slot that is not running, marks that
+# slot for a trial in boot.json and asks the main loop to reboot, so the bus never waits
+# for the flash. The boot loader (slots.py) does the rest. Imported at the first update
+# request only.
 
 import json
 import os
@@ -28,15 +30,8 @@ class Receiver:
         self._size = 0
         self._digest = None
         self.have = 0
-        self._state = ow.IDLE
+        self._state = ow.IDLE  # of the transfer; IDLE: see the slots (_status)
         self._reason = ""
-        if slots is not None:
-            if slots.trial:
-                self._state = ow.TRIAL
-            else:
-                last = slots.state.get("last")
-                if last:
-                    self._state, self._reason = last[0], last[1]
 
     def answer(self, mtype, payload):
         if self._core.slots is None:
@@ -48,7 +43,7 @@ class Receiver:
                 self._data(*ow.decode_data(payload))
             elif mtype == bus.OTA_COMMIT:
                 if self._state == ow.RECEIVING and ow.decode_commit(payload) == self._digest:
-                    self._commit()
+                    self._state, self._reason = ow.CHECKING, ""  # tick() does the work
             elif payload:
                 return self._core._nak(mtype, bus.NAK_BAD_LENGTH)
         except ValueError:
@@ -56,7 +51,28 @@ class Receiver:
         except OSError as e:  # a full or failing flash: say so, keep running
             self._stop()
             self._state, self._reason = ow.BAD_IMAGE, "flash: %r" % (e,)
-        return self._status(self._state, self._reason)
+        state, reason = self._state, self._reason
+        if state == ow.IDLE:  # the slots say how the last update ended
+            slots = self._core.slots
+            last = slots.state.get("last")
+            if slots.trial:
+                state = ow.TRIAL
+            elif last:
+                state, reason = last[0], last[1]
+        return self._status(state, reason)
+
+    def busy(self):
+        """True while an image is coming in or being checked."""
+        return self._state == ow.RECEIVING or self._state == ow.CHECKING
+
+    def tick(self):
+        """The main loop's turn: check and unpack a committed image."""
+        if self._state == ow.CHECKING:
+            try:
+                self._commit()
+            except OSError as e:  # a full or failing flash
+                self._discard()
+                self._state, self._reason = ow.BAD_IMAGE, "flash: %r" % (e,)
 
     def _status(self, state, reason):
         return ow.encode_status(

@@ -9,6 +9,7 @@
 # what keeps every update reversible. Without boot.json (the development image on a PC)
 # it runs devmain from the module path.
 
+import gc
 import json
 import sys
 
@@ -98,7 +99,9 @@ def start():
 
             machine.reset()
         # The unix port cannot reset: forget the slot's modules and start again.
+        devmain = None
         for name in set(sys.modules) - loaded:
             del sys.modules[name]
         sys.path.remove(path)
+        gc.collect()
 

@@ -6,7 +6,10 @@
 
 import struct
 
-import bus
+try:
+    from hallgate.protocols import bus  # the gateway
+except ImportError:
+    import bus  # a device: bus.py beside this file
 
 CHUNK = 124  # image bytes per OTA_DATA: offset u32 + 124 = MAX_PAYLOAD
 DIGEST = 32  # sha256 of the whole image
@@ -19,8 +22,10 @@ STAGED = 2  # image checked and unpacked beside the running one; rebooting into 
 TRIAL = 3  # running a new image that has not confirmed itself healthy yet
 UPDATED = 4  # running a new image that confirmed itself healthy
 ROLLED_BACK = 5  # a new image failed; back on the previous one (reason says why)
-BAD_IMAGE = 6  # the staged image did not hash to its digest; it was thrown away
-STATES = ("idle", "receiving", "staged", "trial", "updated", "rolled-back", "bad-image")
+BAD_IMAGE = 6  # the staged image could not be used (reason says why); it was thrown away
+CHECKING = 7  # committed: hashing and unpacking the image (then STAGED, or BAD_IMAGE)
+STATES = ("idle", "receiving", "staged", "trial", "updated", "rolled-back", "bad-image",
+          "checking")
 
 # Image: MAGIC, version (u8 length + ASCII), then per file: name (u8 length + ASCII),
 # size u32, data; a zero name length ends it.

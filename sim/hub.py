@@ -148,14 +148,18 @@ class BusHub:
     baud: pace the line at 10 / baud seconds per byte (None: forward at once).
     tap: a callable taking a LineChunk, or a list that LineChunks are appended to, for
     everything delivered on the line (a bus sniffer's view).
+    mangle: a callable taking a talker's port name ("master", ...) and the bytearray it
+    just wrote, changing it in place before it goes on the line: a fault a test injects
+    (a flipped bit in one frame, say).
     stale_after: seconds a port's reader may leave delivered bytes unread before they are
     flushed (None: never).
     """
 
     POLL_INTERVAL = 0.05  # housekeeping period while the line is idle
 
-    def __init__(self, baud=None, tap=None, stale_after=0.5):
+    def __init__(self, baud=None, tap=None, stale_after=0.5, mangle=None):
         self.baud = baud
+        self.mangle = mangle  # mangle(port name, bytearray): a fault on the line, in place
         self._byte_time = BITS_PER_BYTE / baud if baud else 0.0
         self._piece = max(1, int(PIECE_S * baud / BITS_PER_BYTE)) if baud else 0
         if tap is not None and not callable(tap):
@@ -324,7 +328,10 @@ class BusHub:
             self.stats.from_master += len(data)
         else:
             self.stats.from_devices += len(data)
-        self._talk(port, bytearray(data), now)
+        data = bytearray(data)
+        if self.mangle is not None:
+            self.mangle(port.name, data)
+        self._talk(port, data, now)
 
     def _talk(self, port, data, now):
         """`port` (None: noise) puts `data` on the line at `now`."""

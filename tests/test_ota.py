@@ -1,0 +1,230 @@
+"""Firmware update over the bus, end to end: the real firmware on MicroPython, installed in
+slots from a signed bundle (as `hallgate flash` lays it out), on the simulated RS-485 line,
+updated by the real bus master running gateway/ota.py's transfer.
+
+Each device's flash is a temporary folder; a "new version" is the firmware copied with
+another FIRMWARE number (and, for the rollback, a start-up that raises), built and signed
+like any release.
+"""
+
+import shutil
+import threading
+import time
+
+import pytest
+from conftest import ROOT, wait_for
+from hallgate.gateway import bundle, ota
+from hallgate.gateway.bundle import BundleError
+from hallgate.gateway.master import BusMaster
+from hallgate.protocols import bus
+from hallgate.protocols import otawire as ow
+from hallgate.sim.device import FirmwareDevice, install_slots
+from hallgate.sim.hub import MASTER, BusHub
+
+pytestmark = pytest.mark.micropython
+
+BAUD = 115200
+TARGET, OTHER = 5, 6
+
+
+def firmware_copy(tmp_path, name, version, crash=False):
+    """firmware/ copied, reporting `version`; with `crash`, its start-up raises."""
+    src = tmp_path / name
+    shutil.copytree(ROOT / "firmware", src)
+    appcore = src / "appcore.py"
+    text = appcore.read_text()
+    assert "FIRMWARE = (0, 1, 0)" in text
+    appcore.write_text(text.replace("FIRMWARE = (0, 1, 0)",
+                                    f"FIRMWARE = ({', '.join(version.split('.'))})"))
+    if crash:
+        devmain = src / "devmain.py"
+        text = devmain.read_text()
+        marker = '    cfg, count, persisted = _read_config(path)\n'
+        assert marker in text
+        devmain.write_text(text.replace(marker, marker + '    raise RuntimeError("boom")\n'))
+    return src
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bundles")
+    bundle.keygen(d / "key.pem", d / "key.pub")
+    bundle.keygen(d / "other.pem", d / "other.pub")
+    made = {}
+    for name, version, crash in (("old", "0.1.0", False), ("new", "0.2.0", False),
+                                 ("crash", "0.3.0", True)):
+        src = firmware_copy(d, name, version, crash) if name != "old" else ROOT / "firmware"
+        made[name] = d / f"{name}.zip"
+        bundle.build("call-panel", made[name], d / "key.pem", board="unix", firmware_dir=src)
+    made["pub"] = d / "key.pub"
+    made["other.pem"] = d / "other.pem"
+    return made
+
+
+class Line:
+    """A hub, two call panels flashed with the old bundle, and a started bus master that
+    polls both and collects their events."""
+
+    def __init__(self, tmp_path, bundles, mangle=None):
+        self.tap = []
+        self.hub = BusHub(baud=BAUD, mangle=mangle, tap=self.tap).start()
+        _, files = bundle.load(bundles["old"], bundles["pub"])
+        self.devices = {}
+        for addr in (TARGET, OTHER):
+            flash = install_slots(tmp_path / f"flash-{addr}", files)
+            self.devices[addr] = FirmwareDevice(tmp_path, addr, "call-panel", addr,
+                                                self.hub.add_port(f"dev{addr}"), flash_dir=flash)
+        self.events = []
+        self.lock = threading.Lock()
+        self.master = BusMaster(self.hub.master_path, baudrate=BAUD, devices=(TARGET, OTHER),
+                                on_event=self._event).start()
+
+    def _event(self, addr, ev):
+        with self.lock:
+            self.events.append((addr, ev.key_name))
+
+    def pressed(self, addr, key):
+        with self.lock:
+            return (addr, key) in self.events
+
+    def ota_frames(self):
+        """The update's requests that crossed the line intact, and the master's frames
+        that did not (CRC errors)."""
+        d = bus.Decoder()
+        for chunk in list(self.tap):
+            if chunk.source == MASTER:
+                d.feed(chunk.data)
+        frames = []
+        while (f := d.maybe_extract_frame(True)) is not None:
+            frames.append(f)
+        return [f for f in frames if bus.OTA_BEGIN <= f.mtype <= bus.OTA_QUERY], d.crc_errors
+
+    def close(self):
+        self.master.close()
+        for dev in self.devices.values():
+            dev.close()
+        self.hub.close()
+
+
+@pytest.fixture
+def line(tmp_path, bundles):
+    made = Line(tmp_path, bundles)
+    yield made
+    made.close()
+
+
+def run(line, image, **kw):
+    [t] = ota.update(line.master, [TARGET], image, timeout=90, **kw)
+    return t
+
+
+def test_an_update_ends_on_the_new_version_while_the_other_device_keeps_working(line, bundles):
+    dev, other = line.devices[TARGET], line.devices[OTHER]
+    image = ota.prepare(bundles["new"], bundles["pub"])
+    presses = []
+
+    def on_progress(t):  # an operator at the other window keeps working mid-transfer
+        if t.phase == "send" and t.offset > len(presses) * t.size / 3 and len(presses) < 2:
+            presses.append(t.offset)
+            other.press(("call", "finish")[len(presses) - 1])
+
+    cycles = line.master.stats["cycles"]
+    t = run(line, image, on_progress=on_progress)
+    assert t.result == "updated", t.summary()
+    assert t.firmware == (0, 2, 0)
+    assert dev.wait_for(lambda m: m.get("ready", {}).get("firmware") == "0.2.0")["ready"][
+        "slot"] == "b"
+    assert dev.wait_kind("confirmed", timeout=10) == "b"
+    # The other device's presses, made while chunks were going out, all arrived.
+    assert len(presses) == 2
+    wait_for(lambda: line.pressed(OTHER, "call") and line.pressed(OTHER, "finish"))
+    stats = line.master.stats
+    assert stats["cycles"] - cycles > t.chunks // 4  # polling went on between chunks
+    assert stats["job_exchanges"] >= t.chunks
+    # The updated device works: a press arrives, and it still has heap to spare.
+    dev.press("call")
+    wait_for(lambda: line.pressed(TARGET, "call"))
+    assert dev.info()["mem_free"] > 12 * 1024
+    assert line.master.device(TARGET)["info"].firmware == (0, 2, 0) or wait_for(
+        lambda: line.master.scan([TARGET])[TARGET].firmware == (0, 2, 0))
+
+
+def test_a_bundle_with_a_bad_signature_or_a_changed_file_is_refused_before_a_byte_is_sent(
+        line, bundles, tmp_path):
+    forged = tmp_path / "forged.zip"
+    bundle.build("call-panel", forged, bundles["other.pem"], board="unix")
+    with pytest.raises(BundleError, match="signature"):
+        ota.prepare(forged, bundles["pub"])
+    changed = tmp_path / "changed.zip"
+    import zipfile
+
+    with zipfile.ZipFile(bundles["new"]) as src, zipfile.ZipFile(changed, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "files/appcore.mpy":
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            out.writestr(info, data)
+    with pytest.raises(BundleError, match="appcore.mpy"):
+        ota.prepare(changed, bundles["pub"])
+    time.sleep(0.2)
+    assert line.ota_frames()[0] == [] and line.master.stats["job_exchanges"] == 0
+
+
+def test_a_chunk_garbled_on_the_line_is_sent_again(tmp_path, bundles):
+    garbled = []
+
+    def flip_one_chunk(port, data):
+        # The first OTA_DATA past 4 KB: one payload byte flipped; the CRC catches it.
+        if (port == MASTER and not garbled and len(data) > 8 and data[0] == bus.SYNC
+                and data[2] == bus.OTA_DATA and int.from_bytes(data[4:8], "little") > 4096):
+            data[20] ^= 0x40
+            garbled.append(int.from_bytes(data[4:8], "little"))
+
+    made = Line(tmp_path, bundles, mangle=flip_one_chunk)
+    try:
+        t = run(made, ota.prepare(bundles["new"], bundles["pub"]))
+        assert t.result == "updated", t.summary()
+        assert len(garbled) == 1 and t.resent >= 1
+        frames, crc_errors = made.ota_frames()
+        offsets = [int.from_bytes(f.payload[:4], "little") for f in frames
+                   if f.mtype == bus.OTA_DATA]
+        assert crc_errors >= 1  # the garbled one (and collisions, on a loaded machine)
+        assert offsets.count(garbled[0]) >= 1  # ... went out again, intact
+    finally:
+        made.close()
+
+
+def test_a_device_killed_mid_transfer_comes_back_on_the_old_version_and_the_update_resumes(
+        line, bundles):
+    dev = line.devices[TARGET]
+    killed = threading.Event()
+
+    def kill_halfway(t):
+        if t.phase == "send" and t.offset >= t.size // 2 and not killed.is_set():
+            killed.set()
+            dev.kill()  # a power cut: the process dies at once
+
+    image = ota.prepare(bundles["new"], bundles["pub"])
+    [t] = [line.master.run_job(ota.Transfer(TARGET, image, on_progress=kill_halfway))]
+    wait_for(lambda: t.interruptions >= 1, timeout=30)
+    assert not t.done
+    line.hub.reset_port(dev.config["uart"])
+    ready = dev.start()
+    assert (ready["firmware"], ready["slot"], ready["trial"]) == ("0.1.0", "a", False)
+    wait_for(lambda: t.done, timeout=90)
+    assert t.result == "updated", t.summary()
+    assert t.resumed_from and t.size // 2 <= t.resumed_from[0] < t.size
+    assert t.chunks < 1.5 * t.size / ow.CHUNK  # it did not start again from 0
+    assert dev.wait_for(lambda m: m.get("ready", {}).get("firmware") == "0.2.0")
+
+
+def test_a_new_version_that_crashes_at_start_rolls_back_by_itself(line, bundles):
+    dev = line.devices[TARGET]
+    t = run(line, ota.prepare(bundles["crash"], bundles["pub"]))
+    assert t.result == "rolled-back", t.summary()
+    assert "boom" in t.reason and t.firmware == (0, 1, 0)
+    ready = dev.wait_for(lambda m: m.get("ready", {}).get("slot") == "a")["ready"]
+    assert (ready["firmware"], ready["trial"]) == ("0.1.0", False)
+    assert "boom" in dev.stderr_text()
+    dev.press("call")  # and it works as before
+    wait_for(lambda: line.pressed(TARGET, "call"))
