@@ -36,6 +36,7 @@ __all__ = [
     "Bus",
     "BusDevice",
     "ConfigError",
+    "Firmware",
     "Gateway",
     "GpioPanel",
     "HallConfig",
@@ -196,6 +197,17 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Firmware:
+    """Device firmware updates over the bus (`hallgate ota`)."""
+
+    public_key: Path | None = key("file", None, "Ed25519 public key that firmware bundles "
+                                  "must be signed with (from `hallgate keygen`); no key: no "
+                                  "updates over the bus")
+    job_share: int = key(int, 50, "most of the bus time an update may take, percent (the "
+                         "poll cycle gets the rest)", lo=10, hi=90)
+
+
+@dataclass(frozen=True)
 class BusDevice:
     address: int = key(int, doc="bus address, unique on its bus", lo=1, hi=bus.MAX_ADDRESS)
     role: str = key(str, doc="device role", choices=bus.ROLES)
@@ -265,6 +277,7 @@ class HallConfig:
     outbox: Outbox = key(Outbox, Outbox(), "durable event outbox")
     timings: Timings = key(Timings, Timings(), "timings")
     buses: tuple[Bus, ...] = key(Many(Bus), (), "RS-485 buses")
+    firmware: Firmware = key(Firmware, Firmware(), "device firmware updates")
     file: str = ""  # where it was read from (not a TOML key)
 
     def window(self, number):
