@@ -661,6 +661,11 @@ class BusMaster:
                     self.book.stats.job_time += spent
                     self.book.stats.job_exchanges += 1
                 job.handle(outcome)
+                if job.done:  # it may have changed the device (new firmware): ask again
+                    with self._lock:
+                        dev = self.book.devices.get(job.addr)
+                        if dev is not None:
+                            dev.need_info = True
 
     def _run_commands(self):
         while True:
