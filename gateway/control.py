@@ -174,7 +174,6 @@ class ControlServer:
         self.max_clients = max_clients
         self.stop_event = threading.Event()
         self._sock = None
-        self._short = None
         self._thread = None
         self._slots = threading.BoundedSemaphore(max_clients)
         self._conns = set()
@@ -198,7 +197,6 @@ class ControlServer:
         # is never reachable with a wider mode, and the umask (process-wide) is not touched.
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         tmp_short = _ShortPath(tmp)
-        self._short = _ShortPath(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if os.path.lexists(tmp):
@@ -257,8 +255,6 @@ class ControlServer:
                 os.unlink(self.path)
         except OSError as e:
             log.warning("control socket %s: %s", self.path, e)
-        if self._short is not None:
-            self._short.close()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:

@@ -479,7 +479,7 @@ class Gateway:
         out = {}
         for name, master in self._masters(req).items():
             stats = master.stats
-            seen = stats.get("last_seen")
+            seen = stats.pop("last_seen")  # the master's monotonic clock: an age instead
             stats["seen_ago_s"] = round(now - seen, 3) if seen else None
             devices = {}
             for addr, snap in master.devices().items():

@@ -12,6 +12,7 @@ Goals: small and independent of the bus master's book (which acks every event it
 """
 
 import errno
+import os
 import time
 
 import serial
@@ -44,6 +45,37 @@ def open_port(path, baud=115200, timeout=0.005):
         raise PortError(f"cannot open {path}: {e}") from None
     except OSError as e:
         raise PortError(f"cannot open {path}: {e}") from None
+
+
+def lock_holder(path):
+    """(pid, command line) of the process holding the flock on `path` (Linux /proc/locks),
+    or None if it cannot be told."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5 0 EOF" (major and minor in hex)
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":  # "-> FLOCK": a waiter, not a holder
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            where = (int(major, 16), int(minor, 16), int(inode))
+        except ValueError:
+            continue
+        if where == want:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmdline = ""
+            return pid, cmdline
+    return None
 
 
 class PlainPoller:

@@ -195,10 +195,19 @@ def _busy_message(args, port):
                 pid = st.get("pid")
         except (OSError, ValueError, AttributeError):
             pass
+    holder = None
+    if pid is None:
+        from hallgate.gateway.direct import lock_holder
+
+        holder = lock_holder(port)
+        if holder is not None and " run " in f" {holder[1]} " and "hallgate" in holder[1]:
+            pid = holder[0]  # a daemon whose control socket and status file are elsewhere
     if pid is not None:
         flag = "--port" if getattr(args, "port", None) else "--config"
         return (f"{port} is in use (the gateway daemon holds it, pid {pid}: run without "
                 f"{flag} to go through it)")
+    if holder is not None:
+        return f"{port} is in use by another program (pid {holder[0]}: {holder[1][:80]})"
     return f"{port} is in use by another program"
 
 
@@ -504,6 +513,11 @@ def cmd_bus_sniff(args):
                     show(rec)
         except KeyboardInterrupt:
             pass
+        dropped = (client.result or {}).get("dropped_chunks", 0)
+        via["dropped_chunks"] = dropped
+        if dropped:
+            print(f"hallgate: {dropped} chunk(s) of bytes were dropped by the daemon: this "
+                  "reader did not keep up", file=sys.stderr)
     else:
         targets = way[1]
         if len(targets) > 1:

@@ -274,6 +274,17 @@ def test_a_stale_socket_is_replaced_and_a_live_one_is_not_taken(tmp_path):
     assert (tmp_path / "plain").read_text() == "a file"
 
 
+def test_a_socket_path_too_long_for_af_unix_still_works(tmp_path):
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(deep / "control.sock")) > 108
+    with server(deep) as srv:
+        assert stat.S_ISSOCK(os.stat(srv.path).st_mode)
+        with ControlClient(srv.path) as c:
+            assert c.call("echo", text="deep")["said"] == "deep"
+    assert not srv.path.exists()
+
+
 # ---- the real parts --------------------------------------------------------------------------
 
 
@@ -469,6 +480,12 @@ def test_the_daemons_port_is_refused_and_the_daemon_goes_on(daemon_hall):
     out = run("bus", "scan", "--port", hub.master_path, "--addresses", "1-2",
               "--status-file", daemon.status_file)  # the older commands too
     assert out.returncode == 1 and "gateway daemon holds it" in out.stderr, out.stderr
+    # Told apart by the port's lock holder when its status file is not where we look.
+    out = run("devices", "--port", hub.master_path, "--status-file",
+              daemon.status_file.parent / "elsewhere" / "status.json")
+    assert out.returncode == 1
+    assert f"the gateway daemon holds it, pid {pid}: run without --port" in out.stderr, \
+        out.stderr
 
     pressed = press(devices[PANEL])
     wait_for(lambda: pressed in witness.sources(), 15, "a press after the refusals")
@@ -479,7 +496,8 @@ def test_the_daemons_port_is_refused_and_the_daemon_goes_on(daemon_hall):
     with serial.Serial(spare, 115200, exclusive=True):
         out = run("devices", "--port", spare, "--addresses", "1", *via_daemon(daemon))
     assert out.returncode == 1
-    assert out.stderr.strip() == f"hallgate: {spare} is in use by another program"
+    assert out.stderr.startswith(f"hallgate: {spare} is in use by another program (pid "
+                                 f"{os.getpid()}: "), out.stderr
 
 
 @pytest.mark.micropython
