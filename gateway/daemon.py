@@ -54,6 +54,7 @@ DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying o
 OUTBOX_REPORT_S = 10.0  # a failing outbox is reported at most this often
 DROP_REPORT_S = 5.0  # drops past the outbox cap are summed up and reported this often
 MASTER_WAIT_S = 10.0  # longest wait of a control command for a bus master's thread
+OTA_PROGRESS_S = 0.5  # how often `ota` reports its transfers' progress
 SNIFF_QUEUE = 20000  # tapped chunks held per sniff session; more are dropped and counted
 
 
@@ -173,6 +174,7 @@ class Gateway:
                     "device-nak", f"bus {name} device {addr} refused "
                     f"{bus.TYPE_NAMES.get(t, t)} (reason {r})"),
                 devices=[d.address for d in b.devices],
+                job_share=self.config.firmware.job_share / 100,
             )
         return masters
 
@@ -398,6 +400,7 @@ class Gateway:
             "identify": self._c_identify,
             "stats": self._c_stats,
             "sniff": self._c_sniff,
+            "ota": self._c_ota,
         }
 
     def _c_hello(self, req, session):
@@ -490,6 +493,56 @@ class Gateway:
                 devices[str(addr)] = d
             out[name] = {"port": self._bus_port(name), "stats": stats, "devices": devices}
         return {"buses": out}
+
+    def _c_ota(self, req, session):
+        """Updates devices' firmware from a signed bundle (gateway/ota.py): "bundle" (a
+        path this daemon can read), "addresses" (a list) or "role", optionally "bus".
+        Checks the bundle with the config's [firmware] public_key before anything goes
+        on the bus; streams {"progress": [...]} every OTA_PROGRESS_S; the final object
+        has "results". A client that goes away does not stop the updates."""
+        from hallgate.gateway import ota
+        from hallgate.gateway.bundle import BundleError
+
+        key = self.config.firmware.public_key
+        if key is None:
+            raise ControlError(f"{self.config.file or 'the config'} has no [firmware] "
+                               "public_key: this gateway updates no firmware over the bus")
+        path = arg(req, "bundle", str, required=True)
+        addresses = arg(req, "addresses", list)
+        if addresses is not None and not all(
+                isinstance(a, int) and not isinstance(a, bool) for a in addresses):
+            raise ControlError(f"'addresses' must be a list of integers, not "
+                               f"{json.dumps(addresses)}")
+        role = arg(req, "role", str)
+        masters = self._masters(req)
+        try:
+            image = ota.prepare(path, key)
+        except BundleError as e:
+            raise ControlError(f"bundle refused, nothing sent: {e}") from None
+        rows = [r for r in self.device_rows() if r["bus"] in masters]
+        try:
+            targets, skipped = ota.choose_targets(rows, image, addresses, role)
+        except ota.OtaError as e:
+            raise ControlError(str(e)) from None
+        transfers = [(name, masters[name].run_job(ota.Transfer(addr, image)))
+                     for name, addr in targets]
+        log.info("firmware update to %s %s: %s", image.role, image.version,
+                 ", ".join(f"{n}:{a}" for n, a in targets) or "no device online")
+
+        def report():
+            return [{"bus": name, "phase": t.phase, "offset": t.offset,
+                     "device_state": t.device_state, **t.summary()} for name, t in transfers]
+
+        while not all(t.done for _, t in transfers) and not self._stopped:
+            if session.alive():
+                session.send({"progress": report()})
+            if not session.wait(OTA_PROGRESS_S):  # the client left: the updates go on
+                time.sleep(OTA_PROGRESS_S)
+        results = report() + skipped
+        for r in results:
+            log.info("firmware update of %s:%s: %s %s", r["bus"], r["address"],
+                     r["result"] or "interrupted (gateway stopping)", r["reason"])
+        return {"version": image.version, "role": image.role, "results": results}
 
     def _c_sniff(self, req, session):
         """Streams the frames the masters send and receive, decoded (gateway/sniff.py),

@@ -637,26 +637,28 @@ class BusMaster:
             stats.cycle_last = elapsed
             stats.cycle_total += elapsed
             stats.poll_time += elapsed
-        self._run_jobs(elapsed * self.job_share / (1 - self.job_share))
+        # Nothing polled (a master used only for an update): the jobs have the bus.
+        self._run_jobs(elapsed * self.job_share / (1 - self.job_share) if plan else None)
 
     def _run_jobs(self, earned):
-        """Exchanges for the jobs, oldest first, while they have bus-time credit."""
+        """Exchanges for the jobs, oldest first, while they have bus-time credit (all
+        they want when `earned` is None)."""
         with self._lock:
             self._jobs = [job for job in self._jobs if not job.done]
             jobs = list(self._jobs)
         if not jobs:
             self._job_credit = 0.0  # credit is not saved up while no job runs
             return
-        self._job_credit += earned
+        credit = float("inf") if earned is None else self._job_credit + earned
         for job in jobs:
-            while not self._stop.is_set() and not job.done and self._job_credit > 0:
+            while not self._stop.is_set() and not job.done and credit > 0:
                 request = job.next_request()
                 if request is None:
                     break
                 t0 = time.monotonic()
                 outcome = self._exchange(job.addr, request, self.timeout)
                 spent = time.monotonic() - t0
-                self._job_credit -= spent
+                credit -= spent
                 with self._lock:
                     self.book.stats.job_time += spent
                     self.book.stats.job_exchanges += 1
@@ -666,6 +668,7 @@ class BusMaster:
                         dev = self.book.devices.get(job.addr)
                         if dev is not None:
                             dev.need_info = True
+        self._job_credit = 0.0 if earned is None else credit
 
     def _run_commands(self):
         while True:

@@ -204,6 +204,40 @@ class Transfer:
         }
 
 
+def choose_targets(rows, image, addresses=None, role=None):
+    """The devices to update: ([(bus, address)], [skipped summary]) from device `rows`
+    (dicts with bus, address, role, online: the daemon's table or a direct scan), by
+    `addresses` or by `role`. OtaError names a device that is unknown, ambiguous or of
+    another role than the image's; offline devices are skipped, with the reason."""
+    if (addresses is None) == (role is None):
+        raise OtaError("say which devices: their addresses, or a role")
+    if role is not None:
+        if role != image.role:
+            raise OtaError(f"the bundle is for {image.role}, not {role}")
+        chosen = [r for r in rows if r["role"] == role]
+        if not chosen:
+            raise OtaError(f"no {role} on the bus")
+    else:
+        chosen = []
+        for addr in addresses:
+            found = [r for r in rows if r["address"] == addr]
+            if not found:
+                raise OtaError(f"device {addr} is not on the bus (not configured, and it "
+                               "did not answer)")
+            if len(found) > 1:
+                raise OtaError(f"device {addr} is on buses "
+                               f"{', '.join(r['bus'] for r in found)}: say which bus")
+            if found[0]["role"] != image.role:
+                raise OtaError(f"device {addr} is a {found[0]['role']}; the bundle is for "
+                               f"{image.role}")
+            chosen += found
+    targets = [(r["bus"], r["address"]) for r in chosen if r["online"]]
+    skipped = [{"bus": r["bus"], "address": r["address"], "result": "skipped",
+                "reason": "offline", "version": image.version}
+               for r in chosen if not r["online"]]
+    return targets, skipped
+
+
 def update(master, addresses, image, *, on_progress=None, timeout=None, poll=0.05):
     """Update `addresses` on a started BusMaster with `image`, all at once (their chunks
     interleave); returns their Transfers when every one is done, or when `timeout`

@@ -1,6 +1,7 @@
 """The `hallgate` command: one entry point, a subcommand per job, `--help` on each."""
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
@@ -552,6 +553,131 @@ def cmd_bus_sniff(args):
     return 0
 
 
+# ---- hallgate ota: firmware updates over the bus ------------------------------------------
+
+
+class _OtaView:
+    """Progress per device on stderr (a rich bar each, on a terminal), then a summary."""
+
+    def __init__(self, args, version):
+        self.json = args.json
+        self.version = version
+        self._progress = self._tasks = None
+        if not args.json and sys.stderr.isatty():
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      DownloadColumn(), TextColumn("{task.fields[state]}"),
+                                      transient=False)
+            self._tasks = {}
+            self._progress.start()
+
+    def update(self, rows):
+        if self._progress is None:
+            return
+        for r in rows:
+            key = (r["bus"], r["address"])
+            state = r["result"] or f"{r['phase']}" + (
+                f" ({r['device_state']})" if r.get("device_state") else "")
+            if key not in self._tasks:
+                self._tasks[key] = self._progress.add_task(
+                    f"{r['bus']}:{r['address']} -> {self.version}", total=r["bytes"], state="")
+            self._progress.update(self._tasks[key], completed=r["offset"], state=state)
+
+    def finish(self, results, via):
+        if self._progress is not None:
+            self._progress.stop()
+        if self.json:
+            print(json.dumps({**via, "version": self.version, "results": results}, indent=1))
+            return
+        print(f"firmware update to {self.version} ({via['text']}):")
+        for r in results:
+            detail = (f"{r['chunks']} chunks, {r['resent']} re-sent"
+                      + (f", resumed at {r['resumed_from']}" if r.get("resumed_from") else "")
+                      + f", {r['seconds']} s") if "chunks" in r else ""
+            print(f"  {r['bus']}:{r['address']:<4} {(r['result'] or 'unfinished').upper():12}"
+                  f" {r['reason']}" + (f" [{detail}]" if detail else ""))
+        counts = collections.Counter(r["result"] or "unfinished" for r in results)
+        print("  " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
+
+
+def _ota_rows(transfers):
+    return [{"bus": name, "phase": t.phase, "offset": t.offset,
+             "device_state": t.device_state, **t.summary()} for name, t in transfers]
+
+
+def _ota_directly(args, targets, bundle_path):
+    """The update without the daemon: the bundle checked with --key (or the config's
+    [firmware] public_key), the devices found with GET_INFO, then only the transfers on
+    the bus (nothing else is polled, so no event is taken from anyone)."""
+    from hallgate.gateway import ota
+    from hallgate.gateway.bundle import BundleError
+
+    key = args.key
+    if key is None and args.config:
+        from hallgate.gateway.config import load_config
+
+        key = load_config(args.config).firmware.public_key
+    if key is None:
+        raise ToolError("directly, the bundle is checked with --key PUBLIC.pub (or the "
+                        "[firmware] public_key of --config)")
+    try:
+        image = ota.prepare(bundle_path, key)
+    except BundleError as e:
+        raise ToolError(f"bundle refused, nothing sent: {e}") from None
+    view = _OtaView(args, image.version)
+    results = []
+    for t in targets:
+        with _target_master(args, t) as (master, _, _):
+            wanted = args.targets or t["addresses"] or range(1, 248)
+            rows = _scan_rows(t, master.scan(wanted, add=False))
+            try:
+                chosen, skipped = ota.choose_targets(
+                    rows, image, args.targets or None, args.role)
+            except ota.OtaError as e:
+                raise ToolError(f"bus {t['name']}: {e}") from None
+            master.start()
+            transfers = [(t["name"], master.run_job(ota.Transfer(addr, image)))
+                         for _, addr in chosen]
+            while not all(x.done for _, x in transfers):
+                view.update(_ota_rows(transfers))
+                time.sleep(0.2)
+            results += _ota_rows(transfers) + skipped
+    return view, results, {"via": "port", "ports": [t["port"] for t in targets],
+                           "text": _via_port_text(targets)}
+
+
+@_tool
+def cmd_ota(args):
+    """Firmware update over the bus from a signed bundle, per device or per role."""
+    bundle_path = os.path.abspath(args.bundle)
+    if bool(args.targets) == bool(args.role):
+        raise ToolError("give the devices' addresses, or --role ROLE (every device of it)")
+    way = _via(args)
+    if way[0] == "daemon":
+        if args.key:
+            raise ToolError("--key is for direct use: the daemon checks bundles with its "
+                            "config's [firmware] public_key")
+        _, client, hello = way
+        via = {"via": "daemon", "pid": hello["pid"], "text": _via_daemon_text(hello)}
+        view = None
+        with client:
+            for rec in client.stream("ota", bundle=bundle_path, bus=args.bus,
+                                     addresses=args.targets or None, role=args.role,
+                                     timeout=300):
+                if view is None:
+                    view = _OtaView(args, rec["progress"][0]["version"]
+                                    if rec["progress"] else "?")
+                view.update(rec["progress"])
+        result = client.result
+        view = view or _OtaView(args, result["version"])
+        results = result["results"]
+    else:
+        view, results, via = _ota_directly(args, way[1], bundle_path)
+    view.finish(results, via)
+    return 0 if results and all(r["result"] == "updated" for r in results) else 1
+
+
 def _ms(seconds):
     return f"{seconds * 1000:.2f} ms"
 
@@ -917,12 +1043,13 @@ def cmd_firmware_build(args):
     from hallgate.gateway.bundle import BundleError, build
 
     try:
-        m = build(args.role, args.out, args.key, version=args.version, compile=not args.source)
+        m = build(args.role, args.out, args.key, version=args.version, compile=not args.source,
+                  board=args.board)
     except BundleError as e:
         print(f"hallgate firmware build: {e}", file=sys.stderr)
         return 1
     kind = f"mpy v{m.mpy['version']} for {m.mpy['arch']}" if m.compiled else "plain .py"
-    print(f"{args.out}: {m.role} {m.version}, {len(m.files)} files ({kind}), "
+    print(f"{args.out}: {m.role} {m.version} for {m.board}, {len(m.files)} files ({kind}), "
           f"signed by key {m.key_id}")
     return 0
 
@@ -1021,6 +1148,31 @@ def build_parser():
     _add_target_args(p, addresses=False)
     p.set_defaults(func=cmd_identify)
 
+    p = sub.add_parser(
+        "ota", help="update devices' firmware over the bus from a signed bundle",
+        description="Sends a signed bundle's image (`hallgate firmware build`) to devices, "
+        "in checked chunks, while the bus keeps polling (at most [firmware] job_share of "
+        "it); each device checks the whole image, restarts into it, and must confirm "
+        "itself healthy or goes back to its previous version by itself. Interrupted "
+        "updates resume where they stopped. Exit 0 when every device is updated.")
+    p.add_argument("targets", nargs="*", type=int, metavar="ADDR",
+                   help="device addresses (or --role)")
+    p.add_argument("bundle", help="the signed bundle (.zip)")
+    p.add_argument("--role", choices=("call-panel", "window-display"),
+                   help="every online device of this role")
+    p.add_argument("--key", metavar="PUBLIC", help="public key to check the bundle with, "
+                   "directly (the daemon uses its config's)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_target_args(p, addresses=False)
+    p.set_defaults(func=cmd_ota)
+
+    from hallgate.gateway import flash
+
+    p = sub.add_parser("flash", help="put signed firmware on a new or recovered board over "
+                       "USB (mpremote)")
+    flash.configure_parser(p)
+    p.set_defaults(func=flash.run)
+
     p = sub.add_parser("run", help="the gateway daemon (what the systemd unit starts)")
     p.add_argument("--config", required=True, help="hall config (TOML)")
     p.add_argument("--status-file", help=f"where to keep the status (default {DEFAULT_STATUS},"
@@ -1115,6 +1267,9 @@ def build_parser():
                    "firmware's own, appcore.FIRMWARE)")
     p.add_argument("--source", action="store_true",
                    help="plain .py files instead of .mpy compiled with mpy-cross")
+    p.add_argument("--board", choices=("rp2", "unix"), default="rp2",
+                   help="rp2: a Raspberry Pi Pico (default); unix: the MicroPython unix "
+                   "port, as the simulator's devices run")
     p.set_defaults(func=cmd_firmware_build)
     p = fw_sub.add_parser("verify", help="check a bundle's signature and every file's hash; "
                           "exit 1 with the reason if anything is wrong")

@@ -7,6 +7,8 @@ another FIRMWARE number (and, for the rollback, a start-up that raises), built a
 like any release.
 """
 
+import contextlib
+import json
 import shutil
 import threading
 import time
@@ -18,8 +20,10 @@ from hallgate.gateway.bundle import BundleError
 from hallgate.gateway.master import BusMaster
 from hallgate.protocols import bus
 from hallgate.protocols import otawire as ow
+from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import FirmwareDevice, install_slots
 from hallgate.sim.hub import MASTER, BusHub
+from harness import Daemon, hallgate, write_hall_config
 
 pytestmark = pytest.mark.micropython
 
@@ -228,3 +232,73 @@ def test_a_new_version_that_crashes_at_start_rolls_back_by_itself(line, bundles)
     assert "boom" in dev.stderr_text()
     dev.press("call")  # and it works as before
     wait_for(lambda: line.pressed(TARGET, "call"))
+
+
+# -- hallgate ota: through the daemon, and directly ---------------------------------------
+
+
+@pytest.fixture
+def daemon_line(tmp_path, bundles):
+    """A call panel flashed with the old bundle, mosquitto, and the daemon polling it,
+    its config holding the bundles' public key."""
+    with contextlib.ExitStack() as stack:
+        hub = BusHub(baud=BAUD).start()
+        stack.callback(hub.close)
+        _, files = bundle.load(bundles["old"], bundles["pub"])
+        flash = install_slots(tmp_path / "flash", files)
+        dev = FirmwareDevice(tmp_path, TARGET, "call-panel", 1, hub.add_port("panel"),
+                             flash_dir=flash)
+        stack.callback(dev.close)
+        broker = Mosquitto(tmp_path / "broker").start()
+        stack.callback(broker.stop)
+        config = write_hall_config(tmp_path, site="ota", gateway="gw", broker_url=broker.url,
+                                   hub_path=hub.master_path,
+                                   devices=[(TARGET, "call-panel", 1)],
+                                   windows="[[windows]]\nnumber = 1\n")
+        config.write_text(config.read_text()
+                          + f'\n[firmware]\npublic_key = "{bundles["pub"]}"\n')
+        daemon = Daemon(tmp_path, config)
+        stack.callback(daemon.close)
+        daemon.start()
+        daemon.wait_status(lambda s: s["devices"]["online"] == 1, "the panel online",
+                           timeout=30)
+        wait_for(lambda: (tmp_path / "control.sock").exists(), 10, "the control socket")
+        yield dev, daemon
+
+
+def test_hallgate_ota_through_the_daemon_updates_and_refuses_a_forged_bundle(
+        daemon_line, bundles, tmp_path):
+    dev, daemon = daemon_line
+    forged = tmp_path / "forged.zip"
+    bundle.build("call-panel", forged, bundles["other.pem"], board="unix")
+    out = hallgate("ota", TARGET, forged, "--status-file", daemon.status_file)
+    assert out.returncode == 1 and "bundle refused, nothing sent" in out.stderr, out.stderr
+    assert "signature" in out.stderr
+    out = hallgate("ota", TARGET, bundles["new"], "--json", "--status-file",
+                   daemon.status_file, timeout=120)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    doc = json.loads(out.stdout)
+    assert doc["via"] == "daemon" and doc["version"] == "0.2.0"
+    [r] = doc["results"]
+    assert (r["address"], r["result"], r["firmware"]) == (TARGET, "updated", "0.2.0"), r
+    out = hallgate("devices", "--json", "--status-file", daemon.status_file)
+    assert json.loads(out.stdout)["devices"][0]["firmware"] == "0.2.0"
+    assert daemon.running
+
+
+def test_hallgate_ota_directly_by_role_and_its_refusals(line, bundles, tmp_path):
+    master_path = line.hub.master_path
+    line.master.close()  # the port is the technician's now
+    out = hallgate("ota", "--role", "window-display", bundles["new"], "--port", master_path,
+                   "--key", bundles["pub"], "--status-file", tmp_path / "none.json")
+    assert out.returncode == 1 and "the bundle is for call-panel, not window-display" in \
+        out.stderr, out.stderr
+    out = hallgate("ota", 9, bundles["new"], "--port", master_path, "--key",
+                   bundles["pub"], "--status-file", tmp_path / "none.json")
+    assert out.returncode == 1 and "device 9 is not on the bus" in out.stderr, out.stderr
+    out = hallgate("ota", "--role", "call-panel", bundles["new"], "--port", master_path,
+                   "--key", bundles["pub"], "--status-file", tmp_path / "none.json",
+                   timeout=180)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stdout.startswith(f"firmware update to 0.2.0 (directly on {master_path}):")
+    assert out.stdout.count("UPDATED") == 2 and "2 updated" in out.stdout
