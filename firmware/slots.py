@@ -13,6 +13,10 @@ import gc
 import json
 import sys
 
+from micropython import const
+
+_TRIAL_RESET_MS = const(90000)
+
 
 class Boot:
     def __init__(self, root, state):
@@ -20,6 +24,7 @@ class Boot:
         self.state = state  # boot.json
         self.slot = None  # the slot running now
         self.trial = False  # running a slot that has not confirmed itself yet
+        self.timer = None  # rp2: resets a trial that neither confirms nor falls back
 
     def pick(self):
         """The folder of the slot to run now (falling back from a failed trial)."""
@@ -39,6 +44,8 @@ class Boot:
         if self.trial:  # 4: otawire.UPDATED, with the version
             self.save({"slot": self.slot, "last": [4, self.state.get("version", "")]})
             self.trial = False
+            if self.timer is not None:
+                self.timer.deinit()
 
     def fall_back(self, why):
         # 5: otawire.ROLLED_BACK
@@ -80,6 +87,14 @@ def start():
     boot = Boot(root, state)
     while True:
         path = boot.pick()
+        if boot.trial and sys.platform == "rp2":
+            # devmain falls back after 60 s unconfirmed; should the new image hang before
+            # it can, this timer (the loader's, not the image's) resets the board, and the
+            # next start falls back (a trial gets one start).
+            import machine
+
+            boot.timer = machine.Timer(mode=machine.Timer.ONE_SHOT, period=_TRIAL_RESET_MS,
+                                       callback=lambda t: machine.reset())
         sys.path.insert(0, path)
         loaded = set(sys.modules)
         try:

@@ -28,6 +28,7 @@ Record (a dict; JSON as is):
 import collections
 
 from hallgate.protocols import bus
+from hallgate.protocols import otawire as ow
 
 QUIET_MIN = 0.01  # seconds; the bus master's floor for a quiet line (pty and USB latency)
 MAX_GAP = 4096  # skipped bytes held at most: a line full of noise is reported in pieces
@@ -80,6 +81,22 @@ def _nak(p):
 
 
 # More message types (OTA) plug in here with one line each.
+def _ota_begin(p):
+    size, digest = ow.decode_begin(p)
+    return {"size": size, "sha256": digest.hex()}
+
+
+def _ota_data(p):
+    offset, data = ow.decode_data(p)
+    return {"offset": offset, "bytes": len(data)}
+
+
+def _ota_status(p):
+    st = ow.decode_status(p)
+    return {"state": st.state_name, "have": st.have,
+            "firmware": ".".join(map(str, st.firmware)), "reason": st.reason}
+
+
 DECODERS = {
     bus.POLL: _poll,
     bus.GET_INFO: _empty,
@@ -89,6 +106,11 @@ DECODERS = {
     bus.EVENT: _event,
     bus.INFO: lambda p: bus.decode_info(p).asdict(),
     bus.NAK: _nak,
+    bus.OTA_BEGIN: _ota_begin,
+    bus.OTA_DATA: _ota_data,
+    bus.OTA_COMMIT: lambda p: {"sha256": ow.decode_commit(p).hex()},
+    bus.OTA_QUERY: _empty,
+    bus.OTA_STATUS: _ota_status,
 }
 
 

@@ -23,6 +23,7 @@ from hallgate.gateway import sniff
 from hallgate.gateway.control import ControlClient, ControlError, ControlServer, NoDaemon
 from hallgate.gateway.master import BusMaster
 from hallgate.protocols import bus
+from hallgate.protocols import otawire as ow
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import DeviceError, FirmwareDevice
 from hallgate.sim.hub import BusHub
@@ -84,6 +85,20 @@ def test_sniff_decodes_every_message_type_with_its_fields():
     summary = s.summary.asdict()
     assert summary["frames"] == len(frames) and summary["bad_frames"] == 0
     assert summary["by_address"]["5"] == {"POLL": 2, "STATUS": 1, "EVENT": 1, "SET": 1}
+
+
+def test_sniff_decodes_a_firmware_update():
+    digest = bytes(range(32))
+    frames = [ow.encode_begin(5, 4000, digest), ow.encode_data(5, 248, b"x" * 124),
+              ow.encode_commit(5, digest), ow.encode_query(5),
+              ow.encode_status(5, ow.Status(ow.ROLLED_BACK, 0, (0, 2, 0), "start-up failed"))]
+    recs = sniff.Sniffer().feed(b"".join(frames), 2.0)
+    assert [r["type"] for r in recs] == ["OTA_BEGIN", "OTA_DATA", "OTA_COMMIT", "OTA_QUERY",
+                                         "OTA_STATUS"]
+    assert [r["fields"] for r in recs] == [
+        {"size": 4000, "sha256": digest.hex()}, {"offset": 248, "bytes": 124},
+        {"sha256": digest.hex()}, {},
+        {"state": "rolled-back", "have": 0, "firmware": "0.2.0", "reason": "start-up failed"}]
 
 
 def test_sniff_flags_a_bad_crc_garbage_and_a_frame_cut_short():
