@@ -155,6 +155,133 @@ def check_window(window):
 def _json(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
+# -- TLS failures in plain words ---------------------------------------------------------------
+# OpenSSL's verify codes of a broker certificate we do not accept (X509_V_ERR_*).
+_UNKNOWN_CA_CODES = {2, 18, 19, 20, 21, 27}
+_EXPIRED, _NOT_YET_VALID, _REVOKED, _HOSTNAME = 10, 9, 23, 62
+# The broker's TLS alert about our certificate, as OpenSSL names it in the error's text.
+_ALERTS = (
+    ("CERTIFICATE_REQUIRED", "it requires a client certificate"),
+    ("UNKNOWN_CA", "unknown CA: our certificate is not signed by a CA it trusts"),
+    ("CERTIFICATE_EXPIRED", "it says our certificate has expired"),
+    ("CERTIFICATE_REVOKED", "it says our certificate was revoked"),
+    ("BAD_CERTIFICATE", "it calls our certificate bad"),
+    ("UNSUPPORTED_CERTIFICATE", "it does not accept our kind of certificate"),
+    ("CERTIFICATE_UNKNOWN", "it cannot verify our certificate"),
+    ("ACCESS_DENIED", "access denied"),
+)
+
+
+def _where_ca(tls):
+    return f"ca_file {tls.ca}" if tls.ca else "the system's CA store (no ca_file)"
+
+
+def _cert_facts(tls):
+    """What can be seen of our own client certificate without the broker: expired or not
+    valid yet, or issued by a CA that is not in ca_file; a phrase, or None."""
+    if tls.cert is None:
+        return None
+    try:
+        from cryptography import x509
+
+        with open(tls.cert, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        now = time.time()
+        if cert.not_valid_after_utc.timestamp() < now:
+            return f"it expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        if cert.not_valid_before_utc.timestamp() > now:
+            return (f"it is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+                    "(is the gateway's clock right?)")
+        if tls.ca is not None:
+            with open(tls.ca, "rb") as f:
+                cas = x509.load_pem_x509_certificates(f.read())
+            if cert.issuer not in {ca.subject for ca in cas}:
+                return (f"it is issued by {cert.issuer.rfc4514_string()}, a CA that is not in "
+                        f"ca_file (which holds "
+                        f"{', '.join(ca.subject.rfc4514_string() for ca in cas)})")
+    except (OSError, ValueError) as e:
+        log.debug("mqtt: cannot inspect the client certificate %s: %s", tls.cert, e)
+    return None
+
+
+def explain_tls_error(error, tls, host):
+    """A TLS failure on connecting, in words a technician can act on. `error` is the
+    exception (ssl.SSLError, OSError) or the text paho logged for a read that failed after
+    the handshake (the broker's verdict on our certificate comes then under TLS 1.3);
+    `tls` the Tls in use, `host` the URL's host."""
+    tls = tls or Tls()
+    raw = str(error)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        code = error.verify_code
+        if code == _HOSTNAME:
+            return (f"TLS: certificate verify failed: hostname mismatch: the broker's "
+                    f"certificate is not valid for {host!r} (use a broker URL with a name "
+                    f"the certificate has, or reissue it with this one)")
+        if code == _EXPIRED:
+            return ("TLS: certificate verify failed: the broker's certificate has expired "
+                    "(renew it on the broker, or check the gateway's clock)")
+        if code == _NOT_YET_VALID:
+            return ("TLS: certificate verify failed: the broker's certificate is not valid "
+                    "yet (is the gateway's clock right?)")
+        if code == _REVOKED:
+            return "TLS: certificate verify failed: the broker's certificate was revoked"
+        if code in _UNKNOWN_CA_CODES:
+            return (f"TLS: certificate verify failed: unknown CA: the broker's certificate "
+                    f"is not signed by a CA in {_where_ca(tls)} ({error.verify_message})")
+        return f"TLS: certificate verify failed: {error.verify_message}"
+    if "WRONG_VERSION_NUMBER" in raw or "wrong version number" in raw:
+        return ("TLS: the broker's port does not speak TLS (wrong version number): use "
+                "mqtt:// for a plain port, or the broker's TLS port")
+    for token, meaning in _ALERTS:
+        if token in raw:
+            why = meaning
+            if tls.cert is None and token in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE"):
+                why = ("it requires a client certificate, and no client certificate is "
+                       "configured (cert_file and key_file in [mqtt])")
+            facts = _cert_facts(tls)
+            return (f"TLS: the broker refused our certificate: {why}"
+                    + (f"; cert_file {tls.cert}: {facts}" if facts else "")
+                    + f" ({raw})")
+    return f"TLS: {raw}"
+
+
+def explain_tls_files(error, tls):
+    """Which of the TLS files could not be loaded (paho's tls_set raised `error`), and why."""
+    tls = tls or Tls()
+    if "KEY_VALUES_MISMATCH" in str(error):
+        return f"TLS: key_file {tls.key} is not the private key of cert_file {tls.cert}"
+    try:
+        ssl.create_default_context(cafile=tls.ca)
+    except ssl.SSLError as e:
+        return f"TLS: ca_file {tls.ca}: cannot load it as PEM CA certificates ({e})"
+    if tls.cert is not None:
+        try:
+            ssl.create_default_context().load_cert_chain(tls.cert, tls.key)
+        except ssl.SSLError as e:
+            return (f"TLS: cert_file {tls.cert} / key_file {tls.key}: cannot load them as a "
+                    f"PEM certificate and its unencrypted private key ({e})")
+    return f"TLS: cannot load the CA, certificate or key files: {error}"
+
+
+def explain_early_close(tls, url_tls):
+    """Why a connection may close before the CONNACK with nothing said: under TLS the broker
+    drops a client whose certificate it does not accept (TLS 1.3: after our handshake)."""
+    if not url_tls:
+        return ("the broker closed the connection before answering CONNECT (if that port "
+                "is TLS only, the URL must be mqtts://)")
+    tls = tls or Tls()
+    if tls.cert is None:
+        return ("TLS: the broker refused our certificate: it closed the connection before "
+                "answering CONNECT, and no client certificate is configured (cert_file and "
+                "key_file in [mqtt]); the broker probably requires one")
+    facts = _cert_facts(tls)
+    if facts:
+        return f"TLS: the broker refused our certificate: cert_file {tls.cert}: {facts}"
+    return ("TLS: the broker closed the connection before answering CONNECT: it probably "
+            f"refused our certificate (cert_file {tls.cert}: not from a CA the broker trusts, "
+            "or revoked; the broker's log says which)")
+
+
 
 class LinkStats:
     """Counters of one link (plain ints, written by the link's thread)."""
@@ -297,6 +424,7 @@ class MqttLink:
         self._acks = []  # (mid, reason_code) from paho's on_publish
         self._inbox = []  # (topic, payload) from paho's on_message
         self._suback = []  # (mid, reason codes) from paho's on_subscribe
+        self._paho_error = None  # the last error paho logged on this connection (a read's)
         self._mid_token = {}  # packet id -> token of the events sent on this connection
         self._on_wire = 0  # events sent on this connection and not yet acknowledged
         self._gate = max_inflight  # at most this many on the wire (the broker's limit)
@@ -525,6 +653,7 @@ class MqttLink:
         client.on_publish = self._paho_publish
         client.on_message = self._paho_message
         client.on_subscribe = self._paho_subscribe
+        client.on_log = self._paho_log
         return client
 
     def _status(self, state, reason=None):
@@ -550,6 +679,10 @@ class MqttLink:
     def _paho_subscribe(self, client, userdata, mid, reason_codes, properties):
         self._suback.append((mid, reason_codes))
 
+    def _paho_log(self, client, userdata, level, text):
+        if level == paho.MQTT_LOG_ERR:
+            self._paho_error = text  # e.g. "failed to receive on socket: [SSL: ...] ..."
+
     def _fail(self, url, why):
         self.stats.connect_failures += 1
         self.last_error = f"{url.url}: {why}"
@@ -566,9 +699,17 @@ class MqttLink:
         self._subscribed.clear()
         self._dropped_topics.clear()
         self._offline_mid = None
+        self._paho_error = None
         self._url = url
         try:
             client = self._new_client(url)
+        except ssl.SSLError as e:  # tls_set: a file that is not PEM, a key of another cert
+            self._fail(url, explain_tls_files(e, self.tls))
+            return "failed"
+        except (OSError, ValueError) as e:
+            self._fail(url, e)
+            return "failed"
+        try:
             if self.protocol == "5":
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.session_expiry
@@ -579,7 +720,7 @@ class MqttLink:
             else:  # 3.1.1: clean_session=False was given to the client
                 client.connect(url.host, url.port, self.keepalive)
         except ssl.SSLError as e:
-            self._fail(url, f"TLS: {e}")
+            self._fail(url, explain_tls_error(e, self.tls, url.host))
             return "failed"
         except (OSError, ValueError) as e:
             self._fail(url, e)
@@ -633,6 +774,14 @@ class MqttLink:
         if self.connected:
             self._on_lost(url, why)
             return "lost"
+        if why == "connection lost" and self._connack is None:
+            # Closed before any CONNACK: under TLS, the broker's verdict on our certificate.
+            error = self._paho_error or ""
+            if url.tls and "SSL" in error:
+                why = explain_tls_error(error.removeprefix("failed to receive on socket: "),
+                                        self.tls, url.host)
+            else:
+                why = explain_early_close(self.tls, url.tls)
         self._fail(url, why)
         return "failed"
 
