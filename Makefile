@@ -52,8 +52,11 @@ lint: setup $(STUBS)/.installed
 	$(BIN)/ruff check hallgate protocols gateway sim central tests bench
 	$(BIN)/pyright -p firmware/pyrightconfig.json
 
+# Every benchmark once, then bench/RESULTS.md, results.json and latency.png (the plot needs
+# the bench extra, matplotlib, installed here the first time).
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/run_all.py
 
 # A signed bundle per device role for a Pico (mpy-cross for armv6m), for `hallgate flash`
 # and `hallgate ota`: make firmware KEY=signing.pem (a key from `hallgate keygen`).

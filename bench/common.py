@@ -94,7 +94,8 @@ class GatewayProcess:
                    str(config)]
             env = child_env()
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                     stdout=self.log if run else subprocess.PIPE,
                                      stderr=self.log, env=env, text=True, bufsize=1)
         self.log_path = log_path
         self.ready = None

@@ -1,0 +1,271 @@
+"""Runs every benchmark once (each with --json, one after the other), prints their figures,
+and writes the last run's report: bench/RESULTS.md (tables, the date and the machine),
+bench/results.json (everything measured) and bench/latency.png (the press latency
+distributions). This is `make bench`.
+
+Every ratio in the report is measured within one benchmark's run, against its own baseline
+(plain paho on the same broker, the wire time of the same bytes): these machines are shared
+and absolute times wander from run to run.
+
+    python bench/run_all.py            # the full run, a few minutes
+    python bench/run_all.py --quick    # small sizes, to check that everything works
+    python bench/run_all.py --only latency,fw_heap --json
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name: (script, arguments of the full run, arguments of --quick, time limit s)
+BENCHES = {
+    "bus_cycle": ("bus_cycle.py", ["--devices", "1,8,32"], ["--devices", "1,8", "--seconds",
+                                                            "1", "--presses", "3"], 600),
+    "latency": ("latency.py", ["--presses", "100", "--samples"],
+                ["--presses", "10", "--devices", "2", "--samples"], 600),
+    "mqtt_outbox": ("mqtt_outbox.py", ["--events", "100000"], ["--events", "2000", "--live",
+                                                                "500"], 900),
+    "footprint": ("footprint.py", ["--devices", "32", "--seconds", "20"],
+                  ["--devices", "4", "--rate", "8", "--seconds", "3"], 600),
+    "fw_heap": ("fw_heap.py", ["--events", "10000"], ["--events", "500"], 600),
+    "ota_share": ("ota_share.py", [], ["--devices", "2", "--presses", "3"], 600),
+}
+
+
+def machine():
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "model")):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True,
+                              timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        mosq = "mosquitto: unknown version"
+    return {"host": platform.node(), "cpu": model, "cpus": os.cpu_count(),
+            "memory_gb": round(mem_gb, 1), "os": platform.platform(),
+            "python": platform.python_version(), "broker": mosq,
+            "load_avg_1min_at_start": round(os.getloadavg()[0], 2)}
+
+
+def run(name, quick):
+    script, full, small, limit = BENCHES[name]
+    cmd = [sys.executable, str(HERE / script), *(small if quick else full), "--json"]
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {limit} s"}, time.monotonic() - t0
+    took = time.monotonic() - t0
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:
+        return {"error": f"exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}"}, took
+    if done.returncode:
+        return {"error": f"exit {done.returncode}", "result": result}, took
+    return result, took
+
+
+# ---- the report ------------------------------------------------------------------------
+
+def table(head, rows):
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    out += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def section_latency(r):
+    rows = []
+    for key, label in (("gpio", "GPIO press (mock pin), through the outbox"),
+                       ("bus", "bus key press, through the outbox"),
+                       ("paho", "plain paho QoS 1 publish to receive")):
+        x = r[key]
+        ratio = "1" if key == "paho" else f"{x['p50_over_paho']} / {x['p99_over_paho']}"
+        rows.append((label, x["p50_ms"], x["p99_ms"], x["max_ms"], ratio, x["lost"]))
+    return (f"### Press to broker (subscriber), {r['presses']} presses each, "
+            f"{r['devices']} call panels on the bus at {r['baud']} baud\n\n"
+            + table(("path", "p50 ms", "p99 ms", "max ms", "x paho (p50 / p99)", "lost"), rows)
+            + "\n\n![press latency distributions](latency.png)\n")
+
+
+def section_outbox(r):
+    rows = [("plain paho, pipelined, at PUBACK", r["paho_per_s"], "1"),
+            ("committed to the outbox (fsync each)", r["commit_per_s"], r["commit_over_paho"]),
+            ("backlog published from the outbox, at PUBACK", r["link_per_s"],
+             r["link_over_paho"])]
+    if r.get("outbox_per_s"):
+        rows.append((f"{r['live_events']} committed then sent one by one", r["outbox_per_s"],
+                     r["outbox_over_paho"]))
+    return (f"### Outbox throughput, a {r['events']:,}-event backlog, QoS 1\n\n"
+            + table(("path", "events/s", "x paho"), rows)
+            + f"\n\nThe backlog drained in {r['backlog_drain_s']} s; "
+              f"{r['left_in_outbox']} left in the outbox.\n")
+
+
+def section_bus(rows_in):
+    rows = [(r["devices"], r["cycle_ms"], r["bytes_per_cycle"], r["wire_ms"],
+             r["cycle_over_wire"], r["modbus_bytes_per_cycle"], r["modbus_wire_ms"],
+             r["cycle_over_modbus_wire"], r["event_to_master_ms_p50"], r["timeouts"],
+             r["load_avg_1min"]) for r in rows_in]
+    baud = rows_in[0]["baud"] if rows_in else "?"
+    return (f"### Bus poll cycle at {baud} baud, every device idle\n\n"
+            + table(("devices", "cycle ms", "bytes/cycle", "wire ms", "cycle / wire",
+                     "Modbus RTU bytes", "Modbus wire ms", "cycle / Modbus wire",
+                     "press to master p50 ms", "timeouts", "load"), rows)
+            + "\n\nWire = bytes x 10 bits / baud (the lower bound); Modbus RTU = reading one "
+              "register from each device, 15 bytes and two 3.5-character silences per "
+              "exchange. Load: the 1-minute load average during the run (one MicroPython "
+              "process per device).\n")
+
+
+def section_footprint(r):
+    rows = []
+    for name, w in (("idle", r["idle"]), (f"{r['rate_asked']:g} presses/s", r["loaded"])):
+        rows.append((name, w["daemon_rss_mb"], w["daemon_peak_rss_mb"], w["daemon_cpu_pct"],
+                     w["devices_cpu_pct"], w["bench_cpu_pct"], w["load_avg_1min"]))
+    note = (f"{r['devices_running']} of {r['devices_asked']} bus devices running "
+            f"({r['devices_online']} online), {r['gpio_buttons']} GPIO buttons on mock pins, "
+            f"{r['cpus']} CPUs; events at the subscriber under load: "
+            f"{r['loaded']['events_per_s_received']}/s.")
+    if r.get("device_start_error"):
+        note += f" Devices that did not start: {r['device_start_error']}."
+    return ("### Gateway daemon footprint (`hallgate run`, GPIOZERO_PIN_FACTORY=mock)\n\n"
+            + table(("state", "RSS MB", "peak RSS MB", "daemon CPU % of a core",
+                     "device processes CPU %", "hub + driver CPU %", "load"), rows)
+            + "\n\n" + note + "\n")
+
+
+def section_heap(r):
+    kb = 1024
+    rows = [("heap", f"{r['heap_bytes'] / kb:.1f}"),
+            ("in use once loaded", f"{r['loaded_bytes'] / kb:.1f}"),
+            ("high-water (collect every 1 KB)", f"{r['peak_tight_bytes'] / kb:.1f} "
+             f"({r['peak_tight_share']:.0%} of the heap)"),
+            ("most live after a collection", f"{r['live_peak_bytes'] / kb:.1f}"),
+            ("fullest before a collection (board-like GC)", f"{r['peak_board_bytes'] / kb:.1f}"),
+            ("headroom at the high-water", f"{r['headroom_bytes'] / kb:.1f}")]
+    return (f"### Firmware heap, {r['events']:,} events on MicroPython (unix port, 64-bit "
+            "objects)\n\n" + table(("", "KB"), rows) + "\n")
+
+
+def section_ota(r):
+    rows = [("bus share taken by the update", f"{r['job_share_measured']}",
+             f"allowed {r['share_allowed']}"),
+            ("sending time / wire time of the image", r["send_over_wire"], ""),
+            ("poll cycle during / before", r["cycle_during_over_before"], ""),
+            ("press to master p50 ms, before -> during",
+             f"{r['press_ms_p50_before']} -> {r['press_ms_p50_during']}", "")]
+    return (f"### Firmware update over the bus, {r['devices']} devices: {r['result']}\n\n"
+            + table(("", "measured", ""), rows) + "\n")
+
+
+SECTIONS = {"latency": section_latency, "mqtt_outbox": section_outbox,
+            "bus_cycle": section_bus, "footprint": section_footprint,
+            "fw_heap": section_heap, "ota_share": section_ota}
+
+
+def plot(samples, path):
+    """Latency CDFs of the three paths on a log axis; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    labels = {"paho": "plain paho QoS 1", "gpio": "GPIO press", "bus": "bus key press"}
+    for key, label in labels.items():
+        values = sorted(samples.get(key) or [])
+        if values:
+            ax.step(values, [(i + 1) / len(values) for i in range(len(values))],
+                    where="post", label=f"{label} (n={len(values)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("press (or publish) to subscriber, ms")
+    ax.set_ylabel("share of presses")
+    ax.set_title("Press to broker latency, one run")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def report(results, took, info, quick):
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines = [f"# Benchmarks: the last `make bench`{' (--quick)' if quick else ''}",
+             "", f"Run {date} on {info['host']}: {info['cpu']}, {info['cpus']} CPUs, "
+             f"{info['memory_gb']} GB, {info['os']}, Python {info['python']}, "
+             f"{info['broker']}; load average {info['load_avg_1min_at_start']} at the start "
+             "(the machine is shared: read the ratios, which are measured in the same run).",
+             "", "Written by `bench/run_all.py`; every figure is also in `results.json`.", ""]
+    for name, result in results.items():
+        if "error" in result:
+            lines += [f"### {name}: FAILED", "", "```", result["error"], "```", ""]
+            continue
+        lines += [SECTIONS[name](result), f"_{name}: {took[name]:.0f} s._", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a check, not figures")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
+    p.add_argument("--out", default=str(HERE), help="folder for RESULTS.md, results.json, "
+                   "latency.png (default: bench/)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    args = p.parse_args(argv)
+    names = list(BENCHES) if not args.only else args.only.split(",")
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    results, took = {}, {}
+    for name in names:
+        print(f"== {name} ...", flush=True)
+        results[name], took[name] = run(name, args.quick)
+        r = results[name]
+        if "error" in r:
+            print(f"   FAILED: {r['error']}", flush=True)
+        elif not args.json:
+            text = SECTIONS[name](r)
+            print("\n".join("   " + line for line in text.splitlines() if line
+                            and not line.startswith("![")), flush=True)
+            print(f"   ({took[name]:.0f} s)", flush=True)
+    samples = (results.get("latency") or {}).pop("samples_ms", None)
+    plotted = bool(samples) and plot(samples, out / "latency.png")
+    text = report(results, took, info, args.quick)
+    if not plotted:
+        text = text.replace("![press latency distributions](latency.png)",
+                            "(no plot: matplotlib missing or no samples)")
+    (out / "RESULTS.md").write_text(text)
+    everything = {"machine": info, "quick": args.quick, "seconds": took, "results": results,
+                  "latency_samples_ms": samples}
+    (out / "results.json").write_text(json.dumps(everything, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(everything, indent=1))
+    print(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'}"
+          + (f", {out / 'latency.png'}" if plotted else ""))
+    failed = [n for n, r in results.items() if "error" in r]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
