@@ -19,6 +19,9 @@ Goals:
 - Bad input never stops the link: a malformed command is answered on the errors topic with
   the topic and the reason (gateway/commands.py), a missing broker is retried, a callback
   that raises is logged.
+- A failure says what to fix: a TLS one in plain words (`explain_tls_error`: the broker's
+  certificate from an unknown CA, expired or for another host name; the broker refused
+  ours, with what our certificate file shows), in `last_error` and the log.
 - Every wait is bounded: reconnect backoff from `reconnect_min` doubling to `reconnect_max`
   (0.2 s to 3 s), a CONNACK within `connect_timeout`, `stop(timeout)`.
 
@@ -40,6 +43,12 @@ Plan:
   the retained desired state again: converge, not replay), the last device table, queued
   errors, then the window's events in order. paho's own in-flight limit is set to the
   broker's Receive Maximum (MQTT 5) or our window, whichever is smaller.
+- TLS failures: a broker certificate we reject fails paho's connect() (the handshake is
+  ours: an ssl.SSLCertVerificationError with OpenSSL's verify code). The broker's verdict
+  on our certificate comes later under TLS 1.3, after our side of the handshake is done: an
+  alert, or a bare close, on the first read, which paho only logs; `on_log` keeps paho's
+  last error of the connection, and a close before any CONNACK is explained from it and
+  from our own certificate file (expired? issued by a CA that is not in ca_file? none?).
 - Failover: URLs are tried in turn; the next one right after a failure or a lost connection,
   the backoff delay after each full pass without a connection.
 
@@ -154,6 +163,7 @@ def check_window(window):
 
 def _json(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
 
 # -- TLS failures in plain words ---------------------------------------------------------------
 # OpenSSL's verify codes of a broker certificate we do not accept (X509_V_ERR_*).

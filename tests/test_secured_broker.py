@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -489,3 +490,26 @@ def test_make_acl_committed_file_and_refusals(tmp_path):
     assert "ca_file: not on this machine" in out.stderr
     assert "topic write hall/v1/sec-site/window/2/event" in out.stdout
     assert "window/3" not in out.stdout.replace("window/+", "")
+
+
+def test_acl_reload_with_sighup_takes_a_moved_window(tmp_path, broker, pki, clients):
+    """The README's procedure: a window moves to gw-1, make_acl.py again, SIGHUP."""
+    central = central_subscriber(clients)
+    gw = clients(GW1_CN).start()
+    assert gw.publish(f"{BASE}/window/3/event", b'{"id": "early"}').value == 0x87
+    gw.client.loop_stop()
+    gw.client.socket().close()  # gone without a DISCONNECT, as a power cut
+    url = broker.url
+    configs = [hall_config(tmp_path / "new" / GW1, url, GW1, [1, 2, 3], gateway_tls(pki)),
+               hall_config(tmp_path / "new" / GW2, url, GW2, [4], gateway_tls(pki, GW2_CN))]
+    broker.acl.write_text(make_acl.make_acl(make_acl.read_gateways(configs)[0]))
+    broker.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "Reloading config" in broker.log_text(), WAIT, "the broker's reload")
+    gw = clients(GW1_CN).start()
+    assert gw.publish(f"{BASE}/window/3/event", b'{"id": "moved"}').value == 0
+    wait_for(lambda: b'{"id": "moved"}' in central.got("#"), WAIT, "the event of window 3")
+    gw.client.loop_stop()
+    gw.client.socket().close()
+    time.sleep(0.3)
+    assert broker.running, broker.log_text()[-2000:]
+    assert b'{"id": "early"}' not in central.got("#")
