@@ -15,7 +15,9 @@
     operator = "ivanova"             # optional
 
 Optional too: ``client_id`` (default ``hallgate-central-{site}``), ``tick_s`` (1.0),
-``stats_s`` (5.0), ``blink_s``, ``brightness``. Every error names the key:
+``stats_s`` (5.0), ``blink_s``, ``brightness``, and for an ``mqtts://`` broker ``ca_file``,
+``cert_file`` and ``key_file`` (the client certificate the secured broker of
+hardware/mosquitto/ requires; its CN is the client id). Every error names the key:
 
 >>> try:
 ...     load_config_dict({"site": "x", "broker": "mqtt://h", "database": "d.db",
@@ -53,6 +55,9 @@ class CentralConfig:
     client_id: str
     tick_s: float = 1.0
     stats_s: float = 5.0
+    ca_file: Path | None = None  # mqtts://: the CA that signed the broker (None: the system's)
+    cert_file: Path | None = None  # our client certificate (hardware/mosquitto: required)
+    key_file: Path | None = None
 
 
 def _get(d: dict, key: str, kind, where: str = "", *, required=True, default=None):
@@ -121,12 +126,24 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         if v <= 0:
             raise ConfigError(f"{key}: {v} must be > 0")
     client_id = _get(d, "client_id", str, required=False, default=f"hallgate-central-{site}")
+    files = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = _get(d, key, str, required=False)
+        if value is not None:
+            path = Path(value) if Path(value).is_absolute() else Path(base) / value
+            if not path.is_file():
+                raise ConfigError(f"{key}: {path}: no such file")
+            files[key] = path
+    if ("cert_file" in files) != ("key_file" in files):
+        raise ConfigError("cert_file and key_file: give both (a client certificate and its key)")
+    if files and not broker.startswith("mqtts://"):
+        raise ConfigError(f"{', '.join(files)}: only for an mqtts:// broker, not {broker!r}")
     try:
         qc = QueueConfig.from_dict(queue)
     except QueueError as e:
         raise ConfigError(str(e)) from None
     return CentralConfig(site=site, broker=broker, database=database, queue=qc,
-                         client_id=client_id, tick_s=tick_s, stats_s=stats_s)
+                         client_id=client_id, tick_s=tick_s, stats_s=stats_s, **files)
 
 
 def load_config(path: str | Path) -> CentralConfig:

@@ -93,7 +93,9 @@ class CentralService:
                  client_id: str | None = None, tick_s: float = 1.0, stats_s: float = 5.0,
                  protocol: str = "5", keepalive: int = 30, username: str | None = None,
                  password: str | None = None, reconnect_min: float = 0.2,
-                 reconnect_max: float = 3.0, version: str = "0.1.0") -> None:
+                 reconnect_max: float = 3.0, version: str = "0.1.0",
+                 ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"broker url {url!r}: mqtt://host[:port] or mqtts://host[:port]")
@@ -128,8 +130,8 @@ class CentralService:
         c.max_inflight_messages_set(100)
         if username is not None:
             c.username_pw_set(username, password)
-        if self.tls:
-            c.tls_set()
+        if self.tls:  # a client certificate: the secured broker's identity (hardware/mosquitto)
+            c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
         c.will_set(self.topic("central/status"), self._status("offline", "connection-lost"),
                    qos=1, retain=True)
         c.on_connect = self._on_connect

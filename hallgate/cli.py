@@ -239,7 +239,9 @@ def cmd_central_run(args):
         return 1
     central = Central(cfg.queue, cfg.database)
     svc = CentralService(central, cfg.site, cfg.broker, client_id=cfg.client_id,
-                         tick_s=cfg.tick_s, stats_s=cfg.stats_s, version=__version__)
+                         tick_s=cfg.tick_s, stats_s=cfg.stats_s, version=__version__,
+                         **{k: str(v) for k in ("ca_file", "cert_file", "key_file")
+                            if (v := getattr(cfg, k)) is not None})
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

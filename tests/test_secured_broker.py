@@ -513,3 +513,49 @@ def test_acl_reload_with_sighup_takes_a_moved_window(tmp_path, broker, pki, clie
     time.sleep(0.3)
     assert broker.running, broker.log_text()[-2000:]
     assert b'{"id": "early"}' not in central.got("#")
+
+
+# ---- 5. the central service with its certificate ----------------------------------------------
+
+
+def test_central_service_connects_with_its_certificate_and_takes_a_gateways_event(
+        tmp_path, broker, pki, clients):
+    from hallgate.central.config import load_config_dict
+    from hallgate.central.mqtt import CentralService
+    from hallgate.central.service import Central
+
+    cfg = load_config_dict({
+        "site": SITE, "broker": broker.url, "database": "central.db",
+        "services": {"A": "Passports"}, "windows": [{"n": 1, "services": ["A"]}],
+        "ca_file": str(pki / "ca.crt"), "cert_file": str(pki / f"{CENTRAL_CN}.crt"),
+        "key_file": str(pki / f"{CENTRAL_CN}.key")}, tmp_path)
+    assert cfg.client_id == CENTRAL_CN
+    svc = CentralService(Central(cfg.queue, cfg.database), cfg.site, cfg.broker,
+                         client_id=cfg.client_id, ca_file=str(cfg.ca_file),
+                         cert_file=str(cfg.cert_file), key_file=str(cfg.key_file))
+    svc.start()
+    try:
+        wait_for(lambda: svc.counters["connects"] >= 1, WAIT, "central connected")
+        gw = clients(GW1_CN).start()
+        event = {"id": "gw-1.1", "gateway": GW1, "window": 1, "ts": utc_ts(), "type": "key",
+                 "key": "call", "action": "press"}
+        assert not gw.publish(f"{BASE}/window/1/event", json.dumps(event)).is_failure
+        wait_for(lambda: svc.counters["events"] >= 1, WAIT, "the event at central")
+        assert svc.counters["malformed"] == 0
+    finally:
+        svc.stop()
+
+
+def test_central_config_refuses_half_a_client_certificate(tmp_path, pki):
+    from hallgate.central.config import ConfigError, load_config_dict
+
+    base = {"site": SITE, "database": "c.db", "services": {"A": "P"},
+            "windows": [{"n": 1, "services": ["A"]}]}
+    with pytest.raises(ConfigError, match="cert_file and key_file: give both"):
+        load_config_dict({**base, "broker": "mqtts://h", "cert_file": str(
+            pki / f"{CENTRAL_CN}.crt")}, tmp_path)
+    with pytest.raises(ConfigError, match="only for an mqtts:// broker"):
+        load_config_dict({**base, "broker": "mqtt://h", "ca_file": str(pki / "ca.crt")},
+                         tmp_path)
+    with pytest.raises(ConfigError, match="ca_file: .*nope.crt: no such file"):
+        load_config_dict({**base, "broker": "mqtts://h", "ca_file": "nope.crt"}, tmp_path)
