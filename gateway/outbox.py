@@ -261,6 +261,10 @@ class Outbox:
     SOURCES_PER_STREAM = 1  # dedupe keys kept per stream (why 1: module note)
     MAX_SOURCES = 10_000  # dedupe keys kept in all
     WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file is cut back to after a checkpoint
+    # An emptied outbox cuts its WAL to nothing once it is past this: every add and delete
+    # appends ~30 KB of frames, and SQLite's own checkpoint waits for ~4 MB of them,
+    # which a small or nearly full disk may not have (the WAL alone would fill it).
+    WAL_EMPTY_TRUNCATE = 256 << 10
     DROP_LOG_INTERVAL = 60.0  # seconds between log lines about drops at the cap
 
     def __init__(self, path, gateway, max_events=100_000, busy_timeout=5.0):
@@ -410,6 +414,8 @@ class Outbox:
                 self._disk_errors += 1
                 err = _error(e, doing)
                 log.error("%s", err)
+                if isinstance(err, DiskFullError):
+                    self._truncate_wal()  # its frames may be what filled the disk
                 raise err from e
             except BaseException:
                 self._rollback()
@@ -583,7 +589,24 @@ class Outbox:
             )
             tx.counts["delivered"] += n
             tx.counts["depth"] -= n
+        if self._counts["depth"] == 0:
+            try:
+                wal = os.path.getsize(self.path + "-wal")
+            except OSError:
+                wal = 0
+            if wal > self.WAL_EMPTY_TRUNCATE:
+                with self._lock:
+                    self._truncate_wal()
         return n
+
+    def _truncate_wal(self):
+        """Checkpoint the WAL into the database file and cut it to zero bytes (under the
+        lock, outside a transaction). A failure is logged only: it is a way to free disk
+        space, and the next write says whether there is any."""
+        try:
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OutboxError) as e:
+            log.warning("outbox %s: WAL checkpoint failed: %s", self.path, e)
 
     def mark_sent(self, *seqs):
         """Counts a publish attempt for each event (shown as Entry.attempts), so an event
