@@ -359,6 +359,16 @@ def _load(path):
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         return None, [_syntax_problem(name, text, e)]
+    except RecursionError:  # arrays or inline tables nested past the recursion limit
+        return None, [Problem(name, None, None, "TOML syntax error: arrays or inline "
+                              "tables nested too deep")]
+    except ValueError as e:  # an integer past Python's digit limit; tomllib gives no line
+        long = re.search(r"\d{4000,}", text)
+        if long is None:
+            return None, [Problem(name, None, None, f"TOML syntax error: {e}")]
+        line = text.count("\n", 0, long.start()) + 1
+        return None, [Problem(name, line, None, f"TOML syntax error: a number of "
+                              f"{len(long.group())} digits")]
     ctx = _Context(name, Path(path).resolve().parent, _key_lines(text))
     top = _table(HallConfig, data, (), ctx)
     _cross_check(top, ctx)
