@@ -52,6 +52,29 @@ class Loopback:
         self.reply = data
 
 
+def step(n, ack, run, request, hal, live_peak):
+    """One key event pressed, polled and acked; a SET and an INFO every 100."""
+    key = KEYS[n % len(KEYS)]
+    hal.levels[key] = 1
+    run(40)
+    hal.levels[key] = 0
+    run(140)
+    frame = request(bus.encode_poll(ADDR, ack))
+    assert frame.mtype == bus.EVENT, frame
+    ack = bus.decode_event(frame.payload).ident
+    if n % 100 == 0:
+        version = n // 100 % 0xFFFF + 1
+        text = "A%03d" % (n % 1000)  # noqa: UP031 - as tests/mp/soak.py, every port
+        state = bus.PanelState(text, 1, n % 50, n % 900, n % 3 == 0, True)
+        request(bus.encode_set(ADDR, version, state))
+        request(bus.encode_get_info(ADDR))
+        gc.collect()
+        live = gc.mem_alloc()
+        if live > live_peak[0]:
+            live_peak[0] = live
+    return ack
+
+
 def main(events, threshold):
     import devconfig
 
@@ -91,32 +114,21 @@ def main(events, threshold):
         return frame
 
     ack = None
-    live_peak = 0
-    version = 0
-    for n in range(1, events + 1):
-        key = KEYS[n % len(KEYS)]
-        hal.levels[key] = 1
-        run(40)
-        hal.levels[key] = 0
-        run(140)
-        frame = request(bus.encode_poll(ADDR, ack))
-        assert frame.mtype == bus.EVENT, frame
-        ack = bus.decode_event(frame.payload).ident
-        if n % 100 == 0:
-            version = version % 0xFFFF + 1
-            text = "A%03d" % (n % 1000)  # noqa: UP031 - as tests/mp/soak.py, every port
-            state = bus.PanelState(text, 1, n % 50, n % 900, n % 3 == 0, True)
-            request(bus.encode_set(ADDR, version, state))
-            request(bus.encode_get_info(ADDR))
-            gc.collect()
-            live = gc.mem_alloc()
-            if live > live_peak:
-                live_peak = live
+    live_peak = [0]
+    failed = None
+    n = 0
+    try:
+        for n in range(1, events + 1):
+            ack = step(n, ack, run, request, hal, live_peak)
+    except MemoryError as e:  # reported, not raised: running out is a result here
+        failed = {"event": n, "error": str(e)}
+        hal = core = role = None
     gc.threshold(-1)
     gc.collect()
     print(json.dumps({"events": events, "heap": heap, "loaded": loaded,
-                      "peak_sampled": peak[0], "live_peak": live_peak,
-                      "end_live": gc.mem_alloc(), "threshold": threshold}))
+                      "peak_sampled": peak[0], "live_peak": live_peak[0],
+                      "end_live": gc.mem_alloc(), "threshold": threshold,
+                      "memory_error": failed}))
 
 
 main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000,
