@@ -42,10 +42,10 @@ BENCHES = {
 def machine():
     model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "model")):
-                model = line.split(":", 1)[1].strip()
-                break
+        fields = dict(line.split(":", 1) for line in
+                      Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+        model = fields.get("model name") or fields.get("model") or model  # x86, then arm
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
