@@ -14,14 +14,16 @@
 #   emit(kind, value)     observer channel: what a test or simulator may watch
 #                         (JSON lines on the unix HAL; nothing on a board)
 
+import gc
 import sys
 
 import bus
 import keypad
 from eventqueue import EventQueue
-from compat import ticks_diff
+from compat import const, ticks_diff
 
 FIRMWARE = (0, 1, 0)
+_OTA_IDLE_MS = const(5000)  # an update's modules are let go this long after its last request
 
 
 class Core:
@@ -30,6 +32,7 @@ class Core:
         self.role = role
         self.slots = slots  # the boot loader's Boot (main.py); None on a development image
         self.ota = None  # ota.Receiver, made at the first update request
+        self._ota_at = now  # when the last update request came
         self.reboot = False  # set once a new image is staged: the main loop reboots
         self.address = cfg["address"]
         self.window = cfg["window"]
@@ -137,14 +140,12 @@ class Core:
             return bus.encode_status(addr, self.role.version)
         if bus.OTA_BEGIN <= mtype <= bus.OTA_QUERY:
             if self.ota is None:
+                gc.collect()  # ~5 KB in one go: from a heap tidied first
                 import ota
 
                 self.ota = ota.Receiver(self, FIRMWARE)
-            reply = self.ota.answer(mtype, payload)
-            if not self.ota.busy():  # its ~5 KB of RAM back until the next update
-                self.ota = None
-                del sys.modules["ota"], sys.modules["otawire"]
-            return reply
+            self._ota_at = now
+            return self.ota.answer(mtype, payload)
         return self._nak(mtype, bus.NAK_UNKNOWN_TYPE)
 
     def _nak(self, mtype, reason):
@@ -172,8 +173,14 @@ class Core:
         past its end may hide a real request behind it)."""
         if self.decoder.pending() and ticks_diff(now, self._last_rx) >= self.quiet_ms:
             self._extract(True, now)
-        if self.ota is not None:
-            self.ota.tick()
+        ota = self.ota
+        if ota is not None:
+            ota.tick()
+            if not ota.busy() and ticks_diff(now, self._ota_at) >= _OTA_IDLE_MS:
+                # an update's ~5 KB of RAM back once its requests have stopped (not after
+                # each one: importing it again for every request fragments the heap)
+                self.ota = None
+                del sys.modules["ota"], sys.modules["otawire"]
         elapsed = ticks_diff(now, self._last)
         self._last = now
         if elapsed > 0:

@@ -163,14 +163,7 @@ def test_firmware_after_the_fuzzing_is_whole(rig):
     assert info.role_name == "call-panel"
     assert rig.dev.info()  # the control channel answers too
     assert rig.dev.running
-    # Every fault it printed is the known one (test_firmware_answers_ota_requests_back_to_back)
-    faults = rig.dev.stderr_text().split("Traceback")[1:]
-    unknown = [f for f in faults if not known_ota_import_fault(f)]
-    assert not unknown, "Traceback".join([""] + unknown)[-3000:]
-
-
-def known_ota_import_fault(text):
-    return "MemoryError" in text and ('File "ota"' in text or 'File "otawire"' in text)
+    assert "Traceback" not in rig.dev.stderr_text(), rig.dev.stderr_text()[-3000:]
 
 
 # ---- MQTT commands into a running daemon ---------------------------------------------------------
@@ -403,12 +396,6 @@ def test_config_check_reports_absurd_toml_values(tmp_path, what):
 
 
 @pytest.mark.micropython
-@pytest.mark.xfail(strict=True, reason=(
-    "firmware/appcore.py _answer(): the OTA receiver is imported on every OTA request and "
-    "its modules (ota, otawire) deleted as soon as it is idle; with OTA requests back to "
-    "back (no collection in between), `import ota` raises MemoryError in the 64 KB heap "
-    "(every 2nd-3rd OTA_QUERY here): the request gets no reply, a fault and a traceback "
-    "are printed; a gc.collect() before the import (or keeping the modules) would do"))
 def test_firmware_answers_ota_requests_back_to_back(tmp_path):
     from test_firmware_device import Rig
 
