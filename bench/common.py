@@ -7,6 +7,7 @@ latency is measured on one clock.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,11 +22,15 @@ EVENTS = "hall/v1/+/window/+/event"
 
 
 def percentile(values, q):
-    """The q-th percentile (0-100) of values, nearest rank; None for no values."""
+    """The q-th percentile (0-100) of values, nearest rank; None for no values.
+
+    >>> percentile(range(1, 101), 99), percentile(range(1, 101), 50), percentile([7], 99)
+    (99, 50, 7)
+    """
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
