@@ -530,8 +530,7 @@ class Gateway:
                  ", ".join(f"{n}:{a}" for n, a in targets) or "no device online")
 
         def report():
-            return [{"bus": name, "phase": t.phase, "offset": t.offset,
-                     "device_state": t.device_state, **t.summary()} for name, t in transfers]
+            return [t.progress(name) for name, t in transfers]
 
         while not all(t.done for _, t in transfers) and not self._stopped:
             if session.alive():

@@ -192,6 +192,11 @@ class Transfer:
         self.result, self.reason = result, reason
         self.finished = self._clock()
 
+    def progress(self, bus_name):
+        """summary() with where it is: a row of `hallgate ota`'s progress and results."""
+        return {"bus": bus_name, "phase": self.phase, "offset": self.offset,
+                "device_state": self.device_state, **self.summary()}
+
     def summary(self):
         fw = ".".join(map(str, self.firmware)) if self.firmware else None
         end = self.finished if self.finished is not None else self._clock()

@@ -612,8 +612,7 @@ class _OtaView:
 
 
 def _ota_rows(transfers):
-    return [{"bus": name, "phase": t.phase, "offset": t.offset,
-             "device_state": t.device_state, **t.summary()} for name, t in transfers]
+    return [t.progress(name) for name, t in transfers]
 
 
 def _ota_directly(args, targets, bundle_path):
