@@ -5,7 +5,7 @@ and display are the control channel on the process's stdin/stdout (see firmware/
 lines in (`press call`), one JSON object per line out (`{"event": {...}}`).
 
 The firmware runs as it is installed on a board: main.py as source, every other module
-precompiled to .mpy. Within the 48 KB heap it is tested in, MicroPython could not compile the
+precompiled to .mpy. Within the 64 KB heap it is tested in, MicroPython could not compile the
 bus codec from source (that alone needs ~70 KB). compile_firmware() builds that image in
 build/mpy/ (again only for sources that changed), and the device runs build/mpy/main.py: a
 script's own folder comes first on MicroPython's path, so running firmware/main.py would load

@@ -1,6 +1,6 @@
 """The firmware as a process (sim/device.py) on a pty, talked to by a tiny bus master here.
 
-Each test starts the real firmware (MicroPython unix port, 48 KB heap) on its own pty, plays
+Each test starts the real firmware (MicroPython unix port, 64 KB heap) on its own pty, plays
 the gateway with the shared codec, and presses keys / reads the display on the control channel.
 """
 
