@@ -53,7 +53,9 @@ def hall_config(path, *, broker_port, hub_path=None, devices=(), windows=(), gpi
     gpio = gpio or {}
     text = (f'[gateway]\nsite = "bench"\nid = "gw-bench"\n\n'
             f'[mqtt]\nurls = ["mqtt://127.0.0.1:{broker_port}"]\n\n'
-            f'[outbox]\npath = "{outbox or Path(path).with_name("outbox.sqlite")}"\n\n')
+            f'[outbox]\npath = "{outbox or Path(path).with_name("outbox.sqlite")}"\n'
+            # no central service runs here to send receipts: measured to the broker
+            f'delivery = "puback"\n\n')
     for w in windows:
         text += f"[[windows]]\nnumber = {w}\n"
         if w in gpio:

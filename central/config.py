@@ -58,6 +58,7 @@ class CentralConfig:
     ca_file: Path | None = None  # mqtts://: the CA that signed the broker (None: the system's)
     cert_file: Path | None = None  # our client certificate (hardware/mosquitto: required)
     key_file: Path | None = None
+    dedupe_days: int = 14  # event ids remembered this long (a resend is still a duplicate)
 
 
 def _get(d: dict, key: str, kind, where: str = "", *, required=True, default=None):
@@ -126,6 +127,9 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         if v <= 0:
             raise ConfigError(f"{key}: {v} must be > 0")
     client_id = _get(d, "client_id", str, required=False, default=f"hallgate-central-{site}")
+    dedupe_days = _get(d, "dedupe_days", int, required=False, default=14)
+    if not 1 <= dedupe_days <= 3650:
+        raise ConfigError(f"dedupe_days: {dedupe_days} must be 1-3650")
     files = {}
     for key in ("ca_file", "cert_file", "key_file"):
         value = _get(d, key, str, required=False)
@@ -143,7 +147,8 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
     except QueueError as e:
         raise ConfigError(str(e)) from None
     return CentralConfig(site=site, broker=broker, database=database, queue=qc,
-                         client_id=client_id, tick_s=tick_s, stats_s=stats_s, **files)
+                         client_id=client_id, tick_s=tick_s, stats_s=stats_s,
+                         dedupe_days=dedupe_days, **files)
 
 
 def load_config(path: str | Path) -> CentralConfig:

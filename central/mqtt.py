@@ -14,13 +14,24 @@ Goals: nothing published that a restart could take back (Central commits first);
 redelivered event or request changes nothing; QoS 1 events published while the service
 was away are delivered when it returns (a persistent session: stable client id, clean
 start off, MQTT 5 session expiry 7 days); every wait bounded.
+Receipts (protocols/MQTT.md section 4a): after the commit, each gateway is told which of
+its events the store now holds, on ``gw/{gateway}/receipt``, batched: at most
+`receipt_batch` ids per message, sent at the latest `receipt_delay_s` after the first of
+them was committed. A duplicate is receipted again (its receipt may be what was lost); an
+event that is malformed but names its id and gateway is kept in the store's `bad_events`
+and receipted, so a gateway does not resend it for ever. A gateway holds each event until
+its receipt: that, not the broker's PUBACK, is what makes a broker crash lose nothing.
 Plan: paho 2.x with its own network thread (`loop_start`) and its capped reconnect
-backoff (`reconnect_min` doubling to `reconnect_max`). paho calls `on_message` in that
-thread; a message is acknowledged (PUBACK) after the callback returns, so after the store
-has committed it. A second thread of ours runs `Central.tick` every `tick_s` and publishes
-the stats. One lock around `Central` (the two threads); paho's `publish` is safe from
-either thread under `loop_start`. On every connection: status online, subscriptions, then
-`all_desired()` retained (converge a broker that lost its retained messages).
+backoff (`reconnect_min` doubling to `reconnect_max`). paho's thread only queues each
+message; our worker thread takes every message queued (up to BATCH), applies them in
+order, commits them in one transaction (one fsync for the batch: group commit), then
+acknowledges them (manual PUBACK, so a broker still redelivers what a crash kept from the
+store), publishes the desired state and queues the receipts. A third thread runs
+`Central.tick` every `tick_s` and publishes the stats. One lock around `Central`; paho's
+`publish` is safe from any thread under `loop_start`. On every connection: subscriptions,
+then, once the broker has confirmed them (SUBACK), status online and `all_desired()`
+retained (converge a broker that lost its retained messages). Online only after the
+SUBACK, because gateways send their unconfirmed events again when they see it.
 
 Example (needs a broker, so not a doctest)::
 
@@ -33,6 +44,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import re
 import threading
 import time
 import uuid
@@ -42,6 +55,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from hallgate.protocols.receipts import MAX_IDS, make_receipt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -55,6 +69,8 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY = 7 * 24 * 3600
 MAX_PAYLOAD = 4096  # an event or a request larger than this is malformed
+BATCH = 500  # messages applied and committed in one transaction, at most
+_GATEWAY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a topic level (MQTT.md section 1)
 
 
 def utc_ts(t: float | None = None) -> str:
@@ -78,6 +94,8 @@ def _decode(payload: bytes) -> dict:
         obj = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise _Bad("payload is not UTF-8") from None
+    except RecursionError:
+        raise _Bad("payload nests too deep") from None
     except ValueError as e:
         raise _Bad(f"payload is not JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -95,7 +113,8 @@ class CentralService:
                  password: str | None = None, reconnect_min: float = 0.2,
                  reconnect_max: float = 3.0, version: str = "0.1.0",
                  ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None) -> None:
+                 key_file: str | None = None, receipt_batch: int = 200,
+                 receipt_delay_s: float = 0.05) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"broker url {url!r}: mqtt://host[:port] or mqtts://host[:port]")
@@ -120,6 +139,16 @@ class CentralService:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self._messages: queue.SimpleQueue = queue.SimpleQueue()  # (topic, payload, mid, qos)
+        self._sub_mid: int | None = None
+        if not 1 <= receipt_batch <= MAX_IDS:
+            raise ValueError(f"receipt_batch {receipt_batch}: 1-{MAX_IDS}")
+        self.receipt_batch = receipt_batch
+        self.receipt_delay_s = receipt_delay_s
+        self._receipts: dict[str, list[str]] = {}  # gateway -> ids committed, not receipted
+        self._receipts_since: float | None = None  # monotonic time of the oldest waiting id
+        self._after_commit: list[tuple[str, Any]] = []  # (topic, payload) of the batch
         v5 = protocol == "5"
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
@@ -128,6 +157,7 @@ class CentralService:
         c.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
         c.max_queued_messages_set(0)
         c.max_inflight_messages_set(100)
+        c.manual_ack_set(True)  # PUBACK after the commit (the worker acks)
         if username is not None:
             c.username_pw_set(username, password)
         if self.tls:  # a client certificate: the secured broker's identity (hardware/mosquitto)
@@ -137,6 +167,7 @@ class CentralService:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self.client = c
 
     # -- topics -----------------------------------------------------------------------------
@@ -167,6 +198,9 @@ class CentralService:
         self._thread = threading.Thread(target=self._ticker, name="hallgate-central-tick",
                                         daemon=True)
         self._thread.start()
+        self._worker = threading.Thread(target=self._work, name="hallgate-central-worker",
+                                        daemon=True)
+        self._worker.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -176,7 +210,10 @@ class CentralService:
             return False
         deadline = time.monotonic() + timeout
         self._stop.set()
-        self._thread.join(max(0.1, timeout / 2))
+        self._thread.join(max(0.1, timeout / 4))
+        if self._worker is not None:
+            self._messages.put(None)  # wakes the worker: it commits, acks, receipts, ends
+            self._worker.join(max(0.1, timeout / 4))
         acked = False
         if self.connected:
             info = self.client.publish(self.topic("central/status"),
@@ -237,10 +274,18 @@ class CentralService:
         self.counters["connects"] += 1
         log.info("central: connected to %s (session present: %s)", self.url,
                  flags.session_present)
+        _, self._sub_mid = client.subscribe([(self.topic("window/+/event"), 1),
+                                             (self.topic("ticket/request"), 1)])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self._sub_mid:
+            return
+        for code in reason_codes:
+            if code.is_failure:
+                log.error("central: the broker refused a subscription: %s", code)
+        # Now subscribed: gateways that see this send their unconfirmed events again.
         client.publish(self.topic("central/status"), self._status("online"), qos=1,
                        retain=True)
-        client.subscribe([(self.topic("window/+/event"), 1),
-                          (self.topic("ticket/request"), 1)])
         with self.lock:
             self._publish_desired(self.central.all_desired())
         self._connected.set()
@@ -255,27 +300,120 @@ class CentralService:
         self._connected.clear()
 
     def _on_message(self, client, userdata, msg) -> None:
+        # paho's thread: only queue it (acknowledged by the worker, after the commit)
+        self._messages.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    def _work(self) -> None:
+        """Applies queued messages in batches: one commit, then PUBACKs and receipts."""
+        stopping = False
+        while not stopping:
+            wait = 0.5
+            if self._receipts_since is not None:
+                wait = max(0.0, self._receipts_since + self.receipt_delay_s - time.monotonic())
+            try:
+                first = self._messages.get(timeout=wait)
+            except queue.Empty:
+                first = ()
+            batch = [] if not first else [first]
+            stopping = first is None
+            while len(batch) < BATCH and not stopping:
+                try:
+                    item = self._messages.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            try:
+                if batch:
+                    self._apply(batch)
+                self._send_receipts(force=stopping)
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("central: worker")
+
+    def _apply(self, batch: list) -> None:
+        """Every message of the batch in order, one commit, then the acks and receipts."""
+        errors: list[tuple] = []
+        committed: list[tuple[str, str]] = []  # (gateway, id) of events now in the store
+        with self.lock:
+            for topic, payload, _, _ in batch:
+                try:
+                    committed.extend(self._take(topic, payload, errors))
+                except Exception as e:  # a bug must not stop the service: no receipt
+                    self.counters["internal_errors"] += 1
+                    log.exception("central: handling %r", topic)
+                    errors.append(("internal-error", repr(e), topic, payload))
+            try:
+                desired = self.central.commit()
+            finally:
+                answers, self._after_commit = self._after_commit, []
+        # Committed (a failed commit raised: nothing acked, announced or receipted)
+        for _, _, mid, qos in batch:
+            if qos:
+                self.client.ack(mid, qos)
+        self._publish_desired(desired)
+        for topic, answer in answers:
+            self._publish(topic, answer, retain=False)
+        for kind, reason, topic, payload in errors:
+            self._error(kind, reason, topic, payload)
+        if committed and self._receipts_since is None:
+            self._receipts_since = time.monotonic()
+        for gateway, event_id in committed:
+            ids = self._receipts.setdefault(gateway, [])
+            ids.append(event_id)
+        self._send_receipts(force=False)
+
+    def _take(self, topic: str, payload: bytes, errors: list) -> list[tuple[str, str]]:
+        """One message applied to the queue (not committed); the (gateway, id) to receipt."""
+        is_request = topic == self.topic("ticket/request")
         try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            self.counters["malformed"] += 1
-            return
-        payload = bytes(msg.payload)
-        try:
-            if topic == self.topic("ticket/request"):
+            if is_request:
                 self._take_request(topic, payload)
-            else:
-                self._take_event(topic, payload)
+                return []
+            return [self._take_event(topic, payload, errors)]
         except _Bad as e:
             self.counters["malformed"] += 1
-            self._error("bad-" + ("request" if topic.endswith("/request") else "event"),
-                        str(e), topic, payload)
-        except Exception as e:  # a bug must not stop the service (nor lose the message)
-            self.counters["internal_errors"] += 1
-            log.exception("central: handling %s", topic)
-            self._error("internal-error", repr(e), topic, payload)
+            errors.append(("bad-request" if is_request else "bad-event", str(e), topic,
+                           payload))
+            return [] if is_request else self._keep_bad(topic, payload, str(e))
 
-    def _take_event(self, topic: str, payload: bytes) -> None:
+    def _keep_bad(self, topic: str, payload: bytes, reason: str) -> list[tuple[str, str]]:
+        """A malformed event that names its id and gateway is kept in the store (for a
+        person to look at) and receipted: resending it would never make it valid."""
+        try:
+            event = json.loads(payload.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return []
+        if not isinstance(event, dict):
+            return []
+        eid, gateway = event.get("id"), event.get("gateway")
+        if not (isinstance(eid, str) and 1 <= len(eid) <= 128 and isinstance(gateway, str)
+                and _GATEWAY_NAME.fullmatch(gateway)):
+            return []
+        self.central.keep_bad_event(eid, gateway, topic, reason, payload)
+        return [(gateway, eid)]
+
+    def _send_receipts(self, force: bool) -> None:
+        """Receipts for what waits: a full batch at once, the rest once the oldest id has
+        waited receipt_delay_s (or now, if `force`)."""
+        if self._receipts_since is None:
+            return
+        due = force or time.monotonic() >= self._receipts_since + self.receipt_delay_s
+        for gateway in list(self._receipts):
+            ids = self._receipts[gateway]
+            while len(ids) >= self.receipt_batch or (ids and due):
+                chunk, ids[:] = ids[:self.receipt_batch], ids[self.receipt_batch:]
+                self.client.publish(self.topic(f"gw/{gateway}/receipt"),
+                                    make_receipt(gateway, chunk, utc_ts()), qos=1)
+                self.counters["receipts"] += 1
+            if not ids:
+                del self._receipts[gateway]
+        if not self._receipts:
+            self._receipts_since = None
+
+    def _take_event(self, topic: str, payload: bytes, errors: list) -> tuple[str, str]:
         parts = topic.split("/")
         if len(parts) != 6 or parts[3] != "window" or parts[5] != "event":
             raise _Bad("not an event topic")
@@ -283,22 +421,24 @@ class CentralService:
         if not n.isdigit() or n.startswith("0"):
             raise _Bad(f"window {n!r} in the topic: 1-999999 in plain decimal")
         event = _decode(payload)
-        if not isinstance(event.get("id"), str) or not event["id"]:
-            raise _Bad("id: missing or not a string")
+        if not isinstance(event.get("id"), str) or not 1 <= len(event["id"]) <= 128:
+            raise _Bad("id: missing, or not a string of 1-128 characters")
+        gateway = event.get("gateway")
+        if not isinstance(gateway, str) or not _GATEWAY_NAME.fullmatch(gateway):
+            raise _Bad(f"gateway: {gateway!r} is not a gateway id (1-64 of A-Z a-z 0-9 . _ -)")
         if event.get("window") != int(n):
             raise _Bad(f"window: {event.get('window')!r} is not the topic's window {n}")
         if event.get("type") not in ("key", "vote"):
             raise _Bad(f"type: {event.get('type')!r} is not key or vote")
-        with self.lock:
-            out, desired = self.central.handle_event(event)
-            self._publish_desired(desired)
+        out = self.central.apply_event(event)
         self.counters["events"] += 1
         if out.duplicate:
             self.counters["duplicates"] += 1
             log.info("central: %s", out.reason)
         elif not out.ok:
             self.counters["rejected"] += 1
-            self._error("event-rejected", out.reason or "rejected", topic, payload)
+            errors.append(("event-rejected", out.reason or "rejected", topic, payload))
+        return gateway, event["id"]
 
     def _take_request(self, topic: str, payload: bytes) -> None:
         req = _decode(payload)
@@ -314,16 +454,15 @@ class CentralService:
         priority = req.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
             raise _Bad(f"priority: {priority!r} is not an integer 0-9")
-        with self.lock:
-            try:
-                ticket, desired = self.central.issue(service, appointment=appointment,
-                                                     priority=priority, request_id=rid)
-            except QueueError as e:
-                raise _Bad(str(e)) from None
-            self._publish_desired(desired)
-            answer = self._issued(rid, ticket)
+        try:
+            ticket = self.central.apply_issue(service, appointment=appointment,
+                                              priority=priority, request_id=rid)
+        except QueueError as e:
+            raise _Bad(str(e)) from None
+        answer = self._issued(rid, ticket)
         self.counters["tickets"] += 1
-        self._publish(self.topic("ticket/issued"), answer, retain=False)
+        self._after_commit.append((self.topic("ticket/issued"), answer))  # a ticket a
+        # restart could take back is never announced
 
     def _issued(self, rid: str, t: Ticket) -> dict:
         out: dict[str, Any] = {"request_id": rid, "ticket": t.number,

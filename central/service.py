@@ -23,14 +23,21 @@ __all__ = ["Central"]
 
 
 class Central:
-    def __init__(self, config: QueueConfig, db: str | Path, clock: Clock | None = None) -> None:
+    """`dedupe_days`: how many days event ids are remembered, so that an event sent again
+    that long after it was committed (its receipt lost, its gateway away) is still taken
+    for a duplicate. A gateway re-sends on every reconnect, so days cover any outage a
+    hall would not notice."""
+
+    def __init__(self, config: QueueConfig, db: str | Path, clock: Clock | None = None,
+                 dedupe_days: int = 14) -> None:
         self.clock = clock or SystemClock()
         self.store = Store(db)
         now = self.clock.now()
         yesterday = local_day(now - 86400, config.tz)
-        self.store.forget_seen_before(yesterday)
+        forget = local_day(now - 86400 * max(1, dedupe_days), config.tz)
+        self.store.forget_seen_before(forget)
         self.queue = Queue(config, self.store.load(since_day=yesterday))
-        self.queue.forget_seen_before(yesterday)
+        self.queue.forget_seen_before(forget)
         self.store.save(self.queue)
         self.queue.take_desired()
 
@@ -48,8 +55,34 @@ class Central:
         return t, self._commit()
 
     def handle_event(self, event: Mapping[str, Any]) -> tuple[Outcome, list[Desired]]:
-        out = self.queue.handle_event(event, now=self.clock.now())
+        out = self.apply_event(event)
         return out, self._commit()
+
+    # Group commits (central/mqtt.py): apply several, then one commit for them all.
+    def apply_event(self, event: Mapping[str, Any]) -> Outcome:
+        now = self.clock.now()
+        out = self.queue.handle_event(event, now=now)
+        if not out.duplicate and isinstance(event.get("id"), str):
+            self.store.journal_event(event["id"], event.get("gateway"), event.get("window"),
+                                     event.get("type"), now,
+                                     "ok" if out.ok else f"rejected: {out.reason}")
+        return out
+
+    def apply_issue(self, service: str, *, appointment: bool = False, priority: int = 0,
+                    request_id: str | None = None) -> Ticket:
+        return self.queue.issue(service, appointment=appointment, priority=priority,
+                                now=self.clock.now(), request_id=request_id)
+
+    def keep_bad_event(self, event_id: str, gateway: str, topic: str, reason: str,
+                       payload: bytes) -> None:
+        """A malformed event, kept (with the next commit) for a person to look at."""
+        self.store.keep_bad_event(event_id, gateway, topic, reason, payload,
+                                  self.clock.now())
+
+    def commit(self) -> list[Desired]:
+        """Everything applied since the last commit, in one transaction (fsynced); the
+        desired state it changed, to publish now that a restart cannot take it back."""
+        return self._commit()
 
     def tick(self) -> list[Desired]:
         self.queue.tick(now=self.clock.now())

@@ -21,6 +21,7 @@ import json
 import sqlite3
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .queue import Dirty, Queue, QueueState, Ticket, VoteRecord, Window
 
@@ -42,6 +43,12 @@ CREATE TABLE IF NOT EXISTS desired (window INTEGER NOT NULL, kind TEXT NOT NULL,
     version INTEGER NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (window, kind));
 CREATE TABLE IF NOT EXISTS issued (request_id TEXT PRIMARY KEY, tid TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL,
+    gateway TEXT, window INTEGER, type TEXT, at REAL NOT NULL, outcome TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_id ON journal(id);
+CREATE TABLE IF NOT EXISTS bad_events (id TEXT NOT NULL, gateway TEXT NOT NULL,
+    at REAL NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL,
+    PRIMARY KEY (gateway, id));
 """
 
 
@@ -56,6 +63,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._bad: list[tuple] = []  # malformed events for the next save's transaction
+        self._journal: list[tuple] = []  # events applied, for the next save's transaction
 
     def close(self) -> None:
         self.db.close()
@@ -97,10 +106,35 @@ class Store:
             db.executemany("INSERT OR IGNORE INTO issued (request_id, tid) VALUES (?, ?)",
                            list(d.issued.items()))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(s.seq),))
+            db.executemany("INSERT OR IGNORE INTO bad_events VALUES (?, ?, ?, ?, ?, ?)",
+                           self._bad)
+            db.executemany("INSERT INTO journal (id, gateway, window, type, at, outcome) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", self._journal)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._bad.clear()
+        self._journal.clear()
+
+    def journal_event(self, event_id: str, gateway: Any, window: Any, kind: Any, at: float,
+                      outcome: str) -> None:
+        """An event applied (not a duplicate), in the journal with the next `save`: the
+        order the central took events in, and proof that none was applied twice."""
+        self._journal.append((event_id, gateway if isinstance(gateway, str) else None,
+                              window if isinstance(window, int) else None,
+                              kind if isinstance(kind, str) else None, at, outcome))
+
+    def keep_bad_event(self, event_id: str, gateway: str, topic: str, reason: str,
+                       payload: bytes, at: float) -> None:
+        """A malformed event to keep; written by the next `save`, in its transaction."""
+        self._bad.append((event_id, gateway, at, topic, reason, payload))
+
+    def bad_events(self) -> list[dict]:
+        return [{"id": i, "gateway": g, "at": a, "topic": t, "reason": r, "payload": p}
+                for i, g, a, t, r, p in self.db.execute(
+                    "SELECT id, gateway, at, topic, reason, payload FROM bad_events "
+                    "ORDER BY at")]
 
     def forget_seen_before(self, day: str) -> None:
         self.db.execute("DELETE FROM seen WHERE day < ?", (day,))

@@ -15,12 +15,21 @@ ranges, required and unknown keys of every table; `_cross_check` then checks wha
 `_key_lines` scans the raw text once (table headers, array-of-tables occurrences, keys, array
 elements) into {key path: line}; a problem takes the line of the longest known prefix of its
 path (a missing key: its table's header).
+Reading: only a regular file is opened (a FIFO or a device is refused after a stat, as
+reading one may block or never end), of at most MAX_BYTES, in UTF-8 (a leading BOM, as
+Notepad writes, is skipped); a value quoted in a message is cut to QUOTE_CHARS.
+Run-time files: what `hallgate run` opens at start is checked here too (the outbox's folder
+can be made, the TLS files are PEM and the key is the certificate's, the password file is
+UTF-8), so that a config this check passes does not fail at start.
 Cost: linear in the file; a config is a few KB.
 """
 
+import codecs
 import dataclasses
 import difflib
+import os
 import re
+import stat
 import tomllib
 import urllib.parse
 from collections import defaultdict
@@ -62,6 +71,12 @@ PRIMARY_UART = ("/dev/serial0", "/dev/ttyAMA0", "/dev/ttyS0")
 UART_PINS = ((14, "TXD"), (15, "RXD"))
 SLUG = r"[a-z0-9][a-z0-9-]{0,63}"  # safe in an MQTT topic level
 SCHEMES = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
+HOST = r"[A-Za-z0-9._:%-]+"  # a DNS name, IPv4 or IPv6 (as gateway/mqtt.py's parse_url takes)
+WINDOWS = (1, 999_999)  # window numbers, as the MQTT contract allows (protocols/MQTT.md)
+BUS_WINDOWS = (1, 0xFFFF)  # a bus device keeps its window in 16 bits (protocols/BUS.md INFO)
+MAX_BYTES = 1 << 20  # a hall config (or a file it names) past this is not one; they are KBs
+QUOTE_CHARS = 80  # of a value quoted in a message; PATH_CHARS of a path
+PATH_CHARS = 300
 
 
 # ---- problems -----------------------------------------------------------------------------
@@ -180,6 +195,16 @@ class Outbox:
     path: Path = key("path", Path("/var/lib/hallgate/outbox.sqlite"), "SQLite outbox file")
     max_events: int = key(int, 100_000, "events kept unsent before the oldest go",
                           lo=100, hi=10_000_000)
+    # "receipt": an event leaves the outbox when the central service's receipt names it
+    # (it is then in the central's database). "puback": when the broker acknowledges it,
+    # for a central that sends no receipts; a broker crash can then lose every event it
+    # acknowledged since its last save to disk (mosquitto: autosave_interval).
+    delivery: str = key(str, "receipt", "when an event leaves the outbox: the central's "
+                        "receipt, or the broker's PUBACK (risk: a broker crash loses events)",
+                        choices=("receipt", "puback"))
+    receipt_timeout_s: int = key(int, 30, "an event without a receipt this long after its "
+                                 "PUBACK is sent again (the wait doubles, up to 8x)",
+                                 lo=1, hi=3600)
 
 
 @dataclass(frozen=True)
@@ -211,7 +236,8 @@ class Firmware:
 class BusDevice:
     address: int = key(int, doc="bus address, unique on its bus", lo=1, hi=bus.MAX_ADDRESS)
     role: str = key(str, doc="device role", choices=bus.ROLES)
-    window: int = key(int, doc="window the device serves", lo=1, hi=999)
+    window: int = key(int, doc="window the device serves", lo=BUS_WINDOWS[0],
+                      hi=BUS_WINDOWS[1])
 
 
 @dataclass(frozen=True)
@@ -246,7 +272,8 @@ class GpioPanel:
 
 @dataclass(frozen=True)
 class Window:
-    number: int = key(int, doc="window number (per site), unique in the file", lo=1, hi=999)
+    number: int = key(int, doc="window number (per site), unique in the file", lo=WINDOWS[0],
+                      hi=WINDOWS[1])
     like_pin: int | None = pin("like button; needs dislike_pin")
     dislike_pin: int | None = pin("dislike button; needs like_pin")
     like_led_pin: int | None = pin("LED in/at the like button; needs like_pin")
@@ -352,8 +379,8 @@ def check_config(path):
 def _load(path):
     name = str(path)
     try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = _read_text(path)
+    except _Unreadable as e:
         return None, [Problem(name, None, None, f"cannot read the file: {e}")]
     try:
         data = tomllib.loads(text)
@@ -376,6 +403,49 @@ def _load(path):
         return None, sorted(ctx.problems, key=lambda p: p.line or 0)
     top["windows"].sort(key=lambda w: w["number"])
     return dataclasses.replace(_build(HallConfig, top), file=name), []
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+class _Unreadable(ValueError):
+    """Why a file cannot be read (not a regular file, too big, not UTF-8, an OSError)."""
+
+
+def _read(path):
+    """The bytes of the regular file `path`; _Unreadable saying why not. A FIFO or a device
+    is refused before it is opened, a file past MAX_BYTES before it is read."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for is_kind, k in _KINDS if is_kind(st.st_mode)), "a special file")
+            raise _Unreadable(f"it is {kind}, not a regular file")
+        size = st.st_size
+        if size <= MAX_BYTES:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)  # the size a stat tells may be wrong (/proc)
+            size = len(raw)
+    except OSError as e:
+        raise _Unreadable(e.strerror or str(e)) from None
+    if size > MAX_BYTES:
+        raise _Unreadable(f"it is {size:,} bytes, over the limit of {MAX_BYTES:,} (1 MB): "
+                          f"is it the right file?")
+    return raw
+
+
+def _read_text(path):
+    """The UTF-8 text of the file `path` (a leading BOM skipped); _Unreadable saying why not."""
+    raw = _read(path)
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        line = raw.count(b"\n", 0, at) + 1
+        raise _Unreadable(f"not UTF-8 at byte {at + 1}, line {line} (byte 0x{raw[at]:02x}): "
+                          f"save it as UTF-8") from None
 
 
 def _syntax_problem(name, text, e):
@@ -419,8 +489,16 @@ class _Context:
 def _dotted(path):
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + _cut(part)
     return out
+
+
+def _cut(v, quote="", most=QUOTE_CHARS):
+    """str(v) in quotes for a message, cut to its first `most` characters if longer."""
+    s = str(v)
+    if len(s) <= most:
+        return f"{quote}{s}{quote}"
+    return f"{quote}{s[:most]}{quote}... ({len(s)} characters)"
 
 
 def _found(v):
@@ -429,7 +507,7 @@ def _found(v):
         return f"a boolean ({str(v).lower()})"
     for t, word in ((str, "a string"), (int, "an integer"), (float, "a float")):
         if isinstance(v, t):
-            return f"{word} ({v!r})" if t is not str else f'{word} ("{v}")'
+            return f"{word} ({_toml(v) if t is str else _cut(repr(v))})"
     if isinstance(v, list):
         return "an array"
     if isinstance(v, dict):
@@ -461,7 +539,7 @@ def _table(cls, data, path, ctx):
             meant.update(close)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             ctx.problem(path + (name,),
-                        f'unknown key "{name}"{hint}; allowed here: {", ".join(specs)}')
+                        f'unknown key {_toml(name)}{hint}; allowed here: {", ".join(specs)}')
     out = {}
     for name, f in specs.items():
         spec = f.metadata["spec"]
@@ -510,8 +588,10 @@ def _value(spec, v, path, ctx):
         return ctx.problem(path, f"{_toml(v)} is not allowed; expected one of "
                                  + ", ".join(map(_toml, spec.choices)))
     if spec.lo is not None and not spec.lo <= v <= spec.hi:
-        unit = " (BCM GPIO numbers)" if (spec.lo, spec.hi) == PINS else ""
-        return ctx.problem(path, f"{v} is out of range {spec.lo}-{spec.hi}{unit}")
+        unit = {PINS: " (BCM GPIO numbers)",
+                BUS_WINDOWS: " (a bus device keeps its window in 16 bits)"}
+        unit = unit.get((spec.lo, spec.hi), "")
+        return ctx.problem(path, f"{_cut(v)} is out of range {spec.lo}-{spec.hi}{unit}")
     try:
         return _CONVERT.get(kind, lambda v, ctx: v)(v, ctx)
     except ValueError as e:
@@ -519,38 +599,78 @@ def _value(spec, v, path, ctx):
 
 
 def _toml(v):
-    return f'"{v}"' if isinstance(v, str) else str(v)
+    return _cut(v, '"') if isinstance(v, str) else _cut(v)
 
 
 def _slug(v, ctx):
     if not re.fullmatch(SLUG, v):
-        raise ValueError(f'"{v}" is not a valid name: expected lower-case letters, digits and '
-                         f"'-', starting with a letter or digit, at most 64 characters")
+        raise ValueError(f"{_toml(v)} is not a valid name: expected lower-case letters, digits "
+                         f"and '-', starting with a letter or digit, at most 64 characters")
     return v
 
 
+def _path(v, ctx):
+    """The path `v` names: ~ expanded, relative to the config's folder."""
+    if "\0" in v:
+        raise ValueError(f"{_toml(v)}: a NUL character in a path")
+    try:
+        return ctx.base / Path(v).expanduser()
+    except RuntimeError as e:  # ~user of no such user
+        raise ValueError(f"{_toml(v)}: {e}") from None
+
+
 def _file(v, ctx):
-    p = ctx.base / Path(v).expanduser()
-    if not p.is_file():
-        raise ValueError(f"file not found: {p}")
+    p = _path(v, ctx)
+    try:
+        found = p.is_file()
+    except OSError as e:  # a name too long
+        raise ValueError(f"{_cut(p, most=PATH_CHARS)}: {e.strerror}") from None
+    if not found:
+        raise ValueError(f"file not found: {_cut(p, most=PATH_CHARS)}")
+    return p
+
+
+def _outbox_path(v, ctx):
+    """The outbox file; the daemon makes its folder, and those above it, at start."""
+    p = _path(v, ctx)
+    try:
+        if p.is_dir():
+            raise ValueError(f"{_cut(p, most=PATH_CHARS)} is a folder; expected the outbox "
+                             f"file in it, e.g. {_cut(p / 'outbox.sqlite', most=PATH_CHARS)}")
+        for folder in p.parents:
+            if folder.is_dir():
+                break
+            if os.path.lexists(folder):  # a file, or a link to nowhere
+                what = "a broken link" if folder.is_symlink() else "a file"
+                raise ValueError(f"{_cut(folder, most=PATH_CHARS)} is {what}, not a folder: "
+                                 f"the outbox's folder cannot be made there")
+    except OSError as e:  # a name too long
+        raise ValueError(f"{_cut(p, most=PATH_CHARS)}: {e.strerror}") from None
     return p
 
 
 def _broker(url, ctx):
     u = urllib.parse.urlsplit(url)
+    quoted = _toml(url)
     if u.scheme not in SCHEMES:
-        raise ValueError(f'"{url}": scheme "{u.scheme}" is not allowed; expected one of '
+        raise ValueError(f'{quoted}: scheme {_toml(u.scheme)} is not allowed; expected one of '
                          + ", ".join(f"{s}://" for s in SCHEMES))
     try:
-        port = u.port or SCHEMES[u.scheme]
+        port = u.port
     except ValueError:
-        raise ValueError(f'"{url}": bad port; expected a number 1-65535') from None
+        port = 0
+    if port == 0:
+        raise ValueError(f"{quoted}: bad port; expected a number 1-65535")
+    port = port or SCHEMES[u.scheme]
     if not u.hostname:
-        raise ValueError(f'"{url}": no host; expected e.g. {u.scheme}://broker.example')
+        raise ValueError(f"{quoted}: no host; expected e.g. {u.scheme}://broker.example")
+    if not re.fullmatch(HOST, u.hostname):
+        raise ValueError(f"{quoted}: host {_toml(u.hostname)} is not a host name or an IP "
+                         f"address (letters, digits, '.' and '-'; an IPv6 address in [])")
     if u.username is not None or u.password is not None:
-        raise ValueError(f'"{url}": no credentials in the URL; use username and password_file')
+        raise ValueError(f"{quoted}: no credentials in the URL; use username and password_file")
     if u.query or u.fragment or (u.path not in ("", "/") and u.scheme in ("mqtt", "mqtts")):
-        raise ValueError(f'"{url}": unexpected path or query; only ws:// and wss:// URLs '
+        raise ValueError(f"{quoted}: unexpected path or query; only ws:// and wss:// URLs "
                          f"take a path")
     path = (u.path or "/mqtt") if u.scheme in ("ws", "wss") else ""
     return Broker(url, u.scheme, u.hostname, port, path)
@@ -559,7 +679,7 @@ def _broker(url, ctx):
 _CONVERT = {
     "slug": _slug,
     "file": _file,
-    "path": lambda v, ctx: ctx.base / Path(v).expanduser(),
+    "path": _outbox_path,
     "url": _broker,
 }
 
@@ -658,6 +778,49 @@ def _check_mqtt(m, ctx):
     tls_files = [k for k in ("ca_file", "cert_file", "key_file") if k in m]
     if tls_files and "urls" in m and not any(b.tls for b in m["urls"]):
         fail(tls_files[0], f"{tls_files[0]} is set but no URL uses TLS (mqtts:// or wss://)")
+    _check_files(m, fail)
+
+
+def _check_files(m, fail):
+    """What `hallgate run` reads at start: the password file in UTF-8; the TLS files in PEM,
+    CA certificates, and a client certificate with its unencrypted private key (these two
+    are checked together, once both are given)."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    def load(k, loader, what):
+        """loader(the file's bytes), or None after reporting why not."""
+        where = _cut(m[k], most=PATH_CHARS)
+        try:
+            return loader(_read(m[k]))
+        except _Unreadable as e:
+            fail(k, f"{where}: {e}")
+        except (ValueError, UnsupportedAlgorithm):
+            fail(k, f"{where}: it is not {what}")
+        except TypeError:  # load_pem_private_key: it needs a password
+            fail(k, f"{where}: the private key is encrypted; the gateway needs it "
+                    f"unencrypted (openssl pkey -in KEY -out KEY.plain)")
+
+    if "password_file" in m:
+        try:
+            _read_text(m["password_file"])
+        except _Unreadable as e:
+            fail("password_file", f"{_cut(m['password_file'], most=PATH_CHARS)}: {e}")
+    if "ca_file" in m:
+        load("ca_file", x509.load_pem_x509_certificates,
+             "PEM certificates (-----BEGIN CERTIFICATE-----)")
+    if "cert_file" not in m or "key_file" not in m:
+        return
+    certs = load("cert_file", x509.load_pem_x509_certificates,
+                 "a PEM certificate (-----BEGIN CERTIFICATE-----)")
+    key = load("key_file", lambda raw: serialization.load_pem_private_key(raw, None),
+               "a PEM private key (-----BEGIN PRIVATE KEY-----)")
+    if certs and key:
+        der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if certs[0].public_key().public_bytes(*der) != key.public_key().public_bytes(*der):
+            fail("key_file", f"{_cut(m['key_file'], most=PATH_CHARS)} is not the private key "
+                             f"of cert_file {_cut(m['cert_file'], most=PATH_CHARS)}")
 
 
 def _unique(ctx, what, uses):

@@ -216,7 +216,8 @@ class Gateway:
             username=m.username, password=m.read_password(), tls=tls,
             keepalive=m.keepalive_s, windows=self.config.window_numbers,
             on_command=self.reconciler.offer, on_delivered=self._delivered,
-            on_connection=self._connection,
+            on_connection=self._connection, delivery=self.config.outbox.delivery,
+            receipt_timeout=self.config.outbox.receipt_timeout_s,
         )
 
     # ---- events up -------------------------------------------------------------------
@@ -269,8 +270,8 @@ class Gateway:
             self._refused = 0
         self._wake.set()
 
-    def _delivered(self, seq):
-        self.outbox.delete(seq)
+    def _delivered(self, seqs):
+        self.outbox.delete(*seqs)  # one transaction for a receipt's events
         self._wake.set()
 
     def _connection(self, connected, url):
@@ -309,13 +310,14 @@ class Gateway:
         room = self.link.room
         if room <= 0 or not self.link.connected:
             return
-        in_link = set(self.link.pending())
-        if not in_link:
+        # Rows are fed in seq order, so every row above _last_fed is not in the link yet.
+        if self.link.in_flight == 0:
             self._last_fed = 0  # the link is empty: start again from the oldest row
         for entry in self.outbox.pending(limit=room, after_seq=self._last_fed or None):
-            if entry.seq in in_link or entry.payload is None:
+            if entry.payload is None:
                 continue
-            self.link.publish_event(entry.window, entry.payload, token=entry.seq)
+            self.link.publish_event(entry.window, entry.payload, token=entry.seq,
+                                    event_id=entry.id)
             self._last_fed = entry.seq
 
     # ---- desired state down ----------------------------------------------------------
@@ -670,7 +672,7 @@ class Gateway:
             "ts": utc_ts(),
             "broker": {"connected": self.link.connected, "url": self.link.url,
                        "last_error": self.link.last_error, **self.link.stats.asdict()},
-            "outbox": {**ob, "errors": self.outbox_errors},
+            "outbox": {**ob, "errors": self.outbox_errors, **self._delivery_status()},
             "rejected_device_events": self.event_rejects,
             "devices": {"online": sum(r["online"] for r in table), "total": len(table),
                         "table": table},
@@ -681,6 +683,19 @@ class Gateway:
             "feedback": self.feedback.state() if self.feedback is not None else {},
             "gpio_panels": {w: p.state() for w, p in self.gpio_panels.items()},
             "stale_commands": self.reconciler.stale,
+        }
+
+    def _delivery_status(self):
+        """Where the outbox's events are: waiting to be sent, or sent and awaiting the
+        central's receipt (or the PUBACK), and how old the oldest one is."""
+        feeding, sent = self.link.unconfirmed()
+        oldest = self.outbox.pending(limit=1)
+        return {
+            "delivery": self.link.delivery,
+            "waiting_to_send": max(0, self.outbox.depth() - sent),
+            "awaiting_receipt" if self.link.delivery == "receipt" else "awaiting_puback": sent,
+            "oldest_age_s": round(time.time() - oldest[0].created, 1) if oldest else None,
+            "central_online": self.link.central_online,
         }
 
     def write_status(self):

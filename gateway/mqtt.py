@@ -70,8 +70,8 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import random
+import re
 import select
 import socket
 import ssl
@@ -84,6 +84,9 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from hallgate.gateway import commands
 from hallgate.gateway.commands import utc_ts
+from hallgate.gateway.errorlimit import ErrorLimiter
+from hallgate.gateway.tls import Tls, explain_early_close, explain_tls_error, explain_tls_files
+from hallgate.protocols import receipts
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -97,29 +100,12 @@ ERROR_QUEUE = 100  # errors waiting for a connection; past that the oldest go (c
 ERROR_PAYLOAD_CHARS = 256  # how much of an offending payload an error message quotes
 MAX_PACKET = 256 * 1024  # MQTT 5: the broker does not send us larger packets
 RECEIVE_RESERVE = 4  # of the broker's Receive Maximum, kept for status, devices, errors
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+")  # a DNS name, IPv4, or IPv6 (urlsplit drops the [])
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class LinkFull(RuntimeError):
     """publish_event() with `max_inflight` events already in the link: wait for room."""
-
-
-@dataclass(frozen=True)
-class Tls:
-    """Files for mqtts:// URLs: `ca` to verify the broker (None: the system's CAs),
-    `cert` and `key` for a client certificate."""
-
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    def check(self):
-        for name in ("ca", "cert", "key"):
-            path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
-                raise ValueError(f"tls {name}: no such file {path!r}")
-        if self.key is not None and self.cert is None:
-            raise ValueError("tls key given without cert")
 
 
 @dataclass(frozen=True)
@@ -141,10 +127,16 @@ def parse_url(url):
         raise ValueError(
             f"broker url {url!r}: only scheme://host[:port] (credentials go in the config)"
         )
+    if any(c.isspace() for c in parts.hostname) or not _HOST.fullmatch(parts.hostname):
+        raise ValueError(f"broker url {url!r}: host {parts.hostname!r} is not a host name "
+                         "or an IP address")
     try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        port = parts.port
     except ValueError:
-        raise ValueError(f"broker url {url!r}: bad port") from None
+        raise ValueError(f"broker url {url!r}: bad port (1-65535)") from None
+    if port == 0:
+        raise ValueError(f"broker url {url!r}: port 0 (1-65535)")
+    port = port or DEFAULT_PORTS[parts.scheme]
     return BrokerUrl(url, parts.hostname, port, parts.scheme == "mqtts")
 
 
@@ -166,131 +158,6 @@ def _json(obj):
 
 
 # -- TLS failures in plain words ---------------------------------------------------------------
-# OpenSSL's verify codes of a broker certificate we do not accept (X509_V_ERR_*).
-_UNKNOWN_CA_CODES = {2, 18, 19, 20, 21, 27}
-_EXPIRED, _NOT_YET_VALID, _REVOKED, _HOSTNAME = 10, 9, 23, 62
-# The broker's TLS alert about our certificate, as OpenSSL names it in the error's text.
-_ALERTS = (
-    ("CERTIFICATE_REQUIRED", "it requires a client certificate"),
-    ("UNKNOWN_CA", "unknown CA: our certificate is not signed by a CA it trusts"),
-    ("CERTIFICATE_EXPIRED", "it says our certificate has expired"),
-    ("CERTIFICATE_REVOKED", "it says our certificate was revoked"),
-    ("BAD_CERTIFICATE", "it calls our certificate bad"),
-    ("UNSUPPORTED_CERTIFICATE", "it does not accept our kind of certificate"),
-    ("CERTIFICATE_UNKNOWN", "it cannot verify our certificate"),
-    ("ACCESS_DENIED", "access denied"),
-)
-
-
-def _where_ca(tls):
-    return f"ca_file {tls.ca}" if tls.ca else "the system's CA store (no ca_file)"
-
-
-def _cert_facts(tls):
-    """What can be seen of our own client certificate without the broker: expired or not
-    valid yet, or issued by a CA that is not in ca_file; a phrase, or None."""
-    if tls.cert is None:
-        return None
-    try:
-        from cryptography import x509
-
-        with open(tls.cert, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-        now = time.time()
-        if cert.not_valid_after_utc.timestamp() < now:
-            return f"it expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-        if cert.not_valid_before_utc.timestamp() > now:
-            return (f"it is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
-                    "(is the gateway's clock right?)")
-        if tls.ca is not None:
-            with open(tls.ca, "rb") as f:
-                cas = x509.load_pem_x509_certificates(f.read())
-            if cert.issuer not in {ca.subject for ca in cas}:
-                return (f"it is issued by {cert.issuer.rfc4514_string()}, a CA that is not in "
-                        f"ca_file (which holds "
-                        f"{', '.join(ca.subject.rfc4514_string() for ca in cas)})")
-    except (OSError, ValueError) as e:
-        log.debug("mqtt: cannot inspect the client certificate %s: %s", tls.cert, e)
-    return None
-
-
-def explain_tls_error(error, tls, host):
-    """A TLS failure on connecting, in words a technician can act on. `error` is the
-    exception (ssl.SSLError, OSError) or the text paho logged for a read that failed after
-    the handshake (the broker's verdict on our certificate comes then under TLS 1.3);
-    `tls` the Tls in use, `host` the URL's host."""
-    tls = tls or Tls()
-    raw = str(error)
-    if isinstance(error, ssl.SSLCertVerificationError):
-        code = error.verify_code
-        if code == _HOSTNAME:
-            return (f"TLS: certificate verify failed: hostname mismatch: the broker's "
-                    f"certificate is not valid for {host!r} (use a broker URL with a name "
-                    f"the certificate has, or reissue it with this one)")
-        if code == _EXPIRED:
-            return ("TLS: certificate verify failed: the broker's certificate has expired "
-                    "(renew it on the broker, or check the gateway's clock)")
-        if code == _NOT_YET_VALID:
-            return ("TLS: certificate verify failed: the broker's certificate is not valid "
-                    "yet (is the gateway's clock right?)")
-        if code == _REVOKED:
-            return "TLS: certificate verify failed: the broker's certificate was revoked"
-        if code in _UNKNOWN_CA_CODES:
-            return (f"TLS: certificate verify failed: unknown CA: the broker's certificate "
-                    f"is not signed by a CA in {_where_ca(tls)} ({error.verify_message})")
-        return f"TLS: certificate verify failed: {error.verify_message}"
-    if "WRONG_VERSION_NUMBER" in raw or "wrong version number" in raw:
-        return ("TLS: the broker's port does not speak TLS (wrong version number): use "
-                "mqtt:// for a plain port, or the broker's TLS port")
-    for token, meaning in _ALERTS:
-        if token in raw:
-            why = meaning
-            if tls.cert is None and token in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE"):
-                why = ("it requires a client certificate, and no client certificate is "
-                       "configured (cert_file and key_file in [mqtt])")
-            facts = _cert_facts(tls)
-            return (f"TLS: the broker refused our certificate: {why}"
-                    + (f"; cert_file {tls.cert}: {facts}" if facts else "")
-                    + f" ({raw})")
-    return f"TLS: {raw}"
-
-
-def explain_tls_files(error, tls):
-    """Which of the TLS files could not be loaded (paho's tls_set raised `error`), and why."""
-    tls = tls or Tls()
-    if "KEY_VALUES_MISMATCH" in str(error):
-        return f"TLS: key_file {tls.key} is not the private key of cert_file {tls.cert}"
-    try:
-        ssl.create_default_context(cafile=tls.ca)
-    except ssl.SSLError as e:
-        return f"TLS: ca_file {tls.ca}: cannot load it as PEM CA certificates ({e})"
-    if tls.cert is not None:
-        try:
-            ssl.create_default_context().load_cert_chain(tls.cert, tls.key)
-        except ssl.SSLError as e:
-            return (f"TLS: cert_file {tls.cert} / key_file {tls.key}: cannot load them as a "
-                    f"PEM certificate and its unencrypted private key ({e})")
-    return f"TLS: cannot load the CA, certificate or key files: {error}"
-
-
-def explain_early_close(tls, url_tls):
-    """Why a connection may close before the CONNACK with nothing said: under TLS the broker
-    drops a client whose certificate it does not accept (TLS 1.3: after our handshake)."""
-    if not url_tls:
-        return ("the broker closed the connection before answering CONNECT (if that port "
-                "is TLS only, the URL must be mqtts://)")
-    tls = tls or Tls()
-    if tls.cert is None:
-        return ("TLS: the broker refused our certificate: it closed the connection before "
-                "answering CONNECT, and no client certificate is configured (cert_file and "
-                "key_file in [mqtt]); the broker probably requires one")
-    facts = _cert_facts(tls)
-    if facts:
-        return f"TLS: the broker refused our certificate: cert_file {tls.cert}: {facts}"
-    return ("TLS: the broker closed the connection before answering CONNECT: it probably "
-            f"refused our certificate (cert_file {tls.cert}: not from a CA the broker trusts, "
-            "or revoked; the broker's log says which)")
-
 
 
 class LinkStats:
@@ -299,7 +166,12 @@ class LinkStats:
     __slots__ = (
         "published",  # event PUBLISH packets sent, re-sends included
         "resent",  # ... of which re-sends after a lost connection
-        "delivered",  # events acknowledged (on_delivered called)
+        "delivered",  # events confirmed (on_delivered called): by receipt, or PUBACK
+        "receipts",  # receipt messages taken from the central service
+        "receipt_unknown",  # ids in receipts that the link does not hold (repeats, late)
+        "receipts_bad",  # malformed receipts, answered on the errors topic
+        "resent_timeout",  # re-sends of events PUBACKed but without a receipt in time
+        "resent_central",  # re-sends because the central service (re)started
         "refused",  # events the broker answered with a failure reason code (MQTT 5)
         "connects",  # connections that got a successful CONNACK
         "reconnects",  # ... after the first
@@ -309,6 +181,7 @@ class LinkStats:
         "rejected",  # malformed commands answered on the errors topic
         "errors_published",
         "errors_dropped",  # errors that waited for a connection and were pushed out
+        "errors_suppressed",  # errors held back by the rate limit (sent as summaries)
         "callback_errors",  # our callers' callbacks that raised
     )
 
@@ -324,18 +197,22 @@ class LinkStats:
 
 
 class _Entry:
-    """An event in the window: fed, not yet acknowledged."""
+    """An event in the window: fed, not yet confirmed (receipt, or PUBACK)."""
 
-    __slots__ = ("token", "topic", "payload", "mid", "sends", "refused", "acked")
+    __slots__ = ("token", "topic", "payload", "event_id", "mid", "sends", "refused", "acked",
+                 "due", "timeouts")
 
-    def __init__(self, token, topic, payload):
+    def __init__(self, token, topic, payload, event_id):
         self.token = token
         self.topic = topic
         self.payload = payload
+        self.event_id = event_id
         self.mid = None  # packet id on the current connection; None: not sent on it
         self.sends = 0
         self.refused = False  # the broker said no on this connection: retry on the next
-        self.acked = False  # PUBACKed; leaves the window once on_delivered has returned
+        self.acked = False  # confirmed; leaves the window once on_delivered has returned
+        self.due = None  # receipt mode: PUBACKed; sent again at this monotonic time
+        self.timeouts = 0  # re-sends for want of a receipt since the last full re-send
 
 
 class MqttLink:
@@ -344,7 +221,9 @@ class MqttLink:
     Callbacks run in the link's own thread and must not block long; they may call any
     method of the link:
       on_command(window: int, kind: "display"|"panel"|"vote", command | None)
-      on_delivered(token)                      -- the event's PUBACK came; once per token
+      on_delivered(tokens: list)               -- these events are confirmed: by the
+                                                  central's receipt (delivery="receipt") or
+                                                  the broker's PUBACK ("puback"); once each
       on_connection(connected: bool, url: str) -- after the birth and subscriptions are sent
     """
 
@@ -365,6 +244,9 @@ class MqttLink:
         on_connection=None,
         windows=(),
         max_inflight=32,
+        delivery="receipt",
+        max_unconfirmed=2000,
+        receipt_timeout=30.0,
         reconnect_min=0.2,
         reconnect_max=3.0,
         connect_timeout=5.0,
@@ -396,7 +278,14 @@ class MqttLink:
         self.on_connection = on_connection
         if not 1 <= max_inflight <= 65535:
             raise ValueError("max_inflight: 1-65535")
-        self.max_inflight = max_inflight
+        if delivery not in ("receipt", "puback"):
+            raise ValueError(f"delivery {delivery!r}: 'receipt' or 'puback'")
+        self.max_inflight = max_inflight  # PUBLISH packets on the wire without a PUBACK
+        self.delivery = delivery
+        # Events held until confirmed: by receipt, many more than are on the wire.
+        self.max_unconfirmed = max(max_unconfirmed, max_inflight) if delivery == "receipt" \
+            else max_inflight
+        self.receipt_timeout = receipt_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = max(reconnect_max, reconnect_min)
         self.connect_timeout = connect_timeout
@@ -410,17 +299,23 @@ class MqttLink:
         self.status_topic = f"{self.base}/gw/{gateway}/status"
         self.devices_topic = f"{self.base}/gw/{gateway}/devices"
         self.errors_topic = f"{self.base}/gw/{gateway}/errors"
+        self.receipt_topic = f"{self.base}/gw/{gateway}/receipt"
+        self.central_status_topic = f"{self.base}/central/status"
+        self.central = None  # receipt mode: (state, boot_id, ts) of the central's status
 
         # Shared with callers' threads, under _lock.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when the window empties
         self._window = collections.OrderedDict()  # token -> _Entry, in feed order
+        self._by_id = {}  # receipt mode: event id -> token
         self._unsent = collections.deque()  # tokens to send on this connection, in order
         self._windows = frozenset(check_window(w) for w in windows)
         self._windows_changed = False
         self._devices_last = None  # payload of the last device table (re-sent on connect)
         self._devices_due = False
         self._errors = collections.deque()
+        self._limiter = ErrorLimiter()
+        self._dropped_said = 0  # of stats.errors_dropped, how many a message has reported
 
         # The link thread's own.
         self._thread = None
@@ -442,6 +337,8 @@ class MqttLink:
         self._subscribed = set()
         self._dropped_topics = set()  # unsubscribed on purpose: late messages are dropped
         self._offline_mid = None
+        self._timeouts_checked = 0.0  # monotonic time of the last receipt-timeout scan
+        self._summaries_checked = 0.0  # ... of the last look for error summaries
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -460,13 +357,24 @@ class MqttLink:
 
     @property
     def in_flight(self):
-        """Events fed and not yet acknowledged (sent, waiting to be sent, or to be re-sent)."""
+        """Events fed and not yet confirmed (sent, waiting to be sent, or to be re-sent)."""
         return len(self._window)
 
     @property
     def room(self):
         """How many more events publish_event() takes now."""
-        return self.max_inflight - len(self._window)
+        return self.max_unconfirmed - len(self._window)
+
+    def unconfirmed(self):
+        """(fed but not yet sent on this connection, sent and awaiting confirmation)."""
+        with self._lock:
+            sent = sum(1 for e in self._window.values() if e.mid is not None or e.due)
+            return len(self._window) - sent, sent
+
+    @property
+    def central_online(self):
+        """Receipt mode: True/False from the central's retained status; None: not known."""
+        return None if self.central is None else self.central[0] == "online"
 
     @property
     def windows(self):
@@ -480,20 +388,27 @@ class MqttLink:
     def event_topic(self, window):
         return f"{self.base}/window/{window}/event"
 
-    def publish_event(self, window, payload, token):
+    def publish_event(self, window, payload, token, event_id=None):
         """Queues one event (JSON bytes made by the outbox) for window `window`; sent at once
         when connected, else on the next connection. `token` (hashable, unique among the
-        events in the link) comes back in on_delivered(token) after the PUBACK.
+        events in the link) comes back in on_delivered([token, ...]) once the event is
+        confirmed: when a receipt names `event_id` (the payload's id; required in receipt
+        mode), or on the PUBACK in puback mode.
         Raises LinkFull when `room` is 0, ValueError for a token already in the link."""
         check_window(window)
         if not isinstance(payload, bytes | bytearray):
             raise TypeError("payload: bytes (the event's JSON)")
+        if self.delivery == "receipt" and not isinstance(event_id, str):
+            raise ValueError("event_id: the event's id is needed to match its receipt")
         with self._lock:
             if token in self._window:
                 raise ValueError(f"token {token!r} is already in the link")
-            if len(self._window) >= self.max_inflight:
-                raise LinkFull(f"{len(self._window)} events in flight (max_inflight)")
-            self._window[token] = _Entry(token, self.event_topic(window), bytes(payload))
+            if len(self._window) >= self.max_unconfirmed:
+                raise LinkFull(f"{len(self._window)} events unconfirmed (max_unconfirmed)")
+            self._window[token] = _Entry(token, self.event_topic(window), bytes(payload),
+                                         event_id)
+            if self.delivery == "receipt":
+                self._by_id[event_id] = token
             self._unsent.append(token)
         self._wake()
 
@@ -506,11 +421,20 @@ class MqttLink:
             self._devices_due = True
         self._wake()
 
-    def publish_error(self, kind, reason, topic=None, payload=None):
-        """A fault for gw/{gateway}/errors (QoS 1, not retained). While disconnected up to
-        ERROR_QUEUE errors wait for the next connection; past that the oldest are dropped and
-        counted in stats.errors_dropped."""
-        msg = {"ts": utc_ts(), "gateway": self.gateway, "kind": str(kind), "reason": str(reason)}
+    def publish_error(self, kind, reason, topic=None, payload=None, **extra):
+        """A fault for gw/{gateway}/errors (QoS 1, not retained). Rate-limited per kind
+        (gateway/errorlimit.py): past a burst, reports are counted and summed up in one
+        message ("N more like this in the last T s"). While disconnected up to ERROR_QUEUE
+        errors wait for the next connection; past that the oldest are dropped, counted in
+        stats.errors_dropped, and said in one message once connected."""
+        with self._lock:
+            if not self._limiter.offer(str(kind), str(reason), time.monotonic()):
+                self.stats.errors_suppressed += 1
+                return
+        self._queue_error({"ts": utc_ts(), "gateway": self.gateway, "kind": str(kind),
+                           "reason": str(reason), **extra}, topic, payload)
+
+    def _queue_error(self, msg, topic=None, payload=None):
         if topic is not None:
             msg["topic"] = topic
         if payload is not None:
@@ -526,6 +450,20 @@ class MqttLink:
             self._errors.append(data)
         self._wake()
 
+    def _error_summaries(self):
+        """What the rate limit held back, and what the queue dropped, said in messages."""
+        with self._lock:
+            summaries = self._limiter.take_summaries(time.monotonic())
+            dropped = self.stats.errors_dropped - self._dropped_said
+            self._dropped_said = self.stats.errors_dropped
+        for s in summaries:
+            self._queue_error({"ts": utc_ts(), "gateway": self.gateway, **s})
+        if dropped:
+            self._queue_error({"ts": utc_ts(), "gateway": self.gateway, "kind": "errors-dropped",
+                               "reason": f"{dropped} error report(s) dropped while the broker "
+                                         f"was away (at most {ERROR_QUEUE} wait)",
+                               "suppressed": dropped})
+
     def set_windows(self, windows):
         """Serve these windows from now on: subscribes the new ones, unsubscribes the rest."""
         new = frozenset(check_window(w) for w in windows)
@@ -538,7 +476,7 @@ class MqttLink:
         return self._connected.wait(timeout)
 
     def wait_delivered(self, timeout):
-        """Blocks until every event in the link is acknowledged; False after `timeout` s."""
+        """Blocks until every event in the link is confirmed; False after `timeout` s."""
         with self._idle:
             return self._idle.wait_for(lambda: not self._window, timeout)
 
@@ -813,10 +751,7 @@ class MqttLink:
                 self._devices_due = True
             # Everything in the window goes again, in feed order: what had no PUBACK on the
             # last connection, then what was fed since.
-            for entry in self._window.values():
-                entry.mid = None
-                entry.refused = False
-            self._unsent = collections.deque(t for t, e in self._window.items() if not e.acked)
+            self._resend_all_locked()
         self._subscribe(client, self._topics(windows))
         self._connected.set()
         log.info("mqtt: connected to %s as %s", url.url, self.client_id)
@@ -830,7 +765,43 @@ class MqttLink:
         self._call(self.on_connection, False, url.url)
 
     def _topics(self, windows):
-        return {commands.command_topic(self.site, w, k) for w in windows for k in commands.KINDS}
+        topics = {commands.command_topic(self.site, w, k)
+                  for w in windows for k in commands.KINDS}
+        if self.delivery == "receipt":
+            topics |= {self.receipt_topic, self.central_status_topic}
+        return topics
+
+    def _resend_all_locked(self):
+        """Every unconfirmed event goes (again) on this connection, in feed order."""
+        for entry in self._window.values():
+            entry.mid = None
+            entry.refused = False
+            entry.due = None
+            entry.timeouts = 0
+        self._unsent = collections.deque(t for t, e in self._window.items() if not e.acked)
+
+    def _resend_overdue(self, now):
+        """Receipt mode: events PUBACKed but without a receipt by their `due` time go again,
+        oldest first; each wait doubles (up to 8x receipt_timeout), so a central that is
+        slow, not gone, is not flooded. Skipped while the central says it is offline: the
+        broker keeps the events for its session, and its return re-sends them anyway."""
+        self._timeouts_checked = now
+        if self.central_online is False:
+            return
+        with self._lock:
+            late = [e for e in self._window.values()
+                    if e.due is not None and e.due <= now and not e.acked]
+            if not late:
+                return
+            for entry in late:
+                entry.due = None
+                entry.mid = None
+                entry.timeouts += 1
+            self._unsent = collections.deque(
+                t for t, e in self._window.items() if e.mid is None and not e.acked)
+        self.stats.resent_timeout += len(late)
+        log.info("mqtt: %d event(s) without a receipt for %.0f s or more: sent again",
+                 len(late), self.receipt_timeout)
 
     def _subscribe(self, client, topics):
         if not topics:
@@ -865,9 +836,21 @@ class MqttLink:
         if self._inbox:
             inbox, self._inbox = self._inbox, []
             for topic, payload in inbox:
-                self._take_command(client, topic, payload)
+                if topic == self.receipt_topic:
+                    self._take_receipt(payload)
+                elif topic == self.central_status_topic:
+                    self._take_central_status(payload)
+                else:
+                    self._take_command(client, topic, payload)
         if not self.connected or self._stopping:
             return
+        now = time.monotonic()
+        if now - self._summaries_checked >= 1.0:
+            self._summaries_checked = now
+            self._error_summaries()
+        if self.delivery == "receipt":
+            if now - self._timeouts_checked >= min(0.5, self.receipt_timeout / 4):
+                self._resend_overdue(now)
         with self._lock:
             devices = self._devices_last if self._devices_due else None
             self._devices_due = False
@@ -915,9 +898,11 @@ class MqttLink:
                     entry.mid = None
                     refused.append((entry, reason))
                     continue
-                # Still in the window (pending()) until on_delivered has returned: the
-                # daemon deletes the outbox row there, and a token in neither place
-                # would look unsent to it and be fed, and published, twice.
+                if self.delivery == "receipt":  # the broker has it; the central may not
+                    if entry.due is None:
+                        backoff = min(2 ** entry.timeouts, 8)
+                        entry.due = time.monotonic() + self.receipt_timeout * backoff
+                    continue
                 entry.acked = True
                 delivered.append(token)
         for entry, reason in refused:
@@ -925,15 +910,74 @@ class MqttLink:
             self.publish_error(
                 "publish-refused", f"broker refused the event: {reason}", topic=entry.topic
             )
-        for token in delivered:
-            self.stats.delivered += 1
-            self._call(self.on_delivered, token)
-        if delivered:
+        self._confirm(delivered)
+
+    def _confirm(self, tokens):
+        """on_delivered(tokens), then the tokens leave the window. They stay in it (and in
+        pending()) until on_delivered has returned: the daemon deletes the outbox rows there,
+        and a token in neither place would look unsent to it and be fed, and sent, twice."""
+        if not tokens:
+            return
+        self.stats.delivered += len(tokens)
+        self._call(self.on_delivered, tokens)
+        with self._lock:
+            for token in tokens:
+                entry = self._window.pop(token, None)
+                if entry is not None and entry.event_id is not None:
+                    self._by_id.pop(entry.event_id, None)
+            if not self._window:
+                self._idle.notify_all()
+
+    def _take_receipt(self, payload):
+        """The central has committed these events: they leave the outbox. An id the link
+        does not hold (confirmed already, or another outbox's) is counted and ignored."""
+        try:
+            ids = receipts.parse_receipt(payload)
+        except ValueError as e:
+            self.stats.receipts_bad += 1
+            log.warning("mqtt: malformed receipt: %s", e)
+            self.publish_error("bad-receipt", str(e), topic=self.receipt_topic,
+                               payload=payload)
+            return
+        self.stats.receipts += 1
+        tokens = []
+        with self._lock:
+            for event_id in ids:
+                token = self._by_id.get(event_id)
+                entry = None if token is None else self._window.get(token)
+                if entry is None or entry.acked:
+                    self.stats.receipt_unknown += 1
+                    continue
+                entry.acked = True
+                tokens.append(token)
+        self._confirm(tokens)
+
+    def _take_central_status(self, payload):
+        """The central's retained status, new on each of its connections. A new `online`
+        means the central (re)started or reconnected: it may have lost what it had not
+        committed (the broker acknowledged those to it before a crash), or its session with
+        the broker (a broker that lost its disk state): everything unconfirmed goes again,
+        now that it is subscribed (it says online only after its SUBACK)."""
+        try:
+            status = json.loads(bytes(payload).decode("utf-8")) if payload else {}
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            status = None
+        if not isinstance(status, dict) or status.get("state") not in ("online", "offline",
+                                                                        None):
+            log.warning("mqtt: central status not understood: %r", bytes(payload[:80]))
+            return
+        state = status.get("state", "offline")
+        before = self.central
+        self.central = (state, status.get("boot_id"), status.get("ts"))
+        # A status seen before (the retained one again, after our reconnect) changes
+        # nothing; the first one after our start costs one re-send of the window.
+        if state == "online" and before != self.central:
             with self._lock:
-                for token in delivered:
-                    self._window.pop(token, None)
-                if not self._window:
-                    self._idle.notify_all()
+                n = len(self._window)
+                self._resend_all_locked()
+            self.stats.resent_central += n
+            log.info("mqtt: central service (re)started (boot %s): %d unconfirmed event(s) "
+                     "sent again", self.central[1], n)
 
     def _take_subacks(self):
         subacks, self._suback = self._suback, []

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from hallgate import __version__
 from hallgate.tools import (
@@ -43,14 +44,27 @@ def cmd_config_check(args):
 
 
 def cmd_run(args):
-    """The daemon: checks the config (every problem, then exit 1), then runs until SIGTERM."""
+    """The daemon: checks the config (every problem, then exit 1), then runs until SIGTERM.
+    A problem of the config or of a file it names is said in plain words, never as a
+    traceback, with exit code 1, as `config check` does."""
     from hallgate.gateway.config import ConfigError, load_config
     from hallgate.gateway.daemon import run
+    from hallgate.gateway.mqtt import parse_url
 
     try:
         config = load_config(args.config)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
+        return 1
+    bad_urls = []
+    for i, url in enumerate(config.mqtt.urls):  # what the MQTT link takes, checked before start
+        try:
+            parse_url(url.url)
+        except ValueError as e:
+            bad_urls.append(f"{config.file}: mqtt.urls[{i}]: {e}; this gateway's MQTT link "
+                            f"cannot use it: change it in the config")
+    if bad_urls:
+        print("\n".join(bad_urls), file=sys.stderr)
         return 1
     status = status_path(args)
     try:
@@ -73,7 +87,29 @@ def cmd_run(args):
         print(f"hallgate run: GPIO: {e} (check the pins in {args.config})", file=sys.stderr)
     except OutboxError as e:
         print(f"hallgate run: outbox: {e}", file=sys.stderr)
+    except OSError as e:  # a folder or file the config names, made or opened at start
+        logging.getLogger("hallgate").debug("hallgate run", exc_info=True)
+        print(_start_error(config, e), file=sys.stderr)
     return 1
+
+
+def _start_error(config, e):
+    """An OSError of `hallgate run` in one paragraph: the config key behind the file, if one
+    is, and what to fix."""
+    m = config.mqtt
+    named = {"outbox.path": config.outbox.path, "mqtt.password_file": m.password_file,
+             "mqtt.ca_file": m.ca_file, "mqtt.cert_file": m.cert_file,
+             "mqtt.key_file": m.key_file}
+    culprit = Path(os.fsdecode(e.filename)) if e.filename else None
+    why = e.strerror or str(e)
+    for key, path in named.items():
+        if culprit is not None and path is not None and (culprit == path
+                                                         or culprit in path.parents):
+            what = "" if culprit == path else f"cannot make its folder {culprit}: "
+            return (f"hallgate run: {config.file}: {key} = {path}: {what}{why}. Fix {key} in "
+                    f"the config, or the file system there, and start again.")
+    return (f"hallgate run: cannot start: {e}. Is it a file or folder {config.file} names? "
+            f"`hallgate config check {config.file}` checks them; -v shows where it failed.")
 
 
 def cmd_status(args):
@@ -98,8 +134,19 @@ def cmd_status(args):
              if stopped else f": NOT RUNNING, status {age:.0f} s old"))
     print(f"broker:  {'connected to ' + str(b['url']) if b['connected'] else 'DISCONNECTED'}"
           + (f" (last error: {b['last_error']})" if b.get("last_error") else ""))
-    print(f"outbox:  {o['depth']} waiting, {o.get('added', 0)} added, "
+    print(f"outbox:  {o['depth']} held, {o.get('added', 0)} added, "
           f"{o.get('delivered', 0)} delivered, {o.get('dropped_overflow', 0)} dropped")
+    if "delivery" in o:
+        receipt = o["delivery"] == "receipt"
+        oldest = o.get("oldest_age_s")
+        central = {True: "online", False: "OFFLINE", None: "status not seen"}[
+            o.get("central_online")]
+        print(f"         {o['waiting_to_send']} waiting to send, "
+              f"{o.get('awaiting_receipt', o.get('awaiting_puback', 0))} sent awaiting "
+              f"{'the central' + chr(39) + 's receipt' if receipt else 'PUBACK'}"
+              + (f", oldest {oldest:.0f} s old" if oldest is not None else "")
+              + (f" (central {central})" if receipt else
+                 " (delivery = \"puback\": a broker crash can lose acknowledged events)"))
     print(f"devices: {d['online']}/{d['total']} online")
     for r in d["table"]:
         print(f"  {r['bus']}:{r['address']:<4} {r['role']:15} window {r['window']!s:>4} "
@@ -237,7 +284,7 @@ def cmd_central_run(args):
     cfg = _central_config(args)
     if cfg is None:
         return 1
-    central = Central(cfg.queue, cfg.database)
+    central = Central(cfg.queue, cfg.database, dedupe_days=cfg.dedupe_days)
     svc = CentralService(central, cfg.site, cfg.broker, client_id=cfg.client_id,
                          tick_s=cfg.tick_s, stats_s=cfg.stats_s, version=__version__,
                          **{k: str(v) for k in ("ca_file", "cert_file", "key_file")

@@ -150,9 +150,12 @@ class Witness:
 
 
 def write_hall_config(tmp_path, *, site, gateway, broker_url, hub_path=None, devices=(),
-                      windows="", timings="poll_timeout_ms = 200", outbox=None):
+                      windows="", timings="poll_timeout_ms = 200", outbox=None,
+                      delivery="puback"):
     """A hall.toml in tmp_path: `devices` [(address, role, window)] on one bus named "hall"
-    at `hub_path`, `windows` the [[windows]] tables as TOML text. Returns its path."""
+    at `hub_path`, `windows` the [[windows]] tables as TOML text. Returns its path.
+    `delivery`: "puback" by default, as these tests run no central service to send
+    receipts; the receipt tests (test_receipts*.py) run one and pass "receipt"."""
     bus = "" if hub_path is None else f'\n[[buses]]\nname = "hall"\nport = "{hub_path}"\n'
     for address, role, window in devices:
         bus += (f'\n  [[buses.devices]]\n  address = {address}\n  role = "{role}"\n'
@@ -168,6 +171,7 @@ urls = ["{broker_url}"]
 
 [outbox]
 path = "{outbox or tmp_path / 'outbox.sqlite'}"
+delivery = "{delivery}"
 
 [timings]
 {timings}

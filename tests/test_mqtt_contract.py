@@ -39,6 +39,7 @@ TOPICS = {  # the contract's topic tree (MQTT.md section 1), per AsyncAPI channe
     "devices": Topic("hall/v1/{site}/gw/{gateway}/devices", "devices", True, "send"),
     "errors": Topic("hall/v1/{site}/gw/{gateway}/errors", "errors", False, "send"),
     "event": Topic("hall/v1/{site}/window/{n}/event", "event", False, "send"),
+    "receipt": Topic("hall/v1/{site}/gw/{gateway}/receipt", "receipt", False, "receive"),
     "display": Topic("hall/v1/{site}/window/{n}/display", "display", True, "receive"),
     "panel": Topic("hall/v1/{site}/window/{n}/panel", "panel", True, "receive"),
     "vote": Topic("hall/v1/{site}/window/{n}/vote", "vote", True, "receive"),
@@ -159,6 +160,8 @@ BAD = [  # kind, payload, what the reason must say
     ("display", {"version": True, "text": "A042"}, "version: true is not an integer"),
     ("display", {"version": 2.5, "text": "A042"}, "not an integer"),
     ("display", {"version": 2**53, "text": "A042"}, "out of range"),
+    ("display", {"version": 2**31, "text": "A042"}, "would make every later one stale"),
+    ("panel", {"version": 2**53 - 1, "mode": "idle"}, "out of range 1-2147483647"),
     ("display", {"version": 1}, "text: missing"),
     ("display", {"version": 1, "text": "A042 > 12"}, "is 9 characters, at most 8"),
     ("display", {"version": 1, "text": "Ж"}, "outside printable ASCII"),
@@ -207,6 +210,9 @@ def test_bad_command_is_rejected_by_parser_and_schema(kind, payload, reason):
         (b'"text"', "not an object"),
         (b"\xff\xfe{}", "payload is not UTF-8"),
         (b'{"version": 1, "text": "' + b"x" * 5000 + b'"}', "at most 4096 allowed"),
+        (b"[" * 2000 + b"]" * 2000, "nests deeper than"),
+        (b'{"version": 1, "text": "", "x": ' + b'{"a":' * 600 + b"1" + b"}" * 601,
+         "nests deeper than"),
     ],
 )
 def test_bad_payload_bytes(raw, reason):
@@ -280,6 +286,6 @@ def test_asyncapi_structure():
         assert op["action"] == TOPICS[name].action, name
         assert op["bindings"]["mqtt"]["retain"] is TOPICS[name].retained, name
         assert op["bindings"]["mqtt"]["qos"] == 1
-    # the gateway receives exactly the commands it parses
+    # the gateway receives exactly the commands it parses, and its receipts
     gateway = {n for n, t in TOPICS.items() if re.search(r"/(gw|window)/", t.address)}
-    assert {n for n in gateway if TOPICS[n].action == "receive"} == set(commands.KINDS)
+    assert {n for n in gateway if TOPICS[n].action == "receive"} == {*commands.KINDS, "receipt"}

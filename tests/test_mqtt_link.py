@@ -101,9 +101,9 @@ class Recorder:
         with self.lock:
             self.commands.append((window, kind, command))
 
-    def on_delivered(self, token):
+    def on_delivered(self, tokens):
         with self.lock:
-            self.delivered.append(token)
+            self.delivered.extend(tokens)
 
     def on_connection(self, up, url):
         self.connections.append((up, url))
@@ -137,6 +137,7 @@ def make_link():
         kw.setdefault("on_command", rec.on_command)
         kw.setdefault("on_delivered", rec.on_delivered)
         kw.setdefault("on_connection", rec.on_connection)
+        kw.setdefault("delivery", "puback")  # these tests are about the PUBACK path
         link = MqttLink(SITE, GW, urls, **kw)
         link.rec = rec
         links.append(link)
