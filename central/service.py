@@ -63,9 +63,7 @@ class Central:
         now = self.clock.now()
         out = self.queue.handle_event(event, now=now)
         if not out.duplicate and isinstance(event.get("id"), str):
-            self.store.journal_event(event["id"], event.get("gateway"), event.get("window"),
-                                     event.get("type"), now,
-                                     "ok" if out.ok else f"rejected: {out.reason}")
+            self.store.journal_event(event, now, "ok" if out.ok else f"rejected: {out.reason}")
         return out
 
     def apply_issue(self, service: str, *, appointment: bool = False, priority: int = 0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS desired (window INTEGER NOT NULL, kind TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS issued (request_id TEXT PRIMARY KEY, tid TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL,
-    gateway TEXT, window INTEGER, type TEXT, at REAL NOT NULL, outcome TEXT NOT NULL);
+    gateway TEXT, window INTEGER, type TEXT, at REAL NOT NULL, outcome TEXT NOT NULL,
+    data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS journal_id ON journal(id);
 CREATE TABLE IF NOT EXISTS bad_events (id TEXT NOT NULL, gateway TEXT NOT NULL,
     at REAL NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL,
@@ -108,8 +110,8 @@ class Store:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(s.seq),))
             db.executemany("INSERT OR IGNORE INTO bad_events VALUES (?, ?, ?, ?, ?, ?)",
                            self._bad)
-            db.executemany("INSERT INTO journal (id, gateway, window, type, at, outcome) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", self._journal)
+            db.executemany("INSERT INTO journal (id, gateway, window, type, at, outcome, data) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", self._journal)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -117,13 +119,16 @@ class Store:
         self._bad.clear()
         self._journal.clear()
 
-    def journal_event(self, event_id: str, gateway: Any, window: Any, kind: Any, at: float,
-                      outcome: str) -> None:
-        """An event applied (not a duplicate), in the journal with the next `save`: the
-        order the central took events in, and proof that none was applied twice."""
-        self._journal.append((event_id, gateway if isinstance(gateway, str) else None,
-                              window if isinstance(window, int) else None,
-                              kind if isinstance(kind, str) else None, at, outcome))
+    def journal_event(self, event: Mapping[str, Any], at: float, outcome: str) -> None:
+        """An event applied (not a duplicate), in the journal with the next `save`: what
+        the central took, in order, and proof that none was applied twice."""
+        def kept(name, kind):
+            value = event.get(name)
+            return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+        self._journal.append((event["id"], kept("gateway", str), kept("window", int),
+                              kept("type", str), at, outcome,
+                              json.dumps(event, ensure_ascii=False)))
 
     def keep_bad_event(self, event_id: str, gateway: str, topic: str, reason: str,
                        payload: bytes, at: float) -> None:

@@ -178,3 +178,64 @@ delivery = "{delivery}"
 {bus}
 {windows}""")
     return path
+
+
+class CentralProcess:
+    """`hallgate central run` as a child process, on its own SQLite file, serving windows
+    `windows` (service A); its log goes to tmp_path/central.log. `committed()` reads what
+    its database holds, beside it (read-only)."""
+
+    def __init__(self, tmp_path, site, broker_url, windows):
+        self.db = tmp_path / "central.db"
+        self.config = tmp_path / "central.toml"
+        self.config.write_text(
+            f'site = "{site}"\nbroker = "{broker_url}"\ndatabase = "{self.db}"\n'
+            "tick_s = 0.5\n\n[services]\nA = \"Passports\"\n"
+            + "".join(f'\n[[windows]]\nn = {w}\nservices = ["A"]\n' for w in windows))
+        self.cmd = [sys.executable, "-m", "hallgate.cli", "central", "run", "--config",
+                    str(self.config)]
+        self.log_path = tmp_path / "central.log"
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env=daemon_env())
+        self.starts += 1
+        return self
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL: whatever it had not committed is gone with it."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self):
+        if self.running:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def journal(self):
+        """[(id, event payload)] of every event the database holds as applied, in order;
+        [] before the service made its file."""
+        import sqlite3
+
+        if not self.db.exists():
+            return []
+        try:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as db:
+                rows = db.execute("SELECT id, data FROM journal ORDER BY rowid").fetchall()
+        except sqlite3.OperationalError:  # no table yet
+            return []
+        return [(i, json.loads(d)) for i, d in rows]
+
+    def log(self, lines=40):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
