@@ -8,7 +8,12 @@ PUBACK. Rates, each against plain paho in the same run:
             nothing on disk (loses all on a crash), counted at the last PUBACK;
   commit    outbox.add() of the N events (fsync each), no network: what an outage costs;
   backlog   hallgate's MqttLink fed from the outbox holding the N events, as the daemon's
-            sender does (oldest first, as far as the link has room), counted at PUBACK;
+            sender does (oldest first, as far as the link has room), deleted at PUBACK
+            (delivery = "puback");
+  receipts  the same backlog with delivery = "receipt" (the default): the reference central
+            service (`hallgate central run`, its own process, SQLite) applies and commits
+            each event and sends receipts; counted when the last receipt has deleted the
+            last row: the backlog is in the central's database, not just at the broker;
   live      --live events each committed (fsync) and then sent by the link: the gateway's
             steady path, which loses nothing on SIGKILL or power cut.
 
@@ -17,6 +22,8 @@ PUBACK. Rates, each against plain paho in the same run:
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,20 +76,27 @@ def plain_paho(port, n, inflight):
     return n / elapsed
 
 
-def through_link(port, outbox, n, add_first):
+VOTE_FIELDS = {"type": "vote", "vote": "like", "ticket": None, "misuse": True,
+               "misuse_reason": "voting closed", "ts": "2026-11-23T10:15:02.123Z",
+               "source": {"gpio": 17}}  # applied and kept by the central whatever its state
+
+
+def through_link(port, outbox, n, add_first, delivery="puback"):
     """Events per second through the link, fed from the outbox as the daemon's sender does
     (gateway/daemon.py _send_loop): oldest first, as far as the link has room, woken by
-    each PUBACK. add_first=False: each event is committed just before it is fed."""
+    each confirmation (PUBACK or receipt, by `delivery`). add_first=False: each event is
+    committed just before it is fed."""
     wake = threading.Event()
     count = [0]
 
-    def on_delivered(seq):
-        outbox.delete(seq)
-        count[0] += 1
+    def on_delivered(seqs):
+        outbox.delete(*seqs)
+        count[0] += len(seqs)
         wake.set()
 
     link = MqttLink("bench", "gw-bench", [f"mqtt://127.0.0.1:{port}"], windows=[1],
-                    on_delivered=on_delivered, max_inflight=INFLIGHT).start()
+                    on_delivered=on_delivered, max_inflight=INFLIGHT,
+                    delivery=delivery).start()
     if not link.wait_connected(10):
         raise SystemExit("bench: the link did not connect within 10 s")
     t0 = time.perf_counter()
@@ -96,7 +110,7 @@ def through_link(port, outbox, n, add_first):
         room = link.room
         if room > 0:
             for e in outbox.pending(limit=room, after_seq=last or None):
-                link.publish_event(e.window, e.payload, token=e.seq)
+                link.publish_event(e.window, e.payload, token=e.seq, event_id=e.id)
                 last = e.seq
                 fed += 1
         if not fed and (add_first or made == n):
@@ -107,6 +121,33 @@ def through_link(port, outbox, n, add_first):
     elapsed = time.perf_counter() - t0
     link.stop()
     return n / elapsed
+
+
+def start_central(port, folder):
+    """`hallgate central run` on the broker, in its own process (as on its own machine);
+    returns the process once it says online."""
+    folder.mkdir()
+    config = folder / "central.toml"
+    config.write_text(f'site = "bench"\nbroker = "mqtt://127.0.0.1:{port}"\n'
+                      f'database = "{folder / "central.db"}"\n\n[services]\nA = "Bench"\n\n'
+                      '[[windows]]\nn = 1\nservices = ["A"]\n')
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    proc = subprocess.Popen([sys.executable, "-m", "hallgate.cli", "central", "run",
+                             "--config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(folder / "log", "wb"))
+    online = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-status")
+    c.on_message = lambda cl, u, m: b'"online"' in m.payload and online.set()
+    c.on_connect = lambda cl, *a: cl.subscribe("hall/v1/bench/central/status", 1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    ok = online.wait(30)
+    c.loop_stop()
+    c.disconnect()
+    if not ok:
+        proc.kill()
+        raise SystemExit(f"bench: the central did not come online: {folder / 'log'}")
+    return proc
 
 
 def commit(outbox, n):
@@ -131,6 +172,17 @@ def main(argv=None):
             commit_rate = commit(ob, n)
             link_rate = through_link(broker.port, ob, n, add_first=True)
             left = ob.depth()
+        central = start_central(broker.port, Path(tmp) / "central")
+        try:
+            with Outbox(Path(tmp) / "receipts.sqlite", "gw-bench", max_events=10 * n) as ob:
+                for _ in range(n):
+                    ob.add(1, VOTE_FIELDS)
+                receipt_rate = through_link(broker.port, ob, n, add_first=True,
+                                            delivery="receipt")
+                left += ob.depth()
+        finally:
+            central.terminate()
+            central.wait(30)
         outbox_rate = None
         if args.live:
             with Outbox(Path(tmp) / "live.sqlite", "gw-bench",
@@ -143,6 +195,9 @@ def main(argv=None):
         "link_per_s": round(link_rate),
         "commit_over_paho": round(commit_rate / paho_rate, 3),
         "link_over_paho": round(link_rate / paho_rate, 3),
+        "receipt_per_s": round(receipt_rate),
+        "receipt_over_paho": round(receipt_rate / paho_rate, 3),
+        "receipt_drain_s": round(n / receipt_rate, 1),
         "backlog_drain_s": round(n / link_rate, 1),
         "left_in_outbox": left,
         "live_events": args.live,
@@ -159,6 +214,8 @@ def main(argv=None):
         print(f"  backlog published from the outbox, PUBACK  {link_rate:8.0f}/s  "
               f"{link_rate / paho_rate:.2f} x paho  (drained in {n / link_rate:.0f} s;"
               f" {left} left)")
+        print(f"  backlog to the central's database, receipts {receipt_rate:7.0f}/s  "
+              f"{receipt_rate / paho_rate:.2f} x paho  (drained in {n / receipt_rate:.0f} s)")
         if outbox_rate:
             print(f"  {args.live} committed then sent one by one    {outbox_rate:8.0f}/s  "
                   f"{outbox_rate / paho_rate:.2f} x paho")

@@ -430,7 +430,7 @@ class CentralService:
             raise _Bad(f"window: {event.get('window')!r} is not the topic's window {n}")
         if event.get("type") not in ("key", "vote"):
             raise _Bad(f"type: {event.get('type')!r} is not key or vote")
-        out = self.central.apply_event(event)
+        out = self.central.apply_event(event, payload.decode("utf-8"))
         self.counters["events"] += 1
         if out.duplicate:
             self.counters["duplicates"] += 1

@@ -59,11 +59,14 @@ class Central:
         return out, self._commit()
 
     # Group commits (central/mqtt.py): apply several, then one commit for them all.
-    def apply_event(self, event: Mapping[str, Any]) -> Outcome:
+    def apply_event(self, event: Mapping[str, Any], raw: str | None = None) -> Outcome:
+        """One event applied to the queue, not yet committed; `raw`: its payload as
+        received, for the journal."""
         now = self.clock.now()
         out = self.queue.handle_event(event, now=now)
         if not out.duplicate and isinstance(event.get("id"), str):
-            self.store.journal_event(event, now, "ok" if out.ok else f"rejected: {out.reason}")
+            self.store.journal_event(event, now, "ok" if out.ok else f"rejected: {out.reason}",
+                                     raw)
         return out
 
     def apply_issue(self, service: str, *, appointment: bool = False, priority: int = 0,

@@ -11,10 +11,12 @@ here from the configs the gateways run (read and checked by gateway/config.py lo
 
   gateway  hallgate-{site}-{gateway}   write gw/{gateway}/status, devices, errors and
                                        window/{n}/event; read window/{n}/display, panel, vote
-                                       (for each window n of its config)
+                                       (for each window n of its config), gw/{gateway}/receipt
+                                       and central/status
   central  hallgate-central-{site}     read window/+/event, ticket/request, gw/+/status,
                                        devices, errors; write window/+/display, panel, vote,
-                                       ticket/issued, central/status, stats, errors
+                                       gw/+/receipt, ticket/issued, central/status, stats,
+                                       errors
   kiosk    hallgate-kiosk-{site}-{name}    write ticket/request; read ticket/issued
   monitor  hallgate-monitor-{site}-{name}  read hall/v1/{site}/# (nothing written)
 
@@ -126,6 +128,8 @@ def gateway_block(entry):
     for n in entry.windows:
         lines.append(f"topic write {base}/window/{n}/event")
         lines += [f"topic read {base}/window/{n}/{kind}" for kind in COMMAND_KINDS]
+    # its receipts, and the central's status (a new `online` makes it re-send)
+    lines += [f"topic read {base}/gw/{entry.gateway}/receipt", f"topic read {base}/central/status"]
     return lines
 
 
@@ -139,6 +143,7 @@ def central_block(site):
         *(f"topic read {base}/gw/+/{t}" for t in GATEWAY_TOPICS),
         *(f"topic write {base}/window/+/{kind}" for kind in COMMAND_KINDS),
         f"topic write {base}/ticket/issued",
+        f"topic write {base}/gw/+/receipt",
         f"topic write {base}/central/status",
         f"topic write {base}/central/stats",
         f"topic write {base}/central/errors",

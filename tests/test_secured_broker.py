@@ -537,11 +537,20 @@ def test_central_service_connects_with_its_certificate_and_takes_a_gateways_even
     try:
         wait_for(lambda: svc.counters["connects"] >= 1, WAIT, "central connected")
         gw = clients(GW1_CN).start()
+        gw.subscribe(f"{BASE}/gw/{GW1}/receipt", f"{BASE}/central/status")
+        other = clients(GW2_CN).start()  # may not read gw-1's receipts
+        other.subscribe(f"{BASE}/gw/+/receipt")
         event = {"id": "gw-1.1", "gateway": GW1, "window": 1, "ts": utc_ts(), "type": "key",
                  "key": "call", "action": "press"}
         assert not gw.publish(f"{BASE}/window/1/event", json.dumps(event)).is_failure
         wait_for(lambda: svc.counters["events"] >= 1, WAIT, "the event at central")
         assert svc.counters["malformed"] == 0
+        # the ACL lets the central send the receipt and only its gateway read it
+        wait_for(lambda: gw.got(f"{BASE}/gw/{GW1}/receipt"), WAIT, "the receipt at gw-1")
+        assert json.loads(gw.got(f"{BASE}/gw/{GW1}/receipt")[0])["ids"] == ["gw-1.1"]
+        assert json.loads(gw.got(f"{BASE}/central/status")[-1])["state"] == "online"
+        time.sleep(0.3)
+        assert other.got("#") == []
     finally:
         svc.stop()
 
