@@ -70,7 +70,9 @@ HEADER_PIN = {
 PRIMARY_UART = ("/dev/serial0", "/dev/ttyAMA0", "/dev/ttyS0")
 UART_PINS = ((14, "TXD"), (15, "RXD"))
 SLUG = r"[a-z0-9][a-z0-9-]{0,63}"  # safe in an MQTT topic level
-SCHEMES = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
+# MQTT over TCP, plain or TLS: what the link (gateway/mqtt.py) speaks. ws:// and wss://
+# are refused here with a reason, not accepted and then refused by `run`.
+SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 HOST = r"[A-Za-z0-9._:%-]+"  # a DNS name, IPv4 or IPv6 (as gateway/mqtt.py's parse_url takes)
 WINDOWS = (1, 999_999)  # window numbers, as the MQTT contract allows (protocols/MQTT.md)
 BUS_WINDOWS = (1, 0xFFFF)  # a bus device keeps its window in 16 bits (protocols/BUS.md INFO)
@@ -157,15 +159,10 @@ class Broker:
     scheme: str
     host: str
     port: int
-    path: str  # websocket path ("/mqtt" when the URL gives none); "" for TCP
 
     @property
     def tls(self):
-        return self.scheme in ("mqtts", "wss")
-
-    @property
-    def transport(self):
-        return "websockets" if self.scheme in ("ws", "wss") else "tcp"
+        return self.scheme == "mqtts"
 
     def __str__(self):
         return self.url
@@ -464,7 +461,8 @@ class _Context:
     def __init__(self, file, base, lines):
         self.file, self.base, self.lines = file, base, lines
         self.problems = []
-        self.failed = []  # key paths with a problem
+        self.failed = set()  # key paths with a problem
+        self._failed_under = set()  # ... and every prefix of them (has_failed in O(1))
 
     def line(self, path):
         for n in range(len(path), 0, -1):
@@ -473,11 +471,16 @@ class _Context:
         return None
 
     def problem(self, path, message):
-        self.failed.append(path)
+        self.fail(path)
         self.problems.append(Problem(self.file, self.line(path), _dotted(path) or None, message))
 
+    def fail(self, path):
+        """Notes `path` as bad without a problem of its own (one said elsewhere)."""
+        self.failed.add(path)
+        self._failed_under.update(path[:n] for n in range(len(path) + 1))
+
     def has_failed(self, prefix):
-        return any(p[: len(prefix)] == prefix for p in self.failed)
+        return prefix in self._failed_under
 
     def at(self, path, note=None):
         """'buses[0].de_pin (line 12)', to name the other side of a clash."""
@@ -549,7 +552,7 @@ def _table(cls, data, path, ctx):
                 out[name] = value
         elif f.default is REQUIRED:
             if name in meant:
-                ctx.failed.append(path + (name,))
+                ctx.fail(path + (name,))
             elif isinstance(spec.kind, Many):
                 ctx.problem(path + (name,), f"at least {spec.kind.min} [[{name}]] table needed")
             elif dataclasses.is_dataclass(spec.kind):
@@ -652,6 +655,9 @@ def _outbox_path(v, ctx):
 def _broker(url, ctx):
     u = urllib.parse.urlsplit(url)
     quoted = _toml(url)
+    if u.scheme in ("ws", "wss"):
+        raise ValueError(f"{quoted}: MQTT over WebSockets is not supported by the gateway; "
+                         "use the broker's TCP listener, mqtt:// or mqtts://")
     if u.scheme not in SCHEMES:
         raise ValueError(f'{quoted}: scheme {_toml(u.scheme)} is not allowed; expected one of '
                          + ", ".join(f"{s}://" for s in SCHEMES))
@@ -669,11 +675,9 @@ def _broker(url, ctx):
                          f"address (letters, digits, '.' and '-'; an IPv6 address in [])")
     if u.username is not None or u.password is not None:
         raise ValueError(f"{quoted}: no credentials in the URL; use username and password_file")
-    if u.query or u.fragment or (u.path not in ("", "/") and u.scheme in ("mqtt", "mqtts")):
-        raise ValueError(f"{quoted}: unexpected path or query; only ws:// and wss:// URLs "
-                         f"take a path")
-    path = (u.path or "/mqtt") if u.scheme in ("ws", "wss") else ""
-    return Broker(url, u.scheme, u.hostname, port, path)
+    if u.query or u.fragment or u.path not in ("", "/"):
+        raise ValueError(f"{quoted}: unexpected path or query; expected scheme://host[:port]")
+    return Broker(url, u.scheme, u.hostname, port)
 
 
 _CONVERT = {
@@ -777,7 +781,7 @@ def _check_mqtt(m, ctx):
         fail("cert_file", "missing: a private key (key_file) needs its client certificate")
     tls_files = [k for k in ("ca_file", "cert_file", "key_file") if k in m]
     if tls_files and "urls" in m and not any(b.tls for b in m["urls"]):
-        fail(tls_files[0], f"{tls_files[0]} is set but no URL uses TLS (mqtts:// or wss://)")
+        fail(tls_files[0], f"{tls_files[0]} is set but no URL uses TLS (mqtts://)")
     _check_files(m, fail)
 
 
@@ -785,6 +789,13 @@ def _check_files(m, fail):
     """What `hallgate run` reads at start: the password file in UTF-8; the TLS files in PEM,
     CA certificates, and a client certificate with its unencrypted private key (these two
     are checked together, once both are given)."""
+    if "password_file" in m:
+        try:
+            _read_text(m["password_file"])
+        except _Unreadable as e:
+            fail("password_file", f"{_cut(m['password_file'], most=PATH_CHARS)}: {e}")
+    if not {"ca_file", "cert_file", "key_file"} & m.keys():
+        return
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -802,11 +813,6 @@ def _check_files(m, fail):
             fail(k, f"{where}: the private key is encrypted; the gateway needs it "
                     f"unencrypted (openssl pkey -in KEY -out KEY.plain)")
 
-    if "password_file" in m:
-        try:
-            _read_text(m["password_file"])
-        except _Unreadable as e:
-            fail("password_file", f"{_cut(m['password_file'], most=PATH_CHARS)}: {e}")
     if "ca_file" in m:
         load("ca_file", x509.load_pem_x509_certificates,
              "PEM certificates (-----BEGIN CERTIFICATE-----)")

@@ -86,7 +86,7 @@ def cmd_run(args):
     except GPIOZeroError as e:
         print(f"hallgate run: GPIO: {e} (check the pins in {args.config})", file=sys.stderr)
     except OutboxError as e:
-        print(f"hallgate run: outbox: {e}", file=sys.stderr)
+        print(f"hallgate run: {e} (outbox.path in {config.file})", file=sys.stderr)
     except OSError as e:  # a folder or file the config names, made or opened at start
         logging.getLogger("hallgate").debug("hallgate run", exc_info=True)
         print(_start_error(config, e), file=sys.stderr)

@@ -82,7 +82,7 @@ BROKEN = {
     ],
     "bad-url.toml": [
         ("mqtt.urls[1]", 8, '"http://broker-b.example": scheme "http" is not allowed; '
-                            "expected one of mqtt://, mqtts://, ws://, wss://"),
+                            "expected one of mqtt://, mqtts://"),
         ("mqtt.urls[2]", 9, '"mqtt://:1883": no host'),
         ("mqtt.urls[3]", 10, '"mqtt://broker-c.example:99999": bad port; expected a number '
                              "1-65535"),
@@ -160,11 +160,13 @@ def check_text(tmp_path, text, name="hall.toml"):
         (BASE + "username = 'u'\npassword = 'x'\npassword_file = 'hall.toml'\n" + WINDOW,
          "mqtt.password", 8, "give password or password_file, not both"),
         (BASE + "ca_file = 'hall.toml'\n" + WINDOW, "mqtt.ca_file", 7,
-         "ca_file is set but no URL uses TLS (mqtts:// or wss://)"),
+         "ca_file is set but no URL uses TLS (mqtts://)"),
         (BASE.replace("mqtt://localhost:1883", "mqtt://user:pw@localhost") + WINDOW,
          "mqtt.urls[0]", 6, "no credentials in the URL; use username and password_file"),
         (BASE.replace("mqtt://localhost:1883", "mqtt://localhost/x") + WINDOW,
-         "mqtt.urls[0]", 6, "only ws:// and wss:// URLs take a path"),
+         "mqtt.urls[0]", 6, "unexpected path or query; expected scheme://host[:port]"),
+        (BASE.replace("mqtt://localhost:1883", "wss://localhost/mqtt") + WINDOW,
+         "mqtt.urls[0]", 6, "MQTT over WebSockets is not supported by the gateway"),
         (BASE + WINDOW + "like_led_pin = 5\n", "windows[0].like_led_pin", 12,
          "pin 5 is already used by windows[0].like_pin (line 10)"),
         (BASE + WINDOW + "dislike_led_pin = 7\nlike_led_pin = 'x'\n", "windows[0].like_led_pin",
@@ -211,15 +213,15 @@ def test_a_misspelt_value_is_reported_once(tmp_path):
 def test_defaults_paths_and_brokers(tmp_path):
     (tmp_path / "pw").write_text("s3cret\n")
     text = BASE.replace('"mqtt://localhost:1883"',
-                        '"mqtts://a.example", "wss://b.example", "ws://[::1]:9001/ws"')
+                        '"mqtts://a.example", "mqtt://b.example", "mqtt://[::1]:9001"')
     text += 'username = "u"\npassword_file = "pw"\n[outbox]\npath = "state/outbox.sqlite"\n'
     text += WINDOW
     (tmp_path / "hall.toml").write_text(text)
     config = load_config(tmp_path / "hall.toml")
     a, b, c = config.mqtt.urls
-    assert (a.host, a.port, a.tls, a.transport, a.path) == ("a.example", 8883, True, "tcp", "")
-    assert (b.port, b.tls, b.transport, b.path) == (443, True, "websockets", "/mqtt")
-    assert (c.host, c.port, c.tls, c.path) == ("::1", 9001, False, "/ws")
+    assert (a.host, a.port, a.tls) == ("a.example", 8883, True)
+    assert (b.host, b.port, b.tls) == ("b.example", 1883, False)
+    assert (c.host, c.port, c.tls) == ("::1", 9001, False)
     assert config.mqtt.protocol == "5" and config.mqtt.keepalive_s == 30
     assert config.mqtt.read_password() == "s3cret"
     assert config.outbox.path == tmp_path / "state" / "outbox.sqlite"

@@ -398,10 +398,20 @@ MISCONFIGURED = {
     "hostname mismatch": (
         {"host": "localhost"},
         ["certificate verify failed: hostname mismatch", "not valid for 'localhost'"]),
-    "key of another certificate": (
-        {"key_file": f"{GW2_CN}.key"},
-        [f"key_file {{pki}}/{GW2_CN}.key is not the private key of cert_file "]),
 }
+
+
+def test_a_key_of_another_certificate_is_refused_before_the_daemon_starts(tmp_path, pki):
+    """What the link would fail on at connect, `config check` says first: so `run`."""
+    tls = {**gateway_tls(pki), "key_file": pki / f"{GW2_CN}.key"}
+    config = hall_config(tmp_path / "gw", "mqtts://127.0.0.1:8883", GW1, [1], tls)
+    for command in ("config", "run"):
+        args = ("config", "check", config) if command == "config" else (
+            "run", "--config", config, "--status-file", tmp_path / "status.json")
+        out = hallgate(*args)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert (f"mqtt.key_file: {pki}/{GW2_CN}.key is not the private key of cert_file "
+                f"{pki}/{GW1_CN}.crt") in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("case", list(MISCONFIGURED))
