@@ -374,7 +374,43 @@ MALFORMED = [  # (window, kind, payload, what the reason says)
     (2, "panel", b'{"version": "3", "mode": "idle"}', "is not an integer"),
     (2, "vote", b'{"version": 2, "open": true}', "ticket: missing"),
     (2, "panel", b'{"version": 3, "mode": "idle", "tea": "yes"}', "tea:"),
+    # 4,000 bytes under the 4,096 limit: raised RecursionError out of the parser once
+    (1, "vote", b"[" * 2000 + b"]" * 2000, "nests deeper than"),
+    # would make every later version stale
+    (2, "display", b'{"version": 9007199254740991, "text": "A"}', "out of range 1-2147483647"),
 ]
+
+
+def test_a_burst_of_bad_commands_is_reported_whole_rate_limited(broker, witness, make_link):
+    """3,000 bad commands at once: the first ones each get an error, the rest are summed up
+    ("N more like this"); every one is accounted for, none dropped unsaid."""
+    link = make_link([broker.url], windows=[1])
+    assert link.wait_connected(5)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="burst")
+    sender.max_inflight_messages_set(100)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        infos = [sender.publish(topic(1, "display"), b"{not json %d" % i, qos=1)
+                 for i in range(3000)]
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+
+    def accounted():
+        errors = witness.json(ERRORS)
+        return sum(e.get("suppressed", 1) for e in errors if e["kind"] == "bad-command")
+
+    wait_for(lambda: accounted() == 3000, timeout=30, what="all 3,000 accounted for")
+    errors = [check_schema("errors", e) for e in witness.json(ERRORS)]
+    summaries = [e for e in errors if "suppressed" in e]
+    assert summaries and len(errors) < 100, len(errors)
+    assert "more like this" in summaries[0]["reason"]
+    assert "payload is not JSON" in summaries[0]["first_reason"]
+    assert link.stats.rejected == 3000 and link.stats.losses == 0
+    assert link.stats.errors_dropped == 0
 
 
 def test_commands_typed_malformed_answered_and_link_keeps_working(broker, witness, make_link):
@@ -407,6 +443,7 @@ def test_commands_typed_malformed_answered_and_link_keeps_working(broker, witnes
         assert err["payload_size"] == len(payload)
     assert link.stats.rejected == len(MALFORMED)
     assert len(rec.commands) == 3  # none of them reached on_command
+    assert link.stats.connects == 1 and link.stats.losses == 0  # none broke the connection
 
     # still working: a new version, a cleared topic, an event
     witness.publish(topic(1, "display"), {"version": 5, "text": ""}, True)
