@@ -6,7 +6,9 @@ Operations: wires the parts together. Bus masters (one per RS-485 bus) and the G
 samplers (feedback buttons, GPIO call panels) produce events; each event is committed to
 the durable outbox *inside* the producer's callback, so a bus device is acked, and a GPIO
 press is taken, only once the event is on disk. A sender thread feeds the outbox, oldest
-first, into the MQTT link, which calls back on each PUBACK; only then is the row deleted.
+first, into the MQTT link, which calls back when events are confirmed: by the central
+service's receipt (in its database), or by the broker's PUBACK with `[outbox] delivery =
+"puback"`; only then are the rows deleted.
 Desired state comes down from the link as typed commands and is reconciled onto devices
 (`Reconciler`): an older version never overwrites a newer one.
 
@@ -16,7 +18,8 @@ anything taken after the restart. That keeps each window's call / start / finish
 order the operator pressed them, which the central service's state machine relies on; the
 cost is that new presses wait behind a backlog (seconds even for a large one).
 
-Faults: broker down -> events wait in the outbox (bounded, drops reported); disk full ->
+Faults: broker down, or crashed and restarted without its disk state, or the central away ->
+events wait in the outbox until receipted (bounded, drops reported); disk full ->
 the outbox raises, the bus master does not ack (the device keeps the event and sends it
 again), GPIO presses are retried by the feedback module; a malformed command -> the errors
 topic; SIGTERM -> stop taking input, drain the outbox for a few seconds, say offline, exit.

@@ -3,23 +3,31 @@
 Design note
 -----------
 Operations: the daemon makes one `MqttLink`, `start()`s it and feeds it events from the
-durable outbox with `publish_event(window, payload, token)` while `room > 0`; the link calls
-`on_delivered(token)` when the broker has acknowledged that event (PUBACK), and only then, so
-the daemon deletes the outbox row there. Desired state arrives as typed commands through
-`on_command(window, kind, command)`; device tables and faults go out with `publish_devices`
-and `publish_error`. `stop()` says offline and disconnects.
+durable outbox with `publish_event(window, payload, token, event_id)` while `room > 0`; the
+link calls `on_delivered([token, ...])` once those events are confirmed, and only then, so
+the daemon deletes the outbox rows there. Confirmed means, by `delivery`: "receipt" (the
+default) the central service's receipt names the event (protocols/MQTT.md section 4a: it is
+in the central's database); "puback" the broker acknowledged it (for a central that sends no
+receipts: a broker crash then loses what it acknowledged and had not saved). Desired state
+arrives as typed commands through `on_command(window, kind, command)`; device tables and
+faults go out with `publish_devices` and `publish_error`. `stop()` says offline.
 
 Goals:
-- Nothing lost, nothing hidden in RAM: an event leaves the outbox only on its PUBACK. The
-  link holds at most `max_inflight` events (its window); when the connection drops, every
-  event in the window that has no PUBACK yet is sent again on the next connection, oldest
-  first, before anything newer, so the order of first arrivals per window is the feed order.
-  A duplicate (PUBACK lost with the connection) is the same payload with the same id:
-  receivers dedupe by id.
-- Bad input never stops the link: a malformed command is answered on the errors topic with
-  the topic and the reason (gateway/commands.py), a missing broker is retried, a callback
-  that raises is logged.
-- A failure says what to fix: a TLS one in plain words (`explain_tls_error`: the broker's
+- Nothing lost, nothing hidden in RAM: an event leaves the outbox only when confirmed. The
+  link holds at most `max_unconfirmed` events (its window; at most `max_inflight` of them
+  on the wire without a PUBACK); every unconfirmed event is sent again, oldest first, on
+  every new connection, when the central's status says `online` anew (it restarted or
+  reconnected and may have lost what it had not committed), and `receipt_timeout` after
+  its PUBACK without a receipt (doubling to 8x; not while the central says offline, when
+  the broker keeps the events for it). So the order of first arrivals per window is the
+  feed order, and a duplicate (a lost receipt or PUBACK) is the same payload with the same
+  id: receivers dedupe by id.
+- Bad input never stops the link: a malformed command or receipt is answered on the errors
+  topic with the topic and the reason (gateway/commands.py, protocols/receipts.py); error
+  reports are rate-limited per kind and what is held back is summed up, never dropped
+  unsaid (gateway/errorlimit.py); a missing broker is retried, a callback that raises is
+  logged.
+- A failure says what to fix: a TLS one in plain words (gateway/tls.py: the broker's
   certificate from an unknown CA, expired or for another host name; the broker refused
   ours, with what our certificate file shows), in `last_error` and the log.
 - Every wait is bounded: reconnect backoff from `reconnect_min` doubling to `reconnect_max`
@@ -40,9 +48,10 @@ Plan:
   the broker (stable client id, clean start off, session expiry for MQTT 5), so QoS 1
   commands published while the gateway was away are delivered when it comes back.
 - On every connection: retained birth, subscribe the served windows (the broker then sends
-  the retained desired state again: converge, not replay), the last device table, queued
-  errors, then the window's events in order. paho's own in-flight limit is set to the
-  broker's Receive Maximum (MQTT 5) or our window, whichever is smaller.
+  the retained desired state again: converge, not replay) and, with receipts, our receipt
+  topic and central/status; the last device table, queued errors, then the window's events
+  in order. At most `max_inflight` events without a PUBACK, fewer if the broker's Receive
+  Maximum (MQTT 5) says so.
 - TLS failures: a broker certificate we reject fails paho's connect() (the handshake is
   ours: an ssl.SSLCertVerificationError with OpenSSL's verify code). The broker's verdict
   on our certificate comes later under TLS 1.3, after our side of the handshake is done: an
@@ -54,16 +63,17 @@ Plan:
 
 How a daemon feeds it: from one thread, whenever woken (a new outbox row, on_delivered,
 on_connection), hand over the next outbox rows after the last one fed, at most `room` of
-them, in outbox order; never one that is in `pending()`. The link re-sends its own window
-after a reconnect, so the daemon does not re-feed; after a daemon restart (a new link) it
-starts again from the oldest row in the outbox.
+them, in outbox order; never one that is in `pending()`. The link re-sends its own window,
+so the daemon does not re-feed; after a daemon restart (a new link) it starts again from
+the oldest row in the outbox.
 
 Example (needs a broker, so not a doctest)::
 
     link = MqttLink("msk-01", "gw-1", ["mqtt://127.0.0.1:1883"], windows=[1, 2],
-                    on_delivered=outbox.delete, on_command=reconciler.apply)
+                    on_delivered=lambda seqs: outbox.delete(*seqs),
+                    on_command=reconciler.apply)
     with link:
-        link.publish_event(1, b'{"id": "..."}', token=row_id)
+        link.publish_event(1, entry.payload, token=entry.seq, event_id=entry.id)
 """
 
 import collections
@@ -314,7 +324,9 @@ class MqttLink:
         self._devices_last = None  # payload of the last device table (re-sent on connect)
         self._devices_due = False
         self._errors = collections.deque()
-        self._limiter = ErrorLimiter()
+        # A burst big enough for every retained command of a large hall at once (36
+        # windows x 3 kinds after a central's bug), then 10 a second; the rest summed up.
+        self._limiter = ErrorLimiter(burst=128, per_second=10.0)
         self._dropped_said = 0  # of stats.errors_dropped, how many a message has reported
 
         # The link thread's own.

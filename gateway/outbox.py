@@ -1,10 +1,12 @@
-"""The durable outbox: every event the gateway takes is kept on disk until the broker has it.
+"""The durable outbox: every event the gateway takes is kept on disk until it is delivered
+(by default: until the central service's receipt says its database holds it).
 
 Design note
 -----------
 Operations: the input side calls `add` for each key press or vote and acks the bus device
 (or takes the GPIO press) only after it returned; the sender reads `pending` oldest first,
-publishes each entry's `payload` with QoS 1 and calls `delete` on PUBACK. The daemon
+publishes each entry's `payload` with QoS 1 and calls `delete` once it is confirmed (the
+central's receipt, or the PUBACK with delivery = "puback"). The daemon
 publishes `take_drop_reports` on the errors topic and shows `stats` in its status.
 Goals: a SIGKILL or a power cut at any moment loses no event that `add` returned; after a
 restart the backlog goes out again with the same `id`; the file stays bounded; a full disk

@@ -206,7 +206,7 @@ def test_sigterm_drains_and_what_waits_in_the_outbox_goes_out_after_the_next_sta
         daemon.wait_status(lambda s: s["outbox"]["depth"] == 0, "the outbox emptied")
         text = status_text(daemon)
         assert f"broker:  connected to {broker.url}" in text, text
-        assert "outbox:  0 waiting" in text and "devices: 1/1 online" in text, text
+        assert "outbox:  0 held" in text and "devices: 1/1 online" in text, text
 
         # The broker goes away: the presses wait in the outbox, and `hallgate status` says so.
         broker.stop()
@@ -222,7 +222,8 @@ def test_sigterm_drains_and_what_waits_in_the_outbox_goes_out_after_the_next_sta
         assert st["outbox"]["depth"] >= len(presses) > 0
         text = status_text(daemon)
         assert "broker:  DISCONNECTED" in text, text
-        assert f"outbox:  {st['outbox']['depth']} waiting" in text, text
+        assert f"outbox:  {st['outbox']['depth']} held" in text, text
+        assert f"{st['outbox']['depth']} waiting to send" in text, text
         assert "devices: 1/1 online" in text, text
 
         # The broker is back, and at once a SIGTERM: exit 0, nothing lost.
@@ -279,7 +280,7 @@ def test_status_text_and_missing_or_stale_status_file(tmp_path):
         text = status_text(daemon)
         assert f"gateway {SITE}/{GW}" in text and f"pid {daemon.proc.pid}" in text, text
         assert f"broker:  connected to {broker.url}" in text, text
-        assert "outbox:  0 waiting" in text and "devices: 0/0 online" in text, text
+        assert "outbox:  0 held" in text and "devices: 0/0 online" in text, text
         daemon.proc.kill()  # dies without a word: its last status stays behind
         daemon.proc.wait(10)
     finally:

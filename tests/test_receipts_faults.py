@@ -23,7 +23,7 @@ from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import FirmwareDevice
 from hallgate.sim.faults import Tally
 from hallgate.sim.hub import BusHub
-from harness import CentralProcess, Daemon, Witness, write_hall_config
+from harness import CentralProcess, Daemon, Witness, hallgate, write_hall_config
 from test_faults import Operators, seed
 
 pytestmark = pytest.mark.micropython
@@ -167,7 +167,14 @@ def run_broker_kills_central_away(tmp_path, cycles, up=(0.4, 1.2), down=(0.05, 0
         hall.take(tally)
         assert hall.committed()[0] == {}, "the central was away: nothing may be committed"
         if delivery == "receipt":
-            hall.daemon.wait_status(lambda s: s["outbox"]["depth"] > 0, "events held", 10)
+            st = hall.daemon.wait_status(
+                lambda s: s["outbox"]["depth"] > 0 and s["outbox"]["awaiting_receipt"] > 0,
+                "events held, sent and awaiting their receipt", 10)
+            o = st["outbox"]
+            assert o["delivery"] == "receipt" and o["oldest_age_s"] > 0
+            assert o["waiting_to_send"] + o["awaiting_receipt"] == o["depth"]
+            text = hallgate("status", "--status-file", hall.daemon.status_file).stdout
+            assert "sent awaiting the central's receipt, oldest" in text, text
         hall.start_central()
         if delivery == "puback":
             return hall.finish(tally, ops, timeout=10, check=False)
