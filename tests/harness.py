@@ -31,15 +31,14 @@ def hallgate(*args, timeout=30):
                           capture_output=True, text=True, timeout=timeout, env=daemon_env())
 
 
-class Daemon:
-    """`hallgate run` as a child process; its log goes to tmp_path/daemon.log."""
+class Child:
+    """A `hallgate` command as a child process that can be started again after a kill;
+    its output goes to `log_path`."""
 
-    def __init__(self, tmp_path, config, env=None, prefix=()):
-        self.status_file = tmp_path / "status.json"
-        self.cmd = [*prefix, sys.executable, "-m", "hallgate.cli", "run", "--config",
-                    str(config), "--status-file", str(self.status_file)]
+    def __init__(self, cmd, log_path, env=None):
+        self.cmd = cmd
         self.env = daemon_env(**(env or {}))
-        self.log_path = tmp_path / "daemon.log"
+        self.log_path = log_path
         self.proc = None
         self.starts = 0
 
@@ -53,6 +52,33 @@ class Daemon:
     @property
     def running(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL: a power cut, as far as the process can tell."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self):
+        if self.running:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self, lines=40):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Daemon(Child):
+    """`hallgate run` as a child process; its log goes to tmp_path/daemon.log."""
+
+    def __init__(self, tmp_path, config, env=None, prefix=()):
+        self.status_file = tmp_path / "status.json"
+        super().__init__([*prefix, sys.executable, "-m", "hallgate.cli", "run", "--config",
+                          str(config), "--status-file", str(self.status_file)],
+                         tmp_path / "daemon.log", env)
 
     def status(self):
         """The status file as this run of the daemon last wrote it, else None."""
@@ -71,11 +97,6 @@ class Daemon:
         wait_for(check, timeout, what)
         return self.status()
 
-    def kill(self):
-        """SIGKILL: a power cut, as far as the daemon can tell."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
     def terminate(self, timeout=30):
         """SIGTERM and wait for the exit; returns the exit code."""
         self.proc.send_signal(signal.SIGTERM)
@@ -83,18 +104,6 @@ class Daemon:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"no exit within {timeout} s of SIGTERM:\n{self.log()}") from None
-
-    def close(self):
-        if self.running:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log(self, lines=40):
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class Witness:
@@ -180,44 +189,20 @@ delivery = "{delivery}"
     return path
 
 
-class CentralProcess:
+class CentralProcess(Child):
     """`hallgate central run` as a child process, on its own SQLite file, serving windows
-    `windows` (service A); its log goes to tmp_path/central.log. `committed()` reads what
+    `windows` (service A); its log goes to tmp_path/central.log. `journal()` reads what
     its database holds, beside it (read-only)."""
 
     def __init__(self, tmp_path, site, broker_url, windows):
         self.db = tmp_path / "central.db"
-        self.config = tmp_path / "central.toml"
-        self.config.write_text(
+        config = tmp_path / "central.toml"
+        config.write_text(
             f'site = "{site}"\nbroker = "{broker_url}"\ndatabase = "{self.db}"\n'
             "tick_s = 0.5\n\n[services]\nA = \"Passports\"\n"
             + "".join(f'\n[[windows]]\nn = {w}\nservices = ["A"]\n' for w in windows))
-        self.cmd = [sys.executable, "-m", "hallgate.cli", "central", "run", "--config",
-                    str(self.config)]
-        self.log_path = tmp_path / "central.log"
-        self.proc = None
-        self.starts = 0
-
-    def start(self):
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         env=daemon_env())
-        self.starts += 1
-        return self
-
-    @property
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self):
-        """SIGKILL: whatever it had not committed is gone with it."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self):
-        if self.running:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__([sys.executable, "-m", "hallgate.cli", "central", "run", "--config",
+                          str(config)], tmp_path / "central.log")
 
     def journal(self):
         """[(id, event payload)] of every event the database holds as applied, in order;
@@ -232,10 +217,3 @@ class CentralProcess:
         except sqlite3.OperationalError:  # no table yet
             return []
         return [(i, json.loads(d)) for i, d in rows]
-
-    def log(self, lines=40):
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])

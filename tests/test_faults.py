@@ -87,7 +87,7 @@ class Hall:
     mangle hook; `disk`: a SmallDisk the outbox lives on."""
 
     def __init__(self, tmp_path, panels=(1, 2), *, proxy=False, line=None, disk=None,
-                 broker_kw=None, timings="poll_timeout_ms = 200"):
+                 broker_kw=None, timings="poll_timeout_ms = 200", delivery="puback"):
         self.tmp_path = tmp_path
         self.devices, self.witness, self.daemon, self.proxy = {}, None, None, None
         self.broker = Mosquitto(tmp_path / "broker", **(broker_kw or {})).start()
@@ -106,6 +106,7 @@ class Hall:
             config = write_hall_config(
                 tmp_path, site=SITE, gateway=GW, broker_url=url, hub_path=self.hub.master_path,
                 devices=[(a, "call-panel", a) for a in panels], outbox=outbox, timings=timings,
+                delivery=delivery,
                 windows="".join(f"[[windows]]\nnumber = {a}\n" for a in panels))
             self.daemon = Daemon(tmp_path, config, prefix=disk.prefix if disk else ())
         except BaseException:

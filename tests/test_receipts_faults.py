@@ -19,46 +19,25 @@ import time
 
 import pytest
 from conftest import read_retained, wait_for
-from hallgate.sim.broker import Mosquitto
-from hallgate.sim.device import FirmwareDevice
 from hallgate.sim.faults import Tally
-from hallgate.sim.hub import BusHub
-from harness import CentralProcess, Daemon, Witness, hallgate, write_hall_config
-from test_faults import Operators, seed
+from harness import CentralProcess, hallgate
+from test_faults import SITE, Hall, Operators, seed
 
 pytestmark = pytest.mark.micropython
 
-SITE, GW = "rcpt-site", "gw-r"
-EVENTS = f"hall/v1/{SITE}/window/+/event"
 CENTRAL_STATUS = f"hall/v1/{SITE}/central/status"
 # hardware/mosquitto/mosquitto.conf: persistence true, autosave_interval 60
 PRODUCTION = {"autosave_interval": 60}
 
 
-class ReceiptHall:
-    """A broker, firmware call panels on a bus hub, a witness, the central service and the
-    gateway daemon (delivery = "receipt"), each a real process."""
+class ReceiptHall(Hall):
+    """test_faults' hall (a broker, firmware call panels on a bus hub, a witness, the
+    gateway daemon) with delivery = "receipt" and the central service as a process."""
 
     def __init__(self, tmp_path, panels=(1, 2), broker_kw=None, delivery="receipt"):
-        self.devices, self.witness, self.daemon, self.central = {}, None, None, None
-        self.broker = Mosquitto(tmp_path / "broker", **(broker_kw or {})).start()
-        self.hub = BusHub(baud=115200).start()
-        try:
-            for a in panels:
-                self.devices[a] = FirmwareDevice(tmp_path / f"p{a}", a, "call-panel", a,
-                                                 self.hub.add_port(f"p{a}"), ready_timeout=30,
-                                                 lockout_ms=0, queue_len=64)
-            self.witness = Witness(self.broker.port, topics=[EVENTS])
-            self.central = CentralProcess(tmp_path, SITE, self.broker.url, panels)
-            config = write_hall_config(
-                tmp_path, site=SITE, gateway=GW, broker_url=self.broker.url,
-                hub_path=self.hub.master_path, devices=[(a, "call-panel", a) for a in panels],
-                windows="".join(f"[[windows]]\nnumber = {a}\n" for a in panels),
-                delivery=delivery)
-            self.daemon = Daemon(tmp_path, config)
-        except BaseException:
-            self.close()
-            raise
+        self.central = None
+        super().__init__(tmp_path, panels, broker_kw=broker_kw, delivery=delivery)
+        self.central = CentralProcess(tmp_path, SITE, self.broker.url, panels)
 
     def start_central(self, timeout=30):
         """Starts the central and waits for its new `online` (after its SUBACK)."""
@@ -71,20 +50,6 @@ class ReceiptHall:
             return now is not None and now != before and b'"online"' in now
 
         wait_for(online, timeout, "the central online")
-
-    def start_daemon(self, timeout=60):
-        self.daemon.start()
-        n = len(self.devices)
-        self.daemon.wait_status(
-            lambda s: s["broker"]["connected"] and s["devices"]["online"] == n,
-            "daemon connected, every panel online", timeout)
-
-    def take(self, tally):
-        made = set()
-        for d in self.devices.values():
-            if d.running:
-                made |= tally.take(d)
-        return made
 
     def committed(self):
         """{(address, boot, seq): [ids applied]} from the central's journal, and the
@@ -134,13 +99,9 @@ class ReceiptHall:
         return counts
 
     def close(self):
-        for part in (self.daemon, self.central, self.witness):
-            if part is not None:
-                part.close()
-        for d in self.devices.values():
-            d.close()
-        self.hub.close()
-        self.broker.stop()
+        if self.central is not None:
+            self.central.close()
+        super().close()
 
 
 def run_broker_kills_central_away(tmp_path, cycles, up=(0.4, 1.2), down=(0.05, 0.5),
@@ -156,7 +117,7 @@ def run_broker_kills_central_away(tmp_path, cycles, up=(0.4, 1.2), down=(0.05, 0
     try:
         hall.start_central()
         hall.central.kill()
-        hall.start_daemon()
+        hall.start()
         ops = Operators(hall.devices).start()
         for _ in range(cycles):
             time.sleep(rng.uniform(*up))
@@ -186,48 +147,28 @@ def run_broker_kills_central_away(tmp_path, cycles, up=(0.4, 1.2), down=(0.05, 0
         hall.close()
 
 
-def run_central_kills(tmp_path, cycles, up=(0.5, 2.0), down=(0.1, 1.0)):
-    """The central SIGKILLed mid-stream `cycles` times (between a commit and its PUBACK or
-    its receipt, at random); the broker is not touched."""
+def run_kills(tmp_path, part, cycles, up=(0.5, 2.0), down=(0.05, 1.0)):
+    """`part`, "central" or "gateway", SIGKILLed mid-stream `cycles` times and started
+    again: the central between a commit and its PUBACK or its receipt, the gateway
+    between an add and its send or its receipt, at random."""
     rng = random.Random(seed())
     hall = ReceiptHall(tmp_path)
-    tally = Tally("central-kill")
+    tally = Tally(f"{part}-kill")
     try:
         hall.start_central()
-        hall.start_daemon()
+        hall.start()
+        proc, restart = {"central": (hall.central, hall.start_central),
+                         "gateway": (hall.daemon, hall.daemon.start)}[part]
         ops = Operators(hall.devices).start()
         for _ in range(cycles):
             time.sleep(rng.uniform(*up))
-            hall.central.kill()
+            proc.kill()
             time.sleep(rng.uniform(*down))
-            hall.start_central()
+            restart()
             made = hall.take(tally)
             tally.recovered(hall.in_database(made), 120)
         counts = hall.finish(tally, ops)
-        assert hall.central.starts == cycles + 1
-        return counts
-    finally:
-        hall.close()
-
-
-def run_gateway_kills(tmp_path, cycles, up=(0.5, 2.0), down=(0.05, 1.0)):
-    """The gateway SIGKILLed `cycles` times mid-stream, with receipts on."""
-    rng = random.Random(seed())
-    hall = ReceiptHall(tmp_path)
-    tally = Tally("gateway-kill")
-    try:
-        hall.start_central()
-        hall.start_daemon()
-        ops = Operators(hall.devices).start()
-        for _ in range(cycles):
-            time.sleep(rng.uniform(*up))
-            hall.daemon.kill()
-            time.sleep(rng.uniform(*down))
-            hall.daemon.start()
-            made = hall.take(tally)
-            tally.recovered(hall.in_database(made), 120)
-        counts = hall.finish(tally, ops)
-        assert hall.daemon.starts == cycles + 1
+        assert proc.starts == cycles + 1
         assert hall.daemon.terminate() == 0, hall.daemon.log()
         return counts
     finally:
@@ -247,10 +188,10 @@ def test_the_same_loop_without_receipts_loses_what_the_broker_acknowledged(tmp_p
 
 
 def test_central_sigkill_loop_loses_nothing_and_counts_nothing_twice(tmp_path):
-    counts = run_central_kills(tmp_path, cycles=3)
+    counts = run_kills(tmp_path, "central", cycles=3)
     assert counts["made"] >= 20
 
 
 def test_gateway_sigkill_loop_with_receipts_loses_nothing(tmp_path):
-    counts = run_gateway_kills(tmp_path, cycles=3)
+    counts = run_kills(tmp_path, "gateway", cycles=3)
     assert counts["made"] >= 20

@@ -4,11 +4,7 @@ cycles each (default 25), under `make soak` only. Each prints its counts (run wi
 import os
 
 import pytest
-from test_receipts_faults import (
-    run_broker_kills_central_away,
-    run_central_kills,
-    run_gateway_kills,
-)
+from test_receipts_faults import run_broker_kills_central_away, run_kills
 
 pytestmark = [pytest.mark.soak, pytest.mark.micropython, pytest.mark.timeout(3600)]
 
@@ -22,10 +18,10 @@ def test_broker_sigkill_loop_with_the_central_away(tmp_path):
 
 
 def test_central_sigkill_loop(tmp_path):
-    counts = run_central_kills(tmp_path, cycles=CYCLES, up=(0.3, 3.0), down=(0.05, 2.0))
+    counts = run_kills(tmp_path, "central", cycles=CYCLES, up=(0.3, 3.0), down=(0.05, 2.0))
     assert counts["made"] >= 4 * CYCLES
 
 
 def test_gateway_sigkill_loop_with_receipts(tmp_path):
-    counts = run_gateway_kills(tmp_path, cycles=CYCLES, up=(0.3, 3.0), down=(0.05, 1.5))
+    counts = run_kills(tmp_path, "gateway", cycles=CYCLES, up=(0.3, 3.0), down=(0.05, 1.5))
     assert counts["made"] >= 4 * CYCLES
