@@ -3,9 +3,10 @@
 Each command is applied to the queue with the clock's time, saved to the store in one
 transaction, and only then are its changed desired-state payloads returned for
 publishing (retained, QoS 1), so nothing is published that a restart could take back.
-The MQTT wiring calls `Central.handle_event` for each message on ``window/+/event`` and
-`Central.issue` for each ticket request, `Central.tick` every second or so, and publishes
-`Central.all_desired` once on start.
+One step: `handle_event` and `issue` (apply, then commit). Group commits, as the MQTT
+wiring (central/mqtt.py) does them: `apply_event` / `apply_issue` for each message of a
+batch, then one `commit` for all of them; `tick` every second or so; `all_desired` on
+every connection.
 """
 
 from __future__ import annotations
@@ -44,19 +45,15 @@ class Central:
     def close(self) -> None:
         self.store.close()
 
-    def _commit(self) -> list[Desired]:
-        self.store.save(self.queue)
-        return self.queue.take_desired()
-
     def issue(self, service: str, *, appointment: bool = False, priority: int = 0,
               request_id: str | None = None) -> tuple[Ticket, list[Desired]]:
-        t = self.queue.issue(service, appointment=appointment, priority=priority,
-                             now=self.clock.now(), request_id=request_id)
-        return t, self._commit()
+        t = self.apply_issue(service, appointment=appointment, priority=priority,
+                             request_id=request_id)
+        return t, self.commit()
 
     def handle_event(self, event: Mapping[str, Any]) -> tuple[Outcome, list[Desired]]:
         out = self.apply_event(event)
-        return out, self._commit()
+        return out, self.commit()
 
     # Group commits (central/mqtt.py): apply several, then one commit for them all.
     def apply_event(self, event: Mapping[str, Any], raw: str | None = None) -> Outcome:
@@ -83,11 +80,12 @@ class Central:
     def commit(self) -> list[Desired]:
         """Everything applied since the last commit, in one transaction (fsynced); the
         desired state it changed, to publish now that a restart cannot take it back."""
-        return self._commit()
+        self.store.save(self.queue)
+        return self.queue.take_desired()
 
     def tick(self) -> list[Desired]:
         self.queue.tick(now=self.clock.now())
-        return self._commit()
+        return self.commit()
 
     def all_desired(self) -> list[Desired]:
         return self.queue.all_desired()
