@@ -72,8 +72,9 @@ paused window, the longest wait in its queues when the payload was made.
 
 Dedupe
 ------
-Event ids (and issue request ids) are kept with the local day they were seen on; ids
-older than yesterday are forgotten (`forget_seen_before`), so the set stays bounded.
+Event ids (and issue request ids) are kept with the local day they were seen on; the
+caller forgets old ones (`forget_seen_before`; `Central` keeps them `dedupe_days`, 14 by
+default, so a gateway's late resend is still a duplicate), so the set stays bounded.
 A rejected event is remembered too: its redelivery must not succeed later.
 
 Worst case: `call` scans the waiting tickets of the window's services, O(waiting).

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import time
 
+import paho.mqtt.client as mqtt
 import pytest
 from conftest import wait_for
 from hallgate.central.mqtt import CentralService
@@ -219,3 +220,36 @@ def test_the_central_keeps_and_receipts_a_malformed_event_that_names_its_id(hall
     assert "type" in kept[0]["reason"]
     errors = [json.loads(p) for p in witness.payloads(f"hall/v1/{SITE}/central/errors")]
     assert [e["kind"] for e in errors] == ["bad-event"]
+
+
+def test_the_window_bounds_what_waits_at_the_broker_while_the_central_is_away(hall):
+    """At most `max_unconfirmed` events go out while no receipt comes; the rest wait in
+    the outbox, and all arrive, once each, when the central is back."""
+    broker, witness, central, outbox, make_link = hall
+    link = make_link(max_inflight=2, max_unconfirmed=5)
+    entries = [vote(outbox, 1 + i % 2) for i in range(20)]
+    fed = []
+
+    def feed_room():  # as the daemon's sender: oldest first, as far as the link has room
+        if link.in_flight == 0:
+            fed.clear()
+        rows = outbox.pending(limit=link.room, after_seq=fed[-1] if fed else None)
+        for e in rows:
+            link.publish_event(e.window, e.payload, token=e.seq, event_id=e.id)
+            fed.append(e.seq)
+
+    feed_room()
+    wait_for(lambda: link.unconfirmed() == (0, 5), what="the window sent")
+    time.sleep(0.5)
+    feed_room()  # no room: nothing more goes out
+    events = f"hall/v1/{SITE}/window/+/event"
+    assert len([t for t, _, _ in witness.messages if mqtt.topic_matches_sub(events, t)]) == 5
+    assert outbox.depth() == 20 and link.room == 0
+
+    central.start()
+    deadline = time.monotonic() + 30
+    while outbox.depth() and time.monotonic() < deadline:
+        feed_room()
+        time.sleep(0.05)
+    assert outbox.depth() == 0, f"{outbox.depth()} left"
+    assert central.journal() == {e.id: 1 for e in entries}
