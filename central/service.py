@@ -32,15 +32,21 @@ class Central:
     def __init__(self, config: QueueConfig, db: str | Path, clock: Clock | None = None,
                  dedupe_days: int = 14) -> None:
         self.clock = clock or SystemClock()
+        self.config = config
+        self.dedupe_days = dedupe_days
         self.store = Store(db)
-        now = self.clock.now()
-        yesterday = local_day(now - 86400, config.tz)
-        forget = local_day(now - 86400 * max(1, dedupe_days), config.tz)
-        self.store.forget_seen_before(forget)
-        self.queue = Queue(config, self.store.load(since_day=yesterday))
-        self.queue.forget_seen_before(forget)
+        self._load()
         self.store.save(self.queue)
         self.queue.take_desired()
+
+    def _load(self) -> None:
+        """The queue as the store has it (forgetting ids past `dedupe_days`)."""
+        now = self.clock.now()
+        yesterday = local_day(now - 86400, self.config.tz)
+        forget = local_day(now - 86400 * max(1, self.dedupe_days), self.config.tz)
+        self.store.forget_seen_before(forget)
+        self.queue = Queue(self.config, self.store.load(since_day=yesterday))
+        self.queue.forget_seen_before(forget)
 
     def close(self) -> None:
         self.store.close()
@@ -79,8 +85,17 @@ class Central:
 
     def commit(self) -> list[Desired]:
         """Everything applied since the last commit, in one transaction (fsynced); the
-        desired state it changed, to publish now that a restart cannot take it back."""
-        self.store.save(self.queue)
+        desired state it changed, to publish now that a restart cannot take it back.
+        If the commit fails (a full or failing disk), the queue goes back to what the store
+        holds and the error is raised: the events applied since are forgotten, ids too, so
+        when they come again (their gateways resend them: no receipt) they are applied
+        afresh, not taken for duplicates of something the store never got."""
+        try:
+            self.store.save(self.queue)
+        except BaseException:
+            self.store.discard()
+            self._load()
+            raise
         return self.queue.take_desired()
 
     def tick(self) -> list[Desired]:

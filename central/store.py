@@ -138,6 +138,11 @@ class Store:
                               kept("type", str), at, outcome,
                               raw if raw is not None else json.dumps(event, ensure_ascii=False)))
 
+    def discard(self) -> None:
+        """Forget the rows waiting for the next save (after a failed one)."""
+        self._bad.clear()
+        self._journal.clear()
+
     def keep_bad_event(self, event_id: str, gateway: str, topic: str, reason: str,
                        payload: bytes, at: float) -> None:
         """A malformed event to keep; written by the next `save`, in its transaction."""

@@ -62,3 +62,32 @@ def test_a_request_resent_days_later_gets_a_clear_refusal_not_a_crash(tmp_path):
         raise AssertionError("a stale request id must be refused")
     assert c.issue("A", request_id="kiosk-2")[0].number == "A001"  # a new day, a new count
     c.close()
+
+
+def test_a_failed_commit_forgets_what_it_did_not_store(tmp_path, monkeypatch):
+    """Disk full at the commit: the events are not acked or receipted, and their gateways
+    send them again; they must then be applied, not taken for duplicates."""
+    import sqlite3
+
+    import pytest
+
+    cfg, clock = QueueConfig.from_dict(CONFIG), FakeClock()
+    c = Central(cfg, tmp_path / "c.db", clock)
+    c.issue("A", request_id="kiosk-1")
+    real_save = c.store.save
+
+    def full(*args, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(c.store, "save", full)
+    assert c.apply_event(ev(1, 1, "call")).ok
+    with pytest.raises(sqlite3.OperationalError):
+        c.commit()
+    monkeypatch.setattr(c.store, "save", real_save)
+    again = c.apply_event(ev(1, 1, "call"))  # the resend
+    assert again.ok and not again.duplicate, again
+    c.commit()
+    c.close()
+    c = Central(cfg, tmp_path / "c.db", clock)  # and it is in the store
+    assert c.apply_event(ev(1, 1, "call")).duplicate
+    assert c.queue.state.windows[1].ticket is not None
