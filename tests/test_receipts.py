@@ -174,7 +174,7 @@ def test_without_a_receipt_the_event_goes_again_after_the_timeout(hall):
                     {"state": "offline", "boot_id": "b1", "ts": "2026-12-04T10:00:00.000Z"},
                     retain=True)
     wait_for(lambda: link.central_online is False, what="the central's status")
-    time.sleep(0.5)
+    time.sleep(1.0)  # what was already on its way arrives
     quiet = len(witness.payloads(event_topic))
     time.sleep(3.0)
     assert len(witness.payloads(event_topic)) == quiet
@@ -198,6 +198,10 @@ def test_a_central_killed_between_its_commit_and_the_receipt_loses_nothing(hall)
     wait_for(lambda: len(central.journal()) == 5, what="the events committed")
     svc.client.loop_stop()  # the central dies without a word (its will: offline)
     svc.client.socket().close()
+    svc._stop.set()  # ... and its threads with it, before its database is closed
+    svc._messages.put(None)
+    svc._worker.join(5)
+    svc._thread.join(5)
     central.service = None
     svc.central.close()
     time.sleep(0.5)
@@ -205,7 +209,8 @@ def test_a_central_killed_between_its_commit_and_the_receipt_loses_nothing(hall)
     central.start()  # a new boot: online anew, so the link sends the 5 again
     wait_for(lambda: outbox.depth() == 0, what="the receipts of the duplicates")
     assert central.journal() == {e.id: 1 for e in entries}, "applied once each"
-    assert central.service.counters["duplicates"] == 5
+    # the resends (and any PUBACK the dead central had not yet written: redelivered)
+    assert central.service.counters["duplicates"] >= 5
 
 
 def test_the_central_keeps_and_receipts_a_malformed_event_that_names_its_id(hall, tmp_path):
@@ -238,12 +243,16 @@ def test_the_window_bounds_what_waits_at_the_broker_while_the_central_is_away(ha
             link.publish_event(e.window, e.payload, token=e.seq, event_id=e.id)
             fed.append(e.seq)
 
-    feed_room()
-    wait_for(lambda: link.unconfirmed() == (0, 5), what="the window sent")
-    time.sleep(0.5)
-    feed_room()  # no room: nothing more goes out
     events = f"hall/v1/{SITE}/window/+/event"
-    assert len([t for t, _, _ in witness.messages if mqtt.topic_matches_sub(events, t)]) == 5
+
+    def at_witness():
+        return len([t for t, _, _ in witness.messages if mqtt.topic_matches_sub(events, t)])
+
+    feed_room()
+    wait_for(lambda: at_witness() == 5, what="the window at the witness")
+    feed_room()  # no room: nothing more goes out
+    time.sleep(1.0)
+    assert at_witness() == 5 and link.unconfirmed() == (0, 5)
     assert outbox.depth() == 20 and link.room == 0
 
     central.start()
