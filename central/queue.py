@@ -199,6 +199,9 @@ class Ticket:
     ended_operator: str | None = None
     recalls: int = 0
     redirects: int = 0
+    # Each redirect: [from service, to service, window], in order (statistics: redirected
+    # out of one service and into another, so every service's rows balance).
+    hops: list = field(default_factory=list)
 
     @property
     def wait_s(self) -> float | None:
@@ -555,6 +558,7 @@ class Queue:
         t = self.state.tickets[w.ticket]
         if target == t.service:
             return Outcome(False, f"redirect: {t.number} is already in service {target}")
+        t.hops.append([t.service, target, w.n])
         t.state, t.window, t.service, t.head_since = WAITING, None, target, now
         t.called_at, t.started_at, t.recalls = None, None, 0
         t.redirects += 1

@@ -110,4 +110,5 @@ class Central:
 
     def day_report(self, day: str) -> dict:
         tickets, votes = self.store.day(day)
-        return day_stats(tickets, votes, norm_s=self.queue.config.norm_s, day=day)
+        return day_stats(tickets, votes, norm_s=self.queue.config.norm_s, day=day,
+                         tz=self.queue.config.tz)

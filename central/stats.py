@@ -5,11 +5,20 @@ Definitions (the report says them too, under ``"definitions"``):
 - wait: a ticket's first call time minus its issue time (central clock), for every ticket
   called at least once (served, no-show, or at a window now). A redirected visitor's
   second call does not count again.
-- p95: nearest rank: the smallest wait with at least 95% of waits at or below it.
+- p50, p95: nearest rank: the smallest value with at least 50% (95%) of values at or
+  below it.
 - over_norm_share: waits strictly over the norm (900 s) / waits.
+- service time: end (finish) minus start of the visit that ended a served ticket, where
+  it ended.
 - served / noshow: by the window, service (at the end: after a redirect, the target) and
   operator where the ticket ended. Waits by the window of the first call and the service
   the ticket was issued for; an operator's waits are those of the tickets they ended.
+- redirected_out / redirected_in: each redirect counts out of the service the ticket was
+  in and into its target; out also at the window that redirected. So, per service,
+  issued + redirected_in = served + noshow + redirected_out + open (still waiting,
+  called or being served), and every column sums over the services to the day's total
+  (redirects out and in both to the number of redirects).
+- by_hour: by the local hour (``"09"``) a ticket was issued, and a vote was taken.
 - satisfaction: likes / counted votes (None without votes); misuse presses counted apart,
   never in satisfaction. A vote belongs to the window it was pressed at, the service of
   the ticket it names (None when none) and the window's operator then.
@@ -22,10 +31,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from .queue import NOSHOW, SERVED, WAITING, Ticket, VoteRecord
 
-__all__ = ["day_stats", "live_stats", "p95"]
+__all__ = ["day_stats", "live_stats", "p95", "percentile"]
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest rank: the smallest value with at least `share` of the values at or below
+    it; None for no values.
+
+    >>> percentile([float(i) for i in range(1, 21)], 0.5)
+    10.0
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def p95(values: list[float]) -> float | None:
@@ -34,30 +58,39 @@ def p95(values: list[float]) -> float | None:
     >>> p95([float(i) for i in range(1, 21)])
     19.0
     """
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return percentile(values, 0.95)
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 class _Group:
     def __init__(self) -> None:
-        self.issued = self.served = self.noshow = 0
+        self.issued = self.served = self.noshow = self.open = 0
+        self.redirected_out = self.redirected_in = 0
         self.waits: list[float] = []
+        self.service_times: list[float] = []
         self.likes = self.dislikes = self.misuse = 0
 
     def as_dict(self, norm_s: float) -> dict:
         votes = self.likes + self.dislikes
-        w = self.waits
+        w, st = self.waits, self.service_times
         return {
             "issued": self.issued,
             "served": self.served,
             "noshow": self.noshow,
+            "open": self.open,
+            "redirected_out": self.redirected_out,
+            "redirected_in": self.redirected_in,
             "waits": len(w),
             "wait_avg_s": round(sum(w) / len(w), 1) if w else None,
-            "wait_p95_s": round(p95(w), 1) if w else None,
+            "wait_p50_s": _r(percentile(w, 0.5)),
+            "wait_p95_s": _r(p95(w)),
             "over_norm": sum(x > norm_s for x in w),
             "over_norm_share": round(sum(x > norm_s for x in w) / len(w), 4) if w else None,
+            "service_time_avg_s": round(sum(st) / len(st), 1) if st else None,
+            "service_time_p95_s": _r(p95(st)),
             "likes": self.likes,
             "dislikes": self.dislikes,
             "votes": votes,
@@ -67,41 +100,57 @@ class _Group:
 
 
 def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
-              norm_s: float = 900, day: str | None = None) -> dict:
+              norm_s: float = 900, day: str | None = None, tz: str | None = None) -> dict:
     """Figures for `tickets` and `votes` (of one day: pass only that day's, or `day` to
-    filter), overall and per window, service and operator."""
-    groups: dict[str, dict] = {"window": {}, "service": {}, "operator": {}}
+    filter), overall and per window, service, operator and local hour (`tz`: the zone,
+    None for the machine's)."""
+    groups: dict[str, dict] = {"window": {}, "service": {}, "operator": {}, "hour": {}}
     total = _Group()
 
     def g(kind: str, key) -> _Group:
         return groups[kind].setdefault(str(key), _Group())
 
+    def hour(at: float) -> str:
+        dt = datetime.fromtimestamp(at, ZoneInfo(tz)) if tz else datetime.fromtimestamp(at)
+        return f"{dt.hour:02d}"
+
     states = {"waiting": 0, "called": 0, "serving": 0}
     for t in tickets:
         if day is not None and t.day != day:
             continue
-        total.issued += 1
-        g("service", t.issued_service).issued += 1
+        by_hour = g("hour", hour(t.issued_at))
+        for grp in (total, g("service", t.issued_service), by_hour):
+            grp.issued += 1
+        for from_service, to_service, window in t.hops:
+            for grp in (total, g("service", from_service), g("window", window)):
+                grp.redirected_out += 1
+            for grp in (total, g("service", to_service)):
+                grp.redirected_in += 1
         if t.state in states:
             states[t.state] += 1
+            for grp in (total, g("service", t.service)):
+                grp.open += 1
         wait = t.wait_s
         if wait is not None:
-            total.waits.append(wait)
-            g("window", t.first_window).waits.append(wait)
-            g("service", t.issued_service).waits.append(wait)
+            targets = [total, g("window", t.first_window), g("service", t.issued_service),
+                       by_hour]
             if t.state in (SERVED, NOSHOW) and t.ended_operator is not None:
-                g("operator", t.ended_operator).waits.append(wait)
+                targets.append(g("operator", t.ended_operator))
+            for grp in targets:
+                grp.waits.append(wait)
         if t.state in (SERVED, NOSHOW):
             attr = "served" if t.state == SERVED else "noshow"
-            targets = [total, g("window", t.ended_window), g("service", t.service)]
+            targets = [total, g("window", t.ended_window), g("service", t.service), by_hour]
             if t.ended_operator is not None:
                 targets.append(g("operator", t.ended_operator))
             for grp in targets:
                 setattr(grp, attr, getattr(grp, attr) + 1)
+                if t.state == SERVED and t.started_at is not None and t.ended_at is not None:
+                    grp.service_times.append(t.ended_at - t.started_at)
     for v in votes:
         if day is not None and v.day != day:
             continue
-        targets = [total, g("window", v.window)]
+        targets = [total, g("window", v.window), g("hour", hour(v.at))]
         if v.service is not None:
             targets.append(g("service", v.service))
         if v.operator is not None:
@@ -119,7 +168,10 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
         "all": {**total.as_dict(norm_s), **states},
         "definitions": {
             "wait": "first call time - issue time, over tickets called at least once",
-            "p95": "nearest rank",
+            "p50, p95": "nearest rank",
+            "service_time": "finish - start of the visit that ended a served ticket",
+            "balance": "per service: issued + redirected_in = served + noshow + "
+                       "redirected_out + open",
             "satisfaction": "likes / counted votes; misuse presses apart",
         },
     }
@@ -134,7 +186,7 @@ def live_stats(queue, *, now: float, day: str | None = None) -> dict:
 
     today = day or local_day(now, queue.config.tz)
     out = day_stats(queue.tickets.values(), queue.state.votes,
-                    norm_s=queue.config.norm_s, day=today)
+                    norm_s=queue.config.norm_s, day=today, tz=queue.config.tz)
     waiting = [t for t in queue.tickets.values() if t.state == WAITING]
     out["now"] = {
         "at": now,

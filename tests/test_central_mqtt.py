@@ -230,6 +230,8 @@ def test_central_on_mqtt(tmp_path):
                                 "--config", str(cfg), "--day", DAY],
                                capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert table.returncode == 0 and "-- by window" in table.stdout, table.stderr
+        assert "-- by hour" in table.stdout and "r.out" in table.stdout, table.stdout
+        assert rep["all"]["open"] == 1 and "wait_p50_s" in rep["all"]
     finally:
         if svc is not None:
             svc.stop()
