@@ -120,7 +120,7 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"tz: {tz!r} is not an IANA zone (e.g. Europe/Moscow)") from None
         queue["tz"] = tz
-    for key in ("norm_s", "vote_timeout_s", "blink_s", "brightness"):
+    for key in ("norm_s", "warn_s", "vote_timeout_s", "blink_s", "brightness"):
         v = _get(d, key, int, required=False)
         if v is not None:
             if v < 0:

@@ -7,7 +7,8 @@ Operations: `CentralService(central, site, url).start()` connects and serves unt
 ``ticket/request`` (QoS 1); each event goes to `Central.handle_event`, each request to
 `Central.issue` (deduped by its ``id``, answered on ``ticket/issued``); every desired
 payload that comes back is published retained, QoS 1, on ``window/{n}/{kind}``. The live
-statistics go retained on ``central/stats`` every `stats_s`, the birth and the last will on
+statistics go retained on ``central/stats`` every `stats_s`, wait alerts on
+``central/alerts`` (a visitor past `warn_s`, then past the norm), the birth and the last will on
 ``central/status``; malformed input and rejected events are logged, counted (`counters`)
 and published on ``central/errors``.
 Goals: nothing published that a restart could take back (Central commits first); a
@@ -481,7 +482,12 @@ class CentralService:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_s
                     with self.lock:
-                        self._publish_desired(self.central.tick())
+                        desired, alerts = self.central.tick()
+                        self._publish_desired(desired)
+                    for alert in alerts:
+                        self.counters["alerts"] += 1
+                        self._publish(self.topic("central/alerts"),
+                                      {"ts": utc_ts(), **alert}, retain=False)
                 if self.connected and time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + self.stats_s
                     self.publish_stats()

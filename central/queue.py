@@ -66,9 +66,14 @@ Timing
 ------
 Waits use the central clock at the time a command is applied, not the gateway's `ts`
 (kept in the vote record only): a gateway's clock may be off, and in a simulation the
-hall runs in simulated time. The wait of a ticket is its first call time minus its issue
-time; the panel's `wait_s` is that figure for the called visitor, and, on an idle or
-paused window, the longest wait in its queues when the payload was made.
+hall runs in simulated time. The wait of a ticket is the visitor's whole wait
+(`Ticket.wait_s`): issue to first call, plus, after each redirect, redirect to the next
+call. The panel's `wait_s` is that figure for the called visitor, and, on an idle or
+paused window, the longest wait in its queues when the payload was made; its `tea` is
+owed once that whole wait passed `norm_s` at a call, and stays owed for the visit.
+`tick` watches the waiting: a visitor whose whole wait reaches `warn_s` (10 min), and
+then passes `norm_s`, makes an alert each (`take_alerts`), so the hall can open a window
+before the norm is broken.
 
 Dedupe
 ------
@@ -134,6 +139,7 @@ class QueueConfig:
     windows: tuple[WindowConfig, ...]
     tz: str | None = None  # IANA zone for the ticket day; None = the machine's zone
     norm_s: int = 900  # the waiting-time norm (15 min): past it, tea
+    warn_s: int = 600  # a waiting visitor's wait past this: an alert (open a window)
     blink_s: int = 10  # display blinks this long when a ticket is called or recalled
     brightness: int = 8
     vote_timeout_s: int = 60
@@ -168,8 +174,8 @@ class QueueConfig:
             )
             for w in d["windows"]
         )
-        extra = {k: d[k] for k in ("tz", "norm_s", "blink_s", "brightness", "vote_timeout_s")
-                 if k in d}
+        extra = {k: d[k] for k in ("tz", "norm_s", "warn_s", "blink_s", "brightness",
+                                   "vote_timeout_s") if k in d}
         return cls(services=dict(d["services"]), windows=windows, **extra)
 
 
@@ -202,13 +208,27 @@ class Ticket:
     # Each redirect: [from service, to service, window], in order (statistics: redirected
     # out of one service and into another, so every service's rows balance).
     hops: list = field(default_factory=list)
+    # The visitor's whole wait (see `wait_s`), summed at each call; None in tickets
+    # stored before it was kept (their wait: first call - issue).
+    waited_s: float | None = 0.0
+    tea: bool = False  # the whole wait passed the norm at a call: owed for the visit
+    alerts: int = 0  # wait alerts sent while waiting: 1 warn, 2 over the norm too
 
     @property
     def wait_s(self) -> float | None:
-        """First call time minus issue time; None while never called."""
+        """The visitor's whole wait until their last call: issue to first call, plus, after
+        each redirect, redirect to the next call (time at windows is not waiting); None
+        while never called. The panel's figure, the tea flag and the statistics all use it."""
         if self.first_called_at is None:
             return None
-        return self.first_called_at - self.issued_at
+        if self.waited_s is None:  # stored before the whole wait was kept
+            return self.first_called_at - self.issued_at
+        return self.waited_s
+
+    def waiting_now(self, now: float) -> float:
+        """The whole wait so far of a ticket in the queue (its wait_s plus this stretch)."""
+        since = self.head_since if self.head_since is not None else self.issued_at
+        return (self.waited_s or 0.0) + max(0.0, now - since)
 
     def order_key(self) -> tuple:
         if self.head_since is not None:
@@ -315,6 +335,7 @@ class Queue:
         self.state = state if state is not None else QueueState()
         self._dirty = Dirty()
         self._out: dict[tuple[int, str], dict] = {}
+        self._alerts: list[dict] = []  # wait alerts since take_alerts
         self._by_config = {w.n: w for w in config.windows}
         for w in config.windows:
             if w.n not in self.state.windows:
@@ -432,14 +453,46 @@ class Queue:
         return Outcome(False, f"unknown event type {kind!r}")
 
     def tick(self, *, now: float) -> list[int]:
-        """Close voting that has been open `vote_timeout_s` or longer; the windows closed."""
+        """Close voting that has been open `vote_timeout_s` or longer, and watch the waits
+        (`take_alerts`); the windows whose voting closed."""
         closed = []
         for w in self.state.windows.values():
             if (w.vote_tid is not None and w.vote_opened_at is not None
                     and now - w.vote_opened_at >= self.config.vote_timeout_s):
                 self._close_vote(w)
                 closed.append(w.n)
+        self._watch_waits(now)
         return closed
+
+    def _watch_waits(self, now: float) -> None:
+        """An alert when a waiting visitor's whole wait passes `warn_s`, and another past
+        `norm_s`: once each per ticket (kept with it, so a restart does not repeat them)."""
+        cfg = self.config
+        for t in self.state.tickets.values():
+            if t.state != WAITING or t.alerts >= 2:
+                continue
+            waited = t.waiting_now(now)
+            level = 2 if waited > cfg.norm_s else 1 if waited >= cfg.warn_s else 0
+            if level <= t.alerts:
+                continue
+            t.alerts = level
+            self._dirty.tickets.add(t.tid)
+            waiting = self.waiting([t.service])
+            self._alerts.append({
+                "kind": "over-norm" if level == 2 else "wait-warn",
+                "ticket": t.number, "service": t.service, "waited_s": round(waited, 1),
+                "warn_s": cfg.warn_s, "norm_s": cfg.norm_s,
+                "position": next(i for i, q in enumerate(waiting, 1) if q.tid == t.tid),
+                "waiting": len(waiting),
+                "windows_open": sorted(
+                    n for n in self._windows_serving({t.service})
+                    if self.state.windows[n].mode != "paused"),
+            })
+
+    def take_alerts(self) -> list[dict]:
+        """The wait alerts since the last call (central/alerts in the MQTT contract)."""
+        out, self._alerts = self._alerts, []
+        return out
 
     def login(self, window: int, operator: str | None) -> None:
         """Who works at `window` now (their votes and figures are theirs)."""
@@ -474,6 +527,8 @@ class Queue:
         t = queue[0]
         if w.vote_tid is not None:
             self._close_vote(w)
+        t.waited_s = t.waiting_now(now)
+        t.tea = t.tea or t.waited_s > self.config.norm_s
         t.state, t.window, t.called_at, t.head_since, t.recalls = CALLED, w.n, now, None, 0
         if t.first_called_at is None:
             t.first_called_at, t.first_window = now, w.n
@@ -630,12 +685,12 @@ class Queue:
         t = self.state.tickets.get(w.ticket) if w.ticket else None
         queue = self.waiting(self._by_config[n].services)
         if t is not None:
-            wait = max(0, int(t.called_at - t.issued_at))
+            wait = max(0, int(t.wait_s or 0))
             text = t.number
         else:
             longest = 0.0
             if queue and now is not None:
-                longest = max(now - q.issued_at for q in queue)
+                longest = max(q.waiting_now(now) for q in queue)
             wait, text = max(0, int(longest)), ""
         display = {
             "text": _text_for(t.number, n) if t is not None else "",
@@ -644,7 +699,7 @@ class Queue:
         }
         panel = {
             "text": text, "mode": w.mode, "queue": len(queue), "wait_s": wait,
-            "tea": t is not None and wait > cfg.norm_s, "beep": announce,
+            "tea": t is not None and t.tea, "beep": announce,
         }
         vt = self.state.tickets.get(w.vote_tid) if w.vote_tid else None
         vote = ({"open": True, "ticket": vt.number, "timeout_s": cfg.vote_timeout_s}

@@ -98,9 +98,11 @@ class Central:
             raise
         return self.queue.take_desired()
 
-    def tick(self) -> list[Desired]:
+    def tick(self) -> tuple[list[Desired], list[dict]]:
+        """Voting timeouts and the wait watch, committed: (desired state, wait alerts)."""
         self.queue.tick(now=self.clock.now())
-        return self.commit()
+        desired = self.commit()
+        return desired, self.queue.take_alerts()
 
     def all_desired(self) -> list[Desired]:
         return self.queue.all_desired()

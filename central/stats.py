@@ -2,9 +2,11 @@
 
 Definitions (the report says them too, under ``"definitions"``):
 
-- wait: a ticket's first call time minus its issue time (central clock), for every ticket
-  called at least once (served, no-show, or at a window now). A redirected visitor's
-  second call does not count again.
+- wait: the visitor's whole wait (`Ticket.wait_s`, central clock): issue to first call,
+  plus, after each redirect, redirect to the next call; for every ticket called at least
+  once (served, no-show, or at a window now), counted once per ticket. The panel's
+  `wait_s` and the tea flag (owed once the whole wait passes the norm at a call) use the
+  same figure.
 - p50, p95: nearest rank: the smallest value with at least 50% (95%) of values at or
   below it.
 - over_norm_share: waits strictly over the norm (900 s) / waits.
@@ -167,7 +169,8 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
         "norm_s": norm_s,
         "all": {**total.as_dict(norm_s), **states},
         "definitions": {
-            "wait": "first call time - issue time, over tickets called at least once",
+            "wait": "whole wait: issue to first call, plus each redirect to the next call; "
+                    "over tickets called at least once",
             "p50, p95": "nearest rank",
             "service_time": "finish - start of the visit that ended a served ticket",
             "balance": "per service: issued + redirected_in = served + noshow + "
@@ -191,7 +194,7 @@ def live_stats(queue, *, now: float, day: str | None = None) -> dict:
     out["now"] = {
         "at": now,
         "waiting": len(waiting),
-        "longest_wait_s": round(max((now - t.issued_at for t in waiting), default=0.0), 1),
+        "longest_wait_s": round(max((t.waiting_now(now) for t in waiting), default=0.0), 1),
         "windows": {str(n): {"mode": w.mode,
                              "ticket": queue.tickets[w.ticket].number if w.ticket else None,
                              "operator": w.operator, "vote_open": w.vote_tid is not None}

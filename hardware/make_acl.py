@@ -16,7 +16,7 @@ here from the configs the gateways run (read and checked by gateway/config.py lo
   central  hallgate-central-{site}     read window/+/event, ticket/request, gw/+/status,
                                        devices, errors; write window/+/display, panel, vote,
                                        gw/+/receipt, ticket/issued, central/status, stats,
-                                       errors
+                                       alerts, errors
   kiosk    hallgate-kiosk-{site}-{name}    write ticket/request; read ticket/issued
   monitor  hallgate-monitor-{site}-{name}  read hall/v1/{site}/# (nothing written)
 
@@ -147,6 +147,7 @@ def central_block(site):
         f"topic write {base}/central/status",
         f"topic write {base}/central/stats",
         f"topic write {base}/central/errors",
+        f"topic write {base}/central/alerts",
     ]
 
 

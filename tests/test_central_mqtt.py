@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def test_doc_central_examples_validate():
     doc = (ROOT / "protocols" / "MQTT.md").read_text()
     found = re.findall(r"<!-- central-example: (\w+) -->\n```jsonc\n(.*?)\n```", doc, re.S)
     assert {n for n, _ in found} == {"ticket_request", "ticket_issued", "central_stats",
-                                     "central_errors"}
+                                     "central_errors", "central_alerts"}
     for name, text in found:
         check(name, json.loads(text))
 
@@ -232,6 +233,51 @@ def test_central_on_mqtt(tmp_path):
         assert table.returncode == 0 and "-- by window" in table.stdout, table.stderr
         assert "-- by hour" in table.stdout and "r.out" in table.stdout, table.stdout
         assert rep["all"]["open"] == 1 and "wait_p50_s" in rep["all"]
+    finally:
+        if svc is not None:
+            svc.stop()
+            svc.central.close()
+        if w is not None:
+            w.close()
+        broker.stop()
+
+
+def test_a_long_wait_is_alerted_live_once_per_threshold(tmp_path):
+    clock = FakeClock()
+    broker = Mosquitto(tmp_path / "broker").start()
+    w = svc = None
+    try:
+        w = Witness(broker.port)
+        svc = CentralService(Central(QueueConfig.from_dict(QCFG), tmp_path / "c.db", clock),
+                             SITE, broker.url, tick_s=0.05, stats_s=5).start()
+        assert svc.wait_connected(5)
+        w.pub("ticket/request", req("k1", "B"))
+        wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
+        clock.advance(599)
+        w.pub("ticket/request", req("k2", "B"))  # a round trip: the ticks have run
+        wait_for(lambda: len(w.on("ticket/issued")) == 2, 5, "the second ticket")
+        assert w.on("central/alerts") == []
+        clock.advance(2)  # B001 601 s, B002 2 s
+        wait_for(lambda: w.on("central/alerts"), 5, "the warn alert")
+        clock.advance(300)  # B001 901 s: over the norm; B002 302 s
+        wait_for(lambda: len(w.on("central/alerts")) == 2, 5, "the over-norm alert")
+        alerts = w.on("central/alerts")
+        for a in alerts:
+            check("central_alerts", a)
+        assert [(a["kind"], a["ticket"]) for a in alerts] == [("wait-warn", "B001"),
+                                                              ("over-norm", "B001")]
+        assert alerts[0]["waiting"] == 2 and alerts[0]["windows_open"] == [2]
+        assert alerts[1]["waited_s"] == 901 and alerts[1]["position"] == 1
+        svc.stop()  # a restart does not say them again
+        svc.central.close()
+        svc = CentralService(Central(QueueConfig.from_dict(QCFG), tmp_path / "c.db", clock),
+                             SITE, broker.url, tick_s=0.05, stats_s=5).start()
+        assert svc.wait_connected(5)
+        clock.advance(1)
+        w.pub("ticket/request", req("k3", "A"))
+        wait_for(lambda: len(w.on("ticket/issued")) == 3, 5, "a ticket after the restart")
+        time.sleep(0.5)  # ten ticks of the new service
+        assert svc.counters["alerts"] == 0 and len(w.on("central/alerts")) == 2
     finally:
         if svc is not None:
             svc.stop()

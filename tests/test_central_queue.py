@@ -289,3 +289,37 @@ def test_bad_config_is_refused():
     with pytest.raises(QueueError, match="twice"):
         QueueConfig.from_dict({"services": {"A": "x"}, "windows": [
             {"n": 1, "services": ["A"]}, {"n": 1, "services": ["A"]}]})
+
+
+def test_the_whole_wait_and_the_tea_follow_a_redirected_visitor():
+    """Waited 500 s for A, served 300 s, redirected, waited 500 s more for B: the panel at
+    the second window shows 1,000 s and tea, and the statistics count 1,000 s."""
+    h = Hall()
+    t0 = h.clock.now()
+    a = h.issue("A")
+    h.clock.set(t0 + 500)
+    assert h.key(1, "call").ticket is a
+    assert (h.q.desired(1, "panel")["wait_s"], h.q.desired(1, "panel")["tea"]) == (500, False)
+    h.key(1, "start")
+    h.clock.set(t0 + 800)
+    assert h.key(1, "redirect").ok  # to B
+    h.clock.set(t0 + 1300)
+    assert h.key(3, "call").ticket is a
+    panel = h.q.desired(3, "panel")
+    assert (panel["wait_s"], panel["tea"]) == (1000, True)
+    assert a.wait_s == 1000
+
+
+def test_waits_are_watched_from_the_warn_threshold_to_the_norm():
+    h = Hall()
+    t0 = h.clock.now()
+    h.issue("A")
+    h.clock.set(t0 + 300)
+    h.issue("A")
+    for at, kinds in ((599, []), (600, [("wait-warn", "A001")]), (700, []),
+                      (900, [("wait-warn", "A002")]), (901, [("over-norm", "A001")]),
+                      (2000, [("over-norm", "A002")]), (3000, [])):
+        h.clock.set(t0 + at)
+        h.q.tick(now=h.clock.now())
+        assert [(a["kind"], a["ticket"]) for a in h.q.take_alerts()] == kinds, at
+    assert h.key(1, "call").ok  # a called visitor is no longer watched

@@ -96,13 +96,14 @@ def test_a_day_with_redirects_adds_up_per_service_window_and_hour():
     h.clock.set(t0 + 300)
     assert h.key(1, "redirect").ok              # A -> B (window 1's redirect_to)
     h.clock.set(t0 + 400)
-    assert h.key(3, "call").ticket is a1       # B at window 3; its wait stays 60
+    assert h.key(3, "call").ticket is a1       # B at window 3: waited 60 + 100
     h.key(3, "start")
     h.clock.set(t0 + 700)
     assert h.key(3, "redirect", service="C").ok  # B -> C
     h.clock.set(t0 + 3700)                      # an hour later
     h.issue("C")
-    assert h.key(3, "call").ticket is a1
+    assert h.key(3, "call").ticket is a1       # C: waited 60 + 100 + 3000
+    assert a1.wait_s == 3160 and a1.tea      # past the norm across the redirects
     h.key(3, "start")
     h.clock.set(t0 + 3760)
     h.key(3, "finish")                          # served in C: service time 60
@@ -119,7 +120,7 @@ def test_a_day_with_redirects_adds_up_per_service_window_and_hour():
     assert sc["service_time_avg_s"] == 60 and a["service_time_p95_s"] == 60
     assert s["by_window"]["1"]["redirected_out"] == 1 and s["by_window"]["3"]["redirected_out"] == 1
     assert s["by_window"]["1"]["waits"] == 1 and s["by_window"]["2"]["waits"] == 1
-    assert (a["wait_p50_s"], a["wait_p95_s"]) == (60, 3760)
+    assert (a["wait_p50_s"], a["wait_p95_s"]) == (3160, 3760)
     assert {k: g["issued"] for k, g in s["by_hour"].items()} == {"08": 2, "09": 1}
 
 
