@@ -126,6 +126,10 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
             if v < 0:
                 raise ConfigError(f"{key}: {v} must be >= 0")
             queue[key] = v
+    for key in ("opens", "last_ticket", "closes", "at_close"):
+        v = _get(d, key, str, required=False)
+        if v is not None:
+            queue[key] = v
     tick_s = float(_get(d, "tick_s", (int, float), required=False, default=1.0))
     stats_s = float(_get(d, "stats_s", (int, float), required=False, default=5.0))
     for key, v in (("tick_s", tick_s), ("stats_s", stats_s)):

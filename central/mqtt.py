@@ -61,7 +61,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .queue import Desired, QueueError, Ticket
+from .queue import Desired, QueueError, Refused, Ticket
 from .service import Central
 
 __all__ = ["CentralService", "utc_ts"]
@@ -458,6 +458,11 @@ class CentralService:
         try:
             ticket = self.central.apply_issue(service, appointment=appointment,
                                               priority=priority, request_id=rid)
+        except Refused as e:  # the time of day: the kiosk says why
+            self.counters["refused"] += 1
+            self._after_commit.append((self.topic("ticket/refused"), {
+                "ts": utc_ts(), "request_id": rid, "code": e.code, "reason": str(e)}))
+            return
         except QueueError as e:
             raise _Bad(str(e)) from None
         answer = self._issued(rid, ticket)

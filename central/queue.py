@@ -89,7 +89,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .clock import local_day
 
@@ -103,6 +105,7 @@ __all__ = [
     "QueueConfig",
     "QueueError",
     "QueueState",
+    "Refused",
     "Ticket",
     "VoteRecord",
     "Window",
@@ -113,11 +116,43 @@ MAX_RECALLS = 5
 KEYS = ("call", "recall", "start", "finish", "noshow", "pause", "resume", "redirect")
 KINDS = ("display", "panel", "vote")
 WAITING, CALLED, SERVING, SERVED, NOSHOW = "waiting", "called", "serving", "served", "noshow"
-FINAL = (SERVED, NOSHOW)
+CLOSED = "closed"  # still waiting when the hall closed (at_close = "end")
+FINAL = (SERVED, NOSHOW, CLOSED)
+AT_CLOSE = ("serve", "end")
 
 
 class QueueError(ValueError):
     """A command the queue cannot take at all (bad config, unknown service)."""
+
+
+class Refused(QueueError):
+    """A ticket request refused for the time of day; `code` for a kiosk to act on:
+    "before-opening" or "after-last-ticket"."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def minutes(hhmm: str) -> int:
+    """``"19:30"`` -> minutes since midnight; QueueError for anything else.
+
+    >>> minutes("08:05")
+    485
+    """
+    try:
+        h, m = hhmm.split(":")
+        if len(h) == 2 and len(m) == 2 and 0 <= int(h) <= 23 and 0 <= int(m) <= 59:
+            return int(h) * 60 + int(m)
+    except (AttributeError, ValueError):
+        pass
+    raise QueueError(f"{hhmm!r}: a local time HH:MM expected (e.g. 08:00)")
+
+
+def local_minutes(ts: float, tz: str | None) -> int:
+    """Minutes since local midnight of `ts` in `tz` (None: the machine's zone)."""
+    dt = datetime.fromtimestamp(ts, ZoneInfo(tz)) if tz else datetime.fromtimestamp(ts)
+    return dt.hour * 60 + dt.minute
 
 
 # -- configuration ----------------------------------------------------------------------
@@ -143,8 +178,23 @@ class QueueConfig:
     blink_s: int = 10  # display blinks this long when a ticket is called or recalled
     brightness: int = 8
     vote_timeout_s: int = 60
+    # The day (local times "HH:MM"; None: no limit): tickets from `opens` until
+    # `last_ticket` (default: `closes`); at `closes`, visitors still waiting are served
+    # (at_close "serve": the overrun is in the day's report) or their tickets end
+    # "closed" ("end").
+    opens: str | None = None
+    last_ticket: str | None = None
+    closes: str | None = None
+    at_close: str = "serve"
 
     def __post_init__(self) -> None:
+        if self.at_close not in AT_CLOSE:
+            raise QueueError(f"at_close {self.at_close!r}: one of {', '.join(AT_CLOSE)}")
+        times = [(k, minutes(v)) for k in ("opens", "last_ticket", "closes")
+                 if (v := getattr(self, k)) is not None]
+        if [m for _, m in times] != sorted(m for _, m in times):
+            raise QueueError("opens <= last_ticket <= closes expected, not "
+                             + ", ".join(f"{k} {getattr(self, k)}" for k, _ in times))
         for letter in self.services:
             if not (len(letter) == 1 and letter.isascii() and letter.isupper()):
                 raise QueueError(f"service prefix {letter!r}: one letter A-Z expected")
@@ -175,7 +225,8 @@ class QueueConfig:
             for w in d["windows"]
         )
         extra = {k: d[k] for k in ("tz", "norm_s", "warn_s", "blink_s", "brightness",
-                                   "vote_timeout_s") if k in d}
+                                   "vote_timeout_s", "opens", "last_ticket", "closes",
+                                   "at_close") if k in d}
         return cls(services=dict(d["services"]), windows=windows, **extra)
 
 
@@ -412,6 +463,7 @@ class Queue:
                 raise QueueError(f"request {request_id!r} was answered with ticket {tid} "
                                  "on an earlier day; a new request needs a new id")
             return s.tickets[tid]
+        self._check_hours(now)
         day = local_day(now, self.config.tz)
         n = s.counters.get((day, service), 0) + 1
         s.counters[(day, service)] = n
@@ -452,9 +504,36 @@ class Queue:
             return self._vote(self.state.windows[n], event, now)
         return Outcome(False, f"unknown event type {kind!r}")
 
+    def _check_hours(self, now: float) -> None:
+        cfg = self.config
+        at = local_minutes(now, cfg.tz)
+        last = cfg.last_ticket or cfg.closes
+        if cfg.opens is not None and at < minutes(cfg.opens):
+            raise Refused("before-opening", f"the hall opens at {cfg.opens}; tickets from "
+                                            f"then until {last or 'closing'}")
+        if last is not None and at >= minutes(last):
+            raise Refused("after-last-ticket",
+                          f"no more tickets today: the last one is issued before {last}"
+                          + (f" (the hall closes at {cfg.closes})" if cfg.closes else ""))
+
+    def _close_the_day(self, now: float) -> None:
+        """at_close "end": at closing time a ticket still waiting ends "closed", with
+        the reason; called and served visitors are finished as usual."""
+        cfg = self.config
+        if cfg.at_close != "end" or cfg.closes is None:
+            return
+        if local_minutes(now, cfg.tz) < minutes(cfg.closes):
+            return
+        ended = [t for t in self.state.tickets.values() if t.state == WAITING]
+        for t in ended:
+            t.state, t.ended_at, t.head_since = CLOSED, now, None
+            self._dirty.tickets.add(t.tid)
+        if ended:
+            self._refresh(self._windows_serving({t.service for t in ended}), now=now)
+
     def tick(self, *, now: float) -> list[int]:
-        """Close voting that has been open `vote_timeout_s` or longer, and watch the waits
-        (`take_alerts`); the windows whose voting closed."""
+        """Close voting that has been open `vote_timeout_s` or longer, watch the waits
+        (`take_alerts`), close the day; the windows whose voting closed."""
         closed = []
         for w in self.state.windows.values():
             if (w.vote_tid is not None and w.vote_opened_at is not None
@@ -462,6 +541,7 @@ class Queue:
                 self._close_vote(w)
                 closed.append(w.n)
         self._watch_waits(now)
+        self._close_the_day(now)
         return closed
 
     def _watch_waits(self, now: float) -> None:

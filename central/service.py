@@ -112,5 +112,6 @@ class Central:
 
     def day_report(self, day: str) -> dict:
         tickets, votes = self.store.day(day)
-        return day_stats(tickets, votes, norm_s=self.queue.config.norm_s, day=day,
-                         tz=self.queue.config.tz)
+        cfg = self.queue.config
+        return day_stats(tickets, votes, norm_s=cfg.norm_s, day=day, tz=cfg.tz,
+                         closes=cfg.closes)

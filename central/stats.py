@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .queue import NOSHOW, SERVED, WAITING, Ticket, VoteRecord
+from .queue import CLOSED, NOSHOW, SERVED, WAITING, Ticket, VoteRecord, minutes
 
 __all__ = ["day_stats", "live_stats", "p95", "percentile"]
 
@@ -69,7 +69,7 @@ def _r(value: float | None, digits: int = 1) -> float | None:
 
 class _Group:
     def __init__(self) -> None:
-        self.issued = self.served = self.noshow = self.open = 0
+        self.issued = self.served = self.noshow = self.closed = self.open = 0
         self.redirected_out = self.redirected_in = 0
         self.waits: list[float] = []
         self.service_times: list[float] = []
@@ -82,6 +82,7 @@ class _Group:
             "issued": self.issued,
             "served": self.served,
             "noshow": self.noshow,
+            "closed": self.closed,
             "open": self.open,
             "redirected_out": self.redirected_out,
             "redirected_in": self.redirected_in,
@@ -102,10 +103,13 @@ class _Group:
 
 
 def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
-              norm_s: float = 900, day: str | None = None, tz: str | None = None) -> dict:
+              norm_s: float = 900, day: str | None = None, tz: str | None = None,
+              closes: str | None = None) -> dict:
     """Figures for `tickets` and `votes` (of one day: pass only that day's, or `day` to
     filter), overall and per window, service, operator and local hour (`tz`: the zone,
-    None for the machine's)."""
+    None for the machine's); with `closes` ("20:00") and `day`, how long past closing
+    the last visit ended (`close`)."""
+    tickets = list(tickets)
     groups: dict[str, dict] = {"window": {}, "service": {}, "operator": {}, "hour": {}}
     total = _Group()
 
@@ -140,6 +144,9 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
                 targets.append(g("operator", t.ended_operator))
             for grp in targets:
                 grp.waits.append(wait)
+        if t.state == CLOSED:  # ended by the day's close, at no window
+            for grp in (total, g("service", t.service), by_hour):
+                grp.closed += 1
         if t.state in (SERVED, NOSHOW):
             attr = "served" if t.state == SERVED else "noshow"
             targets = [total, g("window", t.ended_window), g("service", t.service), by_hour]
@@ -173,14 +180,31 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
                     "over tickets called at least once",
             "p50, p95": "nearest rank",
             "service_time": "finish - start of the visit that ended a served ticket",
-            "balance": "per service: issued + redirected_in = served + noshow + "
+            "balance": "per service: issued + redirected_in = served + noshow + closed + "
                        "redirected_out + open",
             "satisfaction": "likes / counted votes; misuse presses apart",
         },
     }
     for kind, by in groups.items():
         out[f"by_{kind}"] = {k: grp.as_dict(norm_s) for k, grp in sorted(by.items())}
+    if closes is not None and day is not None:
+        out["close"] = _overrun(tickets, day, tz, closes)
     return out
+
+
+def _overrun(tickets: list[Ticket], day: str, tz: str | None, closes: str) -> dict:
+    """When the day's last visit ended against the closing time: flagged if after it."""
+    zone = ZoneInfo(tz) if tz else None
+    m = minutes(closes)
+    at = datetime.fromisoformat(day).replace(hour=m // 60, minute=m % 60, tzinfo=zone)
+    closing = at.timestamp() if zone else at.astimezone().timestamp()
+    ends = [t.ended_at for t in tickets if t.day == day and t.ended_at is not None]
+    last = max(ends, default=None)
+    over = max(0.0, last - closing) if last is not None else 0.0
+    return {"closes": closes, "last_end_s_after_close": None if last is None
+            else round(last - closing, 1), "overrun_s": round(over, 1), "overrun": over > 0,
+            "unfinished": sum(1 for t in tickets if t.day == day and t.state not in
+                                 (SERVED, NOSHOW, CLOSED))}
 
 
 def live_stats(queue, *, now: float, day: str | None = None) -> dict:
@@ -189,7 +213,8 @@ def live_stats(queue, *, now: float, day: str | None = None) -> dict:
 
     today = day or local_day(now, queue.config.tz)
     out = day_stats(queue.tickets.values(), queue.state.votes,
-                    norm_s=queue.config.norm_s, day=today, tz=queue.config.tz)
+                    norm_s=queue.config.norm_s, day=today, tz=queue.config.tz,
+                    closes=queue.config.closes)
     waiting = [t for t in queue.tickets.values() if t.state == WAITING]
     out["now"] = {
         "at": now,

@@ -163,7 +163,7 @@ class Store:
         """The state to continue from: every ticket not yet ended, and the ended ones of
         `since_day` and later (all when None); every vote of those days."""
         s = QueueState()
-        q = "SELECT data FROM tickets WHERE state NOT IN ('served', 'noshow')"
+        q = "SELECT data FROM tickets WHERE state NOT IN ('served', 'noshow', 'closed')"
         args: tuple = ()
         if since_day is None:
             q = "SELECT data FROM tickets"

@@ -317,7 +317,8 @@ def cmd_central_report(args):
     day = args.day or local_day(time.time(), cfg.queue.tz)
     with Store(cfg.database) as store:
         tickets, votes = store.day(day)
-    rep = day_stats(tickets, votes, norm_s=cfg.queue.norm_s, day=day, tz=cfg.queue.tz)
+    rep = day_stats(tickets, votes, norm_s=cfg.queue.norm_s, day=day, tz=cfg.queue.tz,
+                    closes=cfg.queue.closes)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
@@ -327,6 +328,12 @@ def cmd_central_report(args):
 
     print(f"{cfg.site} {day}: {rep['all']['issued']} tickets, norm {cfg.queue.norm_s} s "
           "(definitions: --json)")
+    close = rep.get("close")
+    if close and close["overrun"]:
+        print(f"OVERRUN: the last visit ended {close['overrun_s'] / 60:.0f} min after closing "
+              f"({close['closes']})")
+    if close and close["unfinished"]:
+        print(f"{close['unfinished']} ticket(s) not finished")
     head = (f"{'':12} {'issued':>6} {'served':>6} {'noshow':>6} {'open':>5} {'r.out':>5} "
             f"{'r.in':>5} {'avg wait':>8} {'p50 wait':>8} {'p95 wait':>8} {'>norm':>6} "
             f"{'avg svc':>7} {'p95 svc':>7} {'likes':>5} {'votes':>5} {'satisf.':>7} "

@@ -15,9 +15,9 @@ here from the configs the gateways run (read and checked by gateway/config.py lo
                                        and central/status
   central  hallgate-central-{site}     read window/+/event, ticket/request, gw/+/status,
                                        devices, errors; write window/+/display, panel, vote,
-                                       gw/+/receipt, ticket/issued, central/status, stats,
-                                       alerts, errors
-  kiosk    hallgate-kiosk-{site}-{name}    write ticket/request; read ticket/issued
+                                       gw/+/receipt, ticket/issued, refused,
+                                       central/status, stats, alerts, errors
+  kiosk    hallgate-kiosk-{site}-{name}    write ticket/request; read ticket/issued, refused
   monitor  hallgate-monitor-{site}-{name}  read hall/v1/{site}/# (nothing written)
 
 (all under hall/v1/{site}/, protocols/MQTT.md). Nothing else is allowed: no `pattern` lines,
@@ -143,6 +143,7 @@ def central_block(site):
         *(f"topic read {base}/gw/+/{t}" for t in GATEWAY_TOPICS),
         *(f"topic write {base}/window/+/{kind}" for kind in COMMAND_KINDS),
         f"topic write {base}/ticket/issued",
+        f"topic write {base}/ticket/refused",
         f"topic write {base}/gw/+/receipt",
         f"topic write {base}/central/status",
         f"topic write {base}/central/stats",
@@ -154,7 +155,8 @@ def central_block(site):
 def kiosk_block(site, name):
     return [f"# ticket kiosk {name} of site {site}", f"user {kiosk_cn(site, name)}",
             f"topic write hall/v1/{site}/ticket/request",
-            f"topic read hall/v1/{site}/ticket/issued"]
+            f"topic read hall/v1/{site}/ticket/issued",
+            f"topic read hall/v1/{site}/ticket/refused"]
 
 
 def monitor_block(site, name):

@@ -38,7 +38,7 @@ def test_doc_central_examples_validate():
     doc = (ROOT / "protocols" / "MQTT.md").read_text()
     found = re.findall(r"<!-- central-example: (\w+) -->\n```jsonc\n(.*?)\n```", doc, re.S)
     assert {n for n, _ in found} == {"ticket_request", "ticket_issued", "central_stats",
-                                     "central_errors", "central_alerts"}
+                                     "central_errors", "central_alerts", "ticket_refused"}
     for name, text in found:
         check(name, json.loads(text))
 
@@ -278,6 +278,36 @@ def test_a_long_wait_is_alerted_live_once_per_threshold(tmp_path):
         wait_for(lambda: len(w.on("ticket/issued")) == 3, 5, "a ticket after the restart")
         time.sleep(0.5)  # ten ticks of the new service
         assert svc.counters["alerts"] == 0 and len(w.on("central/alerts")) == 2
+    finally:
+        if svc is not None:
+            svc.stop()
+            svc.central.close()
+        if w is not None:
+            w.close()
+        broker.stop()
+
+
+def test_a_request_out_of_hours_is_answered_with_the_reason(tmp_path):
+    clock = FakeClock()  # 08:00 UTC
+    cfg = QueueConfig.from_dict({**QCFG, "opens": "08:30", "closes": "20:00"})
+    broker = Mosquitto(tmp_path / "broker").start()
+    w = svc = None
+    try:
+        w = Witness(broker.port)
+        svc = CentralService(Central(cfg, tmp_path / "c.db", clock), SITE, broker.url,
+                             tick_s=0.05, stats_s=5).start()
+        assert svc.wait_connected(5)
+        w.pub("ticket/request", req("early"))
+        wait_for(lambda: w.on("ticket/refused"), 5, "the refusal")
+        refused = w.last("ticket/refused")
+        check("ticket_refused", refused)
+        assert (refused["request_id"], refused["code"]) == ("early", "before-opening")
+        assert "opens at 08:30" in refused["reason"]
+        clock.advance(1800)
+        w.pub("ticket/request", req("early"))  # the same request once open: a ticket
+        wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
+        assert w.last("ticket/issued")["ticket"] == "A001"
+        assert w.on("central/errors") == [] and svc.counters["refused"] == 1
     finally:
         if svc is not None:
             svc.stop()

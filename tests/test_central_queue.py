@@ -323,3 +323,54 @@ def test_waits_are_watched_from_the_warn_threshold_to_the_norm():
         h.q.tick(now=h.clock.now())
         assert [(a["kind"], a["ticket"]) for a in h.q.take_alerts()] == kinds, at
     assert h.key(1, "call").ok  # a called visitor is no longer watched
+
+
+DAY_CONFIG = {**CONFIG, "opens": "08:30", "last_ticket": "19:30", "closes": "20:00"}
+
+
+def test_the_day_tickets_only_in_opening_hours_with_a_reason():
+    from hallgate.central.queue import Refused
+
+    h = Hall(DAY_CONFIG)  # the clock starts at 08:00 UTC
+    t0 = h.clock.now()
+    with pytest.raises(Refused) as e:
+        h.issue("A", request_id="k1")
+    assert e.value.code == "before-opening" and "opens at 08:30" in str(e.value)
+    h.clock.set(t0 + 30 * 60)
+    assert h.issue("A", request_id="k1").number == "A001"
+    h.clock.set(t0 + (11 * 60 + 30) * 60)  # 19:30
+    assert h.issue("A", request_id="k1").number == "A001"  # the same request: its ticket
+    with pytest.raises(Refused) as e:
+        h.issue("A", request_id="k2")
+    assert e.value.code == "after-last-ticket"
+    assert str(e.value) == ("no more tickets today: the last one is issued before 19:30 "
+                            "(the hall closes at 20:00)")
+    for bad, says in (({"opens": "8:00"}, "HH:MM"), ({"opens": "21:00"}, "opens <= "),
+                      ({"at_close": "wait"}, "at_close")):
+        with pytest.raises(QueueError, match=says):
+            QueueConfig.from_dict({**DAY_CONFIG, **bad})
+
+
+@pytest.mark.parametrize("at_close", ["serve", "end"])
+def test_closing_time_serves_or_ends_the_waiting_and_the_report_says_the_overrun(at_close):
+    from hallgate.central.stats import day_stats
+
+    h = Hall({**DAY_CONFIG, "at_close": at_close})
+    t0 = h.clock.now()
+    h.clock.set(t0 + (11 * 60 + 20) * 60)  # 19:20
+    a, b = h.issue("A"), h.issue("A")
+    assert h.key(1, "call").ticket is a
+    h.key(1, "start")
+    h.clock.set(t0 + 12 * 3600)  # 20:00: closing
+    h.q.tick(now=h.clock.now())
+    assert b.state == ("waiting" if at_close == "serve" else "closed")
+    h.clock.set(t0 + 12 * 3600 + 600)
+    h.key(1, "finish")  # the visitor at the window is finished as usual, 10 min late
+    if at_close == "serve":
+        assert h.key(1, "call").ticket is b
+    else:
+        assert not h.key(1, "call").ok  # nothing waiting
+    s = day_stats(h.q.tickets.values(), [], day="2026-11-23", tz="UTC", closes="20:00")
+    assert s["close"]["overrun"] and s["close"]["overrun_s"] == 600
+    assert s["all"]["closed"] == (1 if at_close == "end" else 0)
+    assert s["close"]["unfinished"] == (1 if at_close == "serve" else 0)

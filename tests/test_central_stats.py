@@ -66,7 +66,7 @@ def test_small_day_by_hand():
     assert other["all"]["issued"] == 0 and other["all"]["wait_avg_s"] is None
 
 
-COLUMNS = ("issued", "served", "noshow", "open", "redirected_out", "redirected_in")
+COLUMNS = ("issued", "served", "noshow", "closed", "open", "redirected_out", "redirected_in")
 
 
 def check_balances(s):
@@ -81,7 +81,8 @@ def check_balances(s):
     assert a["open"] == a["waiting"] + a["called"] + a["serving"]
     for name, g in s["by_service"].items():
         assert (g["issued"] + g["redirected_in"]
-                == g["served"] + g["noshow"] + g["redirected_out"] + g["open"]), name
+                == g["served"] + g["noshow"] + g["closed"] + g["redirected_out"] + g["open"]
+                ), name
     assert sum(g["waits"] for g in s["by_window"].values()) == a["waits"]
     assert sum(g["waits"] for g in s["by_service"].values()) == a["waits"]
 

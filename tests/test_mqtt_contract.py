@@ -49,6 +49,7 @@ TOPICS = {  # the contract's topic tree (MQTT.md section 1), per AsyncAPI channe
     "central_stats": Topic("hall/v1/{site}/central/stats", "central_stats", True, "send"),
     "central_errors": Topic("hall/v1/{site}/central/errors", "central_errors", False, "send"),
     "central_alerts": Topic("hall/v1/{site}/central/alerts", "central_alerts", False, "send"),
+    "ticket_refused": Topic("hall/v1/{site}/ticket/refused", "ticket_refused", False, "send"),
 }
 SCHEMA_NAMES = sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json"))
 
