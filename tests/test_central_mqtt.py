@@ -242,76 +242,74 @@ def test_central_on_mqtt(tmp_path):
         broker.stop()
 
 
-def test_a_long_wait_is_alerted_live_once_per_threshold(tmp_path):
-    clock = FakeClock()
+@pytest.fixture
+def on_broker(tmp_path):
+    """A broker, a witness, and start(config, clock): a central service on them (the last
+    one started is stopped at the end)."""
     broker = Mosquitto(tmp_path / "broker").start()
-    w = svc = None
-    try:
-        w = Witness(broker.port)
-        svc = CentralService(Central(QueueConfig.from_dict(QCFG), tmp_path / "c.db", clock),
-                             SITE, broker.url, tick_s=0.05, stats_s=5).start()
-        assert svc.wait_connected(5)
-        w.pub("ticket/request", req("k1", "B"))
-        wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
-        clock.advance(599)
-        w.pub("ticket/request", req("k2", "B"))  # a round trip: the ticks have run
-        wait_for(lambda: len(w.on("ticket/issued")) == 2, 5, "the second ticket")
-        assert w.on("central/alerts") == []
-        clock.advance(2)  # B001 601 s, B002 2 s
-        wait_for(lambda: w.on("central/alerts"), 5, "the warn alert")
-        clock.advance(300)  # B001 901 s: over the norm; B002 302 s
-        wait_for(lambda: len(w.on("central/alerts")) == 2, 5, "the over-norm alert")
-        alerts = w.on("central/alerts")
-        for a in alerts:
-            check("central_alerts", a)
-        assert [(a["kind"], a["ticket"]) for a in alerts] == [("wait-warn", "B001"),
-                                                              ("over-norm", "B001")]
-        assert alerts[0]["waiting"] == 2 and alerts[0]["windows_open"] == [2]
-        assert alerts[1]["waited_s"] == 901 and alerts[1]["position"] == 1
-        svc.stop()  # a restart does not say them again
-        svc.central.close()
-        svc = CentralService(Central(QueueConfig.from_dict(QCFG), tmp_path / "c.db", clock),
-                             SITE, broker.url, tick_s=0.05, stats_s=5).start()
-        assert svc.wait_connected(5)
-        clock.advance(1)
-        w.pub("ticket/request", req("k3", "A"))
-        wait_for(lambda: len(w.on("ticket/issued")) == 3, 5, "a ticket after the restart")
-        time.sleep(0.5)  # ten ticks of the new service
-        assert svc.counters["alerts"] == 0 and len(w.on("central/alerts")) == 2
-    finally:
-        if svc is not None:
-            svc.stop()
-            svc.central.close()
-        if w is not None:
-            w.close()
-        broker.stop()
+    w = Witness(broker.port)
+    running = []
 
-
-def test_a_request_out_of_hours_is_answered_with_the_reason(tmp_path):
-    clock = FakeClock()  # 08:00 UTC
-    cfg = QueueConfig.from_dict({**QCFG, "opens": "08:30", "closes": "20:00"})
-    broker = Mosquitto(tmp_path / "broker").start()
-    w = svc = None
-    try:
-        w = Witness(broker.port)
+    def start(cfg, clock):
+        while running:
+            old = running.pop()
+            old.stop()
+            old.central.close()
         svc = CentralService(Central(cfg, tmp_path / "c.db", clock), SITE, broker.url,
                              tick_s=0.05, stats_s=5).start()
+        running.append(svc)
         assert svc.wait_connected(5)
-        w.pub("ticket/request", req("early"))
-        wait_for(lambda: w.on("ticket/refused"), 5, "the refusal")
-        refused = w.last("ticket/refused")
-        check("ticket_refused", refused)
-        assert (refused["request_id"], refused["code"]) == ("early", "before-opening")
-        assert "opens at 08:30" in refused["reason"]
-        clock.advance(1800)
-        w.pub("ticket/request", req("early"))  # the same request once open: a ticket
-        wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
-        assert w.last("ticket/issued")["ticket"] == "A001"
-        assert w.on("central/errors") == [] and svc.counters["refused"] == 1
-    finally:
-        if svc is not None:
-            svc.stop()
-            svc.central.close()
-        if w is not None:
-            w.close()
-        broker.stop()
+        return svc
+
+    yield w, start
+    for svc in running:
+        svc.stop()
+        svc.central.close()
+    w.close()
+    broker.stop()
+
+
+def test_a_long_wait_is_alerted_live_once_per_threshold(on_broker):
+    w, start = on_broker
+    clock, cfg = FakeClock(), QueueConfig.from_dict(QCFG)
+    start(cfg, clock)
+    w.pub("ticket/request", req("k1", "B"))
+    wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
+    clock.advance(599)
+    w.pub("ticket/request", req("k2", "B"))  # a round trip: the ticks have run
+    wait_for(lambda: len(w.on("ticket/issued")) == 2, 5, "the second ticket")
+    assert w.on("central/alerts") == []
+    clock.advance(2)  # B001 601 s, B002 2 s
+    wait_for(lambda: w.on("central/alerts"), 5, "the warn alert")
+    clock.advance(300)  # B001 901 s: over the norm; B002 302 s
+    wait_for(lambda: len(w.on("central/alerts")) == 2, 5, "the over-norm alert")
+    alerts = w.on("central/alerts")
+    for a in alerts:
+        check("central_alerts", a)
+    assert [(a["kind"], a["ticket"]) for a in alerts] == [("wait-warn", "B001"),
+                                                          ("over-norm", "B001")]
+    assert alerts[0]["waiting"] == 2 and alerts[0]["windows_open"] == [2]
+    assert alerts[1]["waited_s"] == 901 and alerts[1]["position"] == 1
+    svc = start(cfg, clock)  # a restart does not say them again
+    clock.advance(1)
+    w.pub("ticket/request", req("k3", "A"))
+    wait_for(lambda: len(w.on("ticket/issued")) == 3, 5, "a ticket after the restart")
+    time.sleep(0.5)  # ten ticks of the new service
+    assert svc.counters["alerts"] == 0 and len(w.on("central/alerts")) == 2
+
+
+def test_a_request_out_of_hours_is_answered_with_the_reason(on_broker):
+    w, start = on_broker
+    clock = FakeClock()  # 08:00 UTC
+    svc = start(QueueConfig.from_dict({**QCFG, "opens": "08:30", "closes": "20:00"}), clock)
+    w.pub("ticket/request", req("early"))
+    wait_for(lambda: w.on("ticket/refused"), 5, "the refusal")
+    refused = w.last("ticket/refused")
+    check("ticket_refused", refused)
+    assert (refused["request_id"], refused["code"]) == ("early", "before-opening")
+    assert "opens at 08:30" in refused["reason"]
+    clock.advance(1800)
+    w.pub("ticket/request", req("early"))  # the same request once open: a ticket
+    wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
+    assert w.last("ticket/issued")["ticket"] == "A001"
+    assert w.on("central/errors") == [] and svc.counters["refused"] == 1
