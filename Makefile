@@ -1,13 +1,14 @@
 # hallgate: `make demo` | `make test` | `make lint` | `make bench` | `make soak` | `make firmware`
 # Every target sets itself up first: a .venv with the package and its test extra, and
-# Debian's mosquitto and socat (installed with apt-get when missing and running as root).
+# Debian's mosquitto, socat and systemd (systemd-analyze checks the unit's sandboxing),
+# installed with apt-get when missing and running as root.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STUBS  := $(VENV)/mpstubs
-DEBS   := mosquitto socat
+DEBS   := mosquitto socat systemd
 PYTEST := $(BIN)/python -m pytest
 
 .PHONY: all setup system-deps test soak lint bench firmware demo clean
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests run for real: the broker and the pty linker.
+# Debian packages the tests run for real: the broker, the pty linker, systemd-analyze.
 system-deps:
 	@missing=""; \
 	for p in $(DEBS); do \

@@ -56,6 +56,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from hallgate.protocols.jsonobject import load_object
 from hallgate.protocols.receipts import MAX_IDS, make_receipt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -85,23 +86,19 @@ def _json(obj: Any) -> bytes:
 
 
 class _Bad(ValueError):
-    """Malformed input: the reason goes on central/errors."""
+    """Malformed input: the reason goes on central/errors. `obj`: the JSON object, when
+    the payload was one (a malformed event that names its id is kept, see _keep_bad)."""
+
+    def __init__(self, reason: str, obj: dict | None = None) -> None:
+        super().__init__(reason)
+        self.obj = obj
 
 
 def _decode(payload: bytes) -> dict:
-    if len(payload) > MAX_PAYLOAD:
-        raise _Bad(f"payload is {len(payload)} bytes, at most {MAX_PAYLOAD} allowed")
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _Bad("payload is not UTF-8") from None
-    except RecursionError:
-        raise _Bad("payload nests too deep") from None
+        return load_object(payload, MAX_PAYLOAD)
     except ValueError as e:
-        raise _Bad(f"payload is not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise _Bad(f"payload is a JSON {type(obj).__name__}, not an object")
-    return obj
+        raise _Bad(str(e)) from None
 
 
 class CentralService:
@@ -378,22 +375,17 @@ class CentralService:
             self.counters["malformed"] += 1
             errors.append(("bad-request" if is_request else "bad-event", str(e), topic,
                            payload))
-            return [] if is_request else self._keep_bad(topic, payload, str(e))
+            return [] if is_request else self._keep_bad(topic, payload, e)
 
-    def _keep_bad(self, topic: str, payload: bytes, reason: str) -> list[tuple[str, str]]:
+    def _keep_bad(self, topic: str, payload: bytes, bad: _Bad) -> list[tuple[str, str]]:
         """A malformed event that names its id and gateway is kept in the store (for a
         person to look at) and receipted: resending it would never make it valid."""
-        try:
-            event = json.loads(payload.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return []
-        if not isinstance(event, dict):
-            return []
+        event = bad.obj or {}
         eid, gateway = event.get("id"), event.get("gateway")
         if not (isinstance(eid, str) and 1 <= len(eid) <= 128 and isinstance(gateway, str)
                 and _GATEWAY_NAME.fullmatch(gateway)):
             return []
-        self.central.keep_bad_event(eid, gateway, topic, reason, payload)
+        self.central.keep_bad_event(eid, gateway, topic, str(bad), payload)
         return [(gateway, eid)]
 
     def _send_receipts(self, force: bool) -> None:
@@ -415,22 +407,22 @@ class CentralService:
             self._receipts_since = None
 
     def _take_event(self, topic: str, payload: bytes, errors: list) -> tuple[str, str]:
+        event = _decode(payload)
         parts = topic.split("/")
         if len(parts) != 6 or parts[3] != "window" or parts[5] != "event":
-            raise _Bad("not an event topic")
+            raise _Bad("not an event topic", event)
         n = parts[4]
         if not n.isdigit() or n.startswith("0"):
-            raise _Bad(f"window {n!r} in the topic: 1-999999 in plain decimal")
-        event = _decode(payload)
+            raise _Bad(f"window {n!r} in the topic: 1-999999 in plain decimal", event)
         if not isinstance(event.get("id"), str) or not 1 <= len(event["id"]) <= 128:
             raise _Bad("id: missing, or not a string of 1-128 characters")
         gateway = event.get("gateway")
         if not isinstance(gateway, str) or not _GATEWAY_NAME.fullmatch(gateway):
             raise _Bad(f"gateway: {gateway!r} is not a gateway id (1-64 of A-Z a-z 0-9 . _ -)")
         if event.get("window") != int(n):
-            raise _Bad(f"window: {event.get('window')!r} is not the topic's window {n}")
+            raise _Bad(f"window: {event.get('window')!r} is not the topic's window {n}", event)
         if event.get("type") not in ("key", "vote"):
-            raise _Bad(f"type: {event.get('type')!r} is not key or vote")
+            raise _Bad(f"type: {event.get('type')!r} is not key or vote", event)
         out = self.central.apply_event(event, payload.decode("utf-8"))
         self.counters["events"] += 1
         if out.duplicate:

@@ -17,10 +17,9 @@ Plan: one small function per kind over a dict; unknown fields are ignored (so ve
 gain optional fields without breaking gateways already installed); booleans are never taken
 for integers (JSON `true` is not 1), a number with a fraction never either, while `8.0` is the
 integer 8 (JSON has one number type; JSON Schema's "integer" says the same). Any bytes end
-parsed or as a CommandError, never another exception: the size is checked before decoding,
-and the nesting depth (MAX_DEPTH) before json.loads, whose recursion would otherwise raise
-RecursionError on `[[[[...` well under MAX_PAYLOAD. Worst case cost: one linear scan and one
-json.loads of at most MAX_PAYLOAD bytes.
+parsed or as a CommandError, never another exception (protocols/jsonobject.py: the size
+before decoding, the nesting depth before json.loads). Worst case cost: one linear scan and
+one json.loads of at most MAX_PAYLOAD bytes.
 
     >>> parse_command("display", b'{"version": 4, "text": "A042", "blink_s": 10}')
     DisplayCommand(version=4, text='A042', blink_s=10, brightness=8)
@@ -32,12 +31,12 @@ json.loads of at most MAX_PAYLOAD bytes.
 """
 
 import json
-import operator
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import accumulate, repeat
+
+from hallgate.protocols import jsonobject
 
 KINDS = ("display", "panel", "vote")
 MODES = ("idle", "called", "serving", "paused", "closed")
@@ -49,7 +48,7 @@ MAX_TICKET = 8
 # decades of changes even at one a second, and fits a signed 32-bit integer everywhere. A
 # higher one is refused: applied, it would make every later version stale.
 MAX_VERSION = 2**31 - 1
-MAX_DEPTH = 32  # nesting of arrays and objects; a command nests 1 level, unknown fields more
+MAX_DEPTH = jsonobject.MAX_DEPTH  # a command nests 1 level, unknown fields more
 MAX_COUNT = 2**31 - 1  # queue and wait_s; devices show at most 65535 (BUS.md, u16)
 MAX_VOTE_TIMEOUT = 3600
 
@@ -186,48 +185,12 @@ def _version(obj):
 # -- payloads -------------------------------------------------------------------------------
 
 
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)  # also one cut short by the end
-_UP_DOWN = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # a bracket's step, plus 1
-_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[{]}")))
-
-
-def nesting_depth(text):
-    """How deep the arrays and objects in JSON `text` nest, brackets inside strings not
-    counted; on text that is not JSON, a depth json.loads does not pass before it fails (up
-    to there the text is JSON, tokenized alike). No recursion, linear: one regex pass that
-    drops the strings, then one C-level step per bracket (about 0.4 ms for 4096 brackets).
-
-    >>> nesting_depth('{"a": [1, {"b": "]]}"}]}'), nesting_depth("7"), nesting_depth("]")
-    (3, 0, 0)
-    """
-    brackets = _STRING.sub("", text).encode().translate(_UP_DOWN, _NOT_BRACKET)
-    return max(accumulate(map(operator.sub, brackets, repeat(1)), initial=0))
-
-
 def load_object(payload):
     """The JSON object in `payload` (bytes), or CommandError saying why not."""
-    if len(payload) > MAX_PAYLOAD:
-        raise CommandError(f"payload is {len(payload)} bytes, at most {MAX_PAYLOAD} allowed")
     try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CommandError(f"payload is not UTF-8 ({e.reason} at byte {e.start})") from None
-    # Fast path: with at most MAX_DEPTH opening brackets in all, it cannot nest deeper.
-    if text.count("[") + text.count("{") > MAX_DEPTH and nesting_depth(text) > MAX_DEPTH:
-        raise CommandError(f"payload nests deeper than {MAX_DEPTH} levels")
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as e:  # json.JSONDecodeError is one
-        raise CommandError(f"payload is not JSON: {e}") from None
-    except RecursionError:  # not with the check above; kept in case the caller runs deep
-        raise CommandError(f"payload nests too deep (at most {MAX_DEPTH} levels)") from None
-    if not isinstance(obj, dict):
-        raise CommandError(f"payload is a JSON {type(obj).__name__}, not an object")
-    return obj
+        return jsonobject.load_object(payload, MAX_PAYLOAD, MAX_DEPTH)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
 
 def parse_display(obj):

@@ -691,7 +691,7 @@ class Gateway:
     def _delivery_status(self):
         """Where the outbox's events are: waiting to be sent, or sent and awaiting the
         central's receipt (or the PUBACK), and how old the oldest one is."""
-        feeding, sent = self.link.unconfirmed()
+        _, sent = self.link.unconfirmed()
         oldest = self.outbox.pending(limit=1)
         return {
             "delivery": self.link.delivery,

@@ -32,6 +32,8 @@ batch keeps the broker's message count near one per event, not two.
 
 import json
 
+from hallgate.protocols.jsonobject import load_object
+
 MAX_IDS = 1000  # ids one receipt may carry
 MAX_ID_CHARS = 128  # the contract's limit for an event id
 MAX_PAYLOAD = MAX_IDS * (MAX_ID_CHARS + 3) + 256  # bytes: the largest valid receipt
@@ -46,21 +48,9 @@ def make_receipt(gateway, ids, ts):
 
 
 def parse_receipt(payload):
-    """The ids a receipt confirms; ValueError naming what is wrong with a malformed one.
-    Linear in the payload's size; the size is checked before the JSON is parsed, and the
-    only nesting a valid receipt has is one list, so a deep one fails fast below."""
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload is {len(payload)} bytes, at most {MAX_PAYLOAD} allowed")
-    try:
-        obj = json.loads(bytes(payload).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError("payload is not UTF-8") from None
-    except RecursionError:
-        raise ValueError("payload nests too deep") from None
-    except ValueError as e:
-        raise ValueError(f"payload is not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"payload is a JSON {type(obj).__name__}, not an object")
+    """The ids a receipt confirms; ValueError naming what is wrong with a malformed one
+    (protocols/jsonobject.py: linear in the payload's size, whatever the bytes)."""
+    obj = load_object(payload, MAX_PAYLOAD)
     ids = obj.get("ids")
     if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS:
         raise ValueError(f"ids: a list of 1-{MAX_IDS} event ids expected")
