@@ -16,11 +16,11 @@ in real time. The queue state machine itself never reads a clock: its commands t
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-__all__ = ["Clock", "FakeClock", "SimClock", "SystemClock", "local_day"]
+__all__ = ["Clock", "FakeClock", "SimClock", "SystemClock", "local_day", "utc_ts"]
 
 
 class Clock(Protocol):
@@ -85,3 +85,13 @@ def local_day(ts: float, tz: str | None = None) -> str:
     if tz is None:
         return datetime.fromtimestamp(ts).astimezone().date().isoformat()
     return datetime.fromtimestamp(ts, ZoneInfo(tz)).date().isoformat()
+
+
+def utc_ts(t: float | None = None) -> str:
+    """``2026-11-23T10:15:02.123Z`` (the contract's timestamps).
+
+    >>> utc_ts(0.5)
+    '1970-01-01T00:00:00.500Z'
+    """
+    dt = datetime.fromtimestamp(time.time() if t is None else t, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

@@ -7,13 +7,18 @@
     norm_s = 900                     # optional
     vote_timeout_s = 60              # optional
     [services]
-    A = "Passports"
+    A = "Passports"                  # a code = its name, or a table:
+    P1 = { name = "Passport abroad", group = "Passports", expected_s = 900 }
     [[windows]]
     n = 1
-    services = ["A"]
-    redirect_to = "B"                # optional
-    operator = "ivanova"             # optional
+    services = { A = 3, P1 = 1 }     # or a list: ["A", "P1"] (all weight 1)
+    redirect_to = "P1"               # optional
+    operator = "ivanova"             # optional: logged in on the first start
+    [operators]                      # optional: with it, windows need a login
+    ivanova = { name = "Ivanova A.", pin = "1357" }
 
+The queue's keys (services, windows, operators, the day, appointments, the selection
+rule's credits) are described in central/queueconfig.py and central/selection.py.
 Optional too: ``client_id`` (default ``hallgate-central-{site}``), ``tick_s`` (1.0),
 ``stats_s`` (5.0), ``blink_s``, ``brightness``, and for an ``mqtts://`` broker ``ca_file``,
 ``cert_file`` and ``key_file`` (the client certificate the secured broker of
@@ -94,9 +99,9 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
     services = _get(d, "services", dict)
     if not services:
         raise ConfigError("services: at least one, e.g. A = \"Passports\"")
-    for letter, name in services.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"services.{letter}: {name!r} is not str")
+    for code, entry in services.items():
+        if not isinstance(entry, (str, dict)):
+            raise ConfigError(f"services.{code}: {entry!r} is not a name or a table")
     windows = _get(d, "windows", list)
     if not windows:
         raise ConfigError("windows: at least one [[windows]] table")
@@ -106,13 +111,16 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         if not isinstance(w, dict):
             raise ConfigError(f"windows[{i}]: a table expected")
         n = _get(w, "n", int, where)
-        svc = _get(w, "services", list, where)
-        if not all(isinstance(s, str) for s in svc):
-            raise ConfigError(f"{where}services: a list of service letters")
+        svc = _get(w, "services", (list, dict), where)
+        if not all(isinstance(s, str) for s in svc) or (isinstance(svc, dict) and not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in svc.values())):
+            raise ConfigError(f"{where}services: a list of service codes, or a table of "
+                              "code = weight (1-9)")
         wins.append({"n": n, "services": svc,
                      "redirect_to": _get(w, "redirect_to", str, where, required=False),
                      "operator": _get(w, "operator", str, where, required=False)})
-    queue: dict[str, Any] = {"services": services, "windows": wins}
+    operators = _get(d, "operators", dict, required=False, default={})
+    queue: dict[str, Any] = {"services": services, "windows": wins, "operators": operators}
     tz = _get(d, "tz", str, required=False)
     if tz is not None:
         try:
@@ -120,13 +128,15 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"tz: {tz!r} is not an IANA zone (e.g. Europe/Moscow)") from None
         queue["tz"] = tz
-    for key in ("norm_s", "warn_s", "vote_timeout_s", "blink_s", "brightness"):
+    for key in ("norm_s", "warn_s", "vote_timeout_s", "blink_s", "brightness", "grace_s",
+                "panel_digits", "priority_credit_s", "skill_credit_s",
+                "appointment_credit_s", "redirect_credit_s"):
         v = _get(d, key, int, required=False)
         if v is not None:
             if v < 0:
                 raise ConfigError(f"{key}: {v} must be >= 0")
             queue[key] = v
-    for key in ("opens", "last_ticket", "closes", "at_close"):
+    for key in ("opens", "last_ticket", "closes", "at_close", "late"):
         v = _get(d, key, str, required=False)
         if v is not None:
             queue[key] = v

@@ -5,7 +5,9 @@ Design note
 Operations: `CentralService(central, site, url).start()` connects and serves until
 `stop()`. Topics (protocols/MQTT.md): it subscribes ``window/+/event`` and
 ``ticket/request`` (QoS 1); each event goes to `Central.handle_event`, each request to
-`Central.issue` (deduped by its ``id``, answered on ``ticket/issued``); every desired
+`Central.issue` (deduped by its ``id``, answered on ``ticket/issued``, or
+``ticket/refused``); it also takes a staff app's logins and logouts on ``staff/session``
+(answered on ``staff/session/result``); every desired
 payload that comes back is published retained, QoS 1, on ``window/{n}/{kind}``. The live
 statistics go retained on ``central/stats`` every `stats_s`, wait alerts on
 ``central/alerts`` (a visitor past `warn_s`, then past the norm), the birth and the last will on
@@ -51,8 +53,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -62,6 +65,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .clock import utc_ts
 from .queue import Desired, QueueError, Refused, Ticket
 from .service import Central
 
@@ -73,12 +77,8 @@ SESSION_EXPIRY = 7 * 24 * 3600
 MAX_PAYLOAD = 4096  # an event or a request larger than this is malformed
 BATCH = 500  # messages applied and committed in one transaction, at most
 _GATEWAY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a topic level (MQTT.md section 1)
-
-
-def utc_ts(t: float | None = None) -> str:
-    """``2026-11-23T10:15:02.123Z`` (the contract's timestamps)."""
-    dt = datetime.fromtimestamp(time.time() if t is None else t, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+_UTC_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 def _json(obj: Any) -> bytes:
@@ -273,7 +273,8 @@ class CentralService:
         log.info("central: connected to %s (session present: %s)", self.url,
                  flags.session_present)
         _, self._sub_mid = client.subscribe([(self.topic("window/+/event"), 1),
-                                             (self.topic("ticket/request"), 1)])
+                                             (self.topic("ticket/request"), 1),
+                                             (self.topic("staff/session"), 1)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if mid != self._sub_mid:
@@ -365,10 +366,13 @@ class CentralService:
 
     def _take(self, topic: str, payload: bytes, errors: list) -> list[tuple[str, str]]:
         """One message applied to the queue (not committed); the (gateway, id) to receipt."""
-        is_request = topic == self.topic("ticket/request")
+        is_request = topic in (self.topic("ticket/request"), self.topic("staff/session"))
         try:
-            if is_request:
+            if topic == self.topic("ticket/request"):
                 self._take_request(topic, payload)
+                return []
+            if is_request:
+                self._take_session(payload)
                 return []
             return [self._take_event(topic, payload, errors)]
         except _Bad as e:
@@ -447,9 +451,10 @@ class CentralService:
         priority = req.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
             raise _Bad(f"priority: {priority!r} is not an integer 0-9")
+        slot = self._slot(req.get("slot"))
         try:
             ticket = self.central.apply_issue(service, appointment=appointment,
-                                              priority=priority, request_id=rid)
+                                              priority=priority, request_id=rid, slot=slot)
         except Refused as e:  # the time of day: the kiosk says why
             self.counters["refused"] += 1
             self._after_commit.append((self.topic("ticket/refused"), {
@@ -462,12 +467,56 @@ class CentralService:
         self._after_commit.append((self.topic("ticket/issued"), answer))  # a ticket a
         # restart could take back is never announced
 
+    def _slot(self, value: Any) -> float | None:
+        """A request's slot: the contract's UTC timestamp, or HH:MM local today."""
+        if value is None:
+            return None
+        if isinstance(value, str) and _HHMM.fullmatch(value):
+            cfg = self.central.config
+            now = datetime.fromtimestamp(self.central.clock.now(),
+                                         ZoneInfo(cfg.tz) if cfg.tz else None)
+            h, m = map(int, value.split(":"))
+            return now.replace(hour=h, minute=m, second=0, microsecond=0).timestamp()
+        if isinstance(value, str) and _UTC_TS.fullmatch(value):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        raise _Bad(f"slot: {value!r} is not a UTC time like ts "
+                   "(2026-11-23T10:30:00.000Z) or HH:MM local time")
+
+    def _take_session(self, payload: bytes) -> None:
+        """A staff app's login or logout; answered on staff/session/result after the
+        commit (a redelivered request is a duplicate: answered again as it stands)."""
+        req = _decode(payload)
+        rid = req.get("id")
+        if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
+            raise _Bad("id: a string of 1-128 characters expected")
+        out = self.central.apply_session(req)
+        self.counters["sessions" if out.ok else "sessions_refused"] += 1
+        n = req.get("window")
+        w = self.central.queue.windows.get(n) if isinstance(n, int) else None
+        answer: dict[str, Any] = {"ts": utc_ts(), "request_id": rid,
+                                  "ok": out.ok or out.duplicate}
+        if not out.ok and not out.duplicate:
+            answer["reason"] = out.reason
+        if w is not None:
+            answer.update(window=w.n, operator=w.operator)
+        self._after_commit.append((self.topic("staff/session/result"), answer))
+
     def _issued(self, rid: str, t: Ticket) -> dict:
+        svc = self.central.config.service(t.issued_service)
         out: dict[str, Any] = {"request_id": rid, "ticket": t.number,
-                               "service": t.issued_service, "issued_ts": utc_ts(t.issued_at)}
+                               "service": t.issued_service, "service_name": svc.name,
+                               "issued_ts": utc_ts(t.issued_at)}
+        if t.slot is not None:
+            out["slot_ts"] = utc_ts(t.slot)
+        if t.late:
+            out["late"] = True
         if t.state == "waiting":
             queue = self.central.queue.waiting([t.service])
-            out["queue_position"] = next(i for i, q in enumerate(queue, 1) if q.tid == t.tid)
+            out["queue_position"] = position = next(
+                i for i, q in enumerate(queue, 1) if q.tid == t.tid)
+            windows = len(self.central.queue.windows_serving(t.service))
+            if svc.expected_s and windows:
+                out["expected_wait_s"] = int((position - 1) // windows * svc.expected_s)
         return out
 
     # -- our thread -------------------------------------------------------------------------

@@ -16,19 +16,35 @@ link between them (`Window.ticket` <-> `Ticket.window`), set and cleared togethe
 
 Tickets and numbering
 ---------------------
-A ticket's number is the service's letter and a 3-digit counter per service per local day
-(``A001``, ``A002``...; the day from `local_day` in the configured zone). Past ``A999``
-the printed number wraps to ``A001`` again; internally every ticket keeps an unwrapped
-id, ``"2026-11-23/A/1000"``, so a wrapped number never mixes up two visitors. A ticket
-issued yesterday and still waiting stays callable (a hall open past midnight).
+A ticket's number is its service's prefix and a counter per prefix per local day
+(``A001``, ``P1.07``: `central.queueconfig`); past the largest the counter wraps, skipping
+numbers still held by open tickets. Internally every ticket keeps an unwrapped id,
+``"2026-11-23/A/1000"``, so a wrapped number never mixes up two visitors. A ticket issued
+yesterday and still waiting stays callable (a hall open past midnight).
 
 Who is called next
 ------------------
-A window serves a set of services, all alike (no preference between them): ``call``
-takes, across them, a redirected visitor first (oldest redirect first), then the highest
-`priority`, then appointments, then the longest waiting (issue time), then issue order.
-Redirect keeps the ticket and its number: the visitor goes to the head of the target
-service's queue (ahead of priority groups: they already waited once).
+`central.selection`: the highest score, the whole wait plus a head start for priority,
+the window's main services, appointments and redirects; no ticket is passed by one that
+waited more than the largest head start less. Redirect keeps the ticket and its number.
+
+Appointments
+------------
+A booked visitor's ticket carries its slot (`issue(..., slot=)`): it is called from the
+slot, not before, and its wait counts from the slot (or from arrival, if later). Arriving
+later than slot + `grace_s`, the visitor gets a walk-in ticket (``late = "walk-in"``, the
+ticket marked `late`) or is refused (``"refuse"``, code "late-for-slot"). A slot not on
+today's local date is refused ("slot-not-today"). A booked visitor still waiting
+`grace_s` past the slot makes a "slot-overdue" alert.
+
+Operator sessions
+-----------------
+With operators configured, each window is worked by whoever is logged in; a window
+with nobody is "closed" and calls nobody. An operator logs in on the panel with a
+4-digit PIN on its eight keys (call=1 ... redirect=8; `central.sessions`) or through a
+staff app (`session`); pause twice (pause, then pause again while paused) logs out.
+Waits are the operator's who called, service times, no-shows and votes the operator's
+who ended the visit; each session is kept for the statistics.
 
 Keys, by window mode (anything else is rejected with a reason and changes nothing)
 -----------------------------------------------------------------------------------
@@ -46,7 +62,9 @@ start       called                       -> serving (the display stops blinking)
 finish      serving                      -> served; window idle; voting opens for it
 noshow      called                       -> no-show; window idle
 pause       idle                         -> paused (never gets a call)
+            paused (operators configured) logs the operator out: -> closed
 resume      paused                       -> idle
+any key     closed                       a digit of the login PIN (central.sessions)
 redirect    called, serving              ticket -> waiting at the head of the target
                                          service (event field ``service``, else the
                                          window's configured ``redirect_to``); idle
@@ -93,12 +111,18 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .clock import local_day
+from .clock import local_day, utc_ts
+from .queueconfig import (AT_CLOSE, KEYS, OPERATOR, Operator, QueueConfig, QueueError, Refused, Service,
+                          WindowConfig, minutes)
+from .selection import best, order_key
+from .sessions import PinPad, SessionRecord
 
 __all__ = [
     "KEYS",
     "KINDS",
     "MAX_RECALLS",
+    "AT_CLOSE",
+    "Operator",
     "Desired",
     "Outcome",
     "Queue",
@@ -106,6 +130,8 @@ __all__ = [
     "QueueError",
     "QueueState",
     "Refused",
+    "Service",
+    "SessionRecord",
     "Ticket",
     "VoteRecord",
     "Window",
@@ -113,121 +139,16 @@ __all__ = [
 ]
 
 MAX_RECALLS = 5
-KEYS = ("call", "recall", "start", "finish", "noshow", "pause", "resume", "redirect")
-KINDS = ("display", "panel", "vote")
+KINDS = ("display", "panel", "vote", "session")
 WAITING, CALLED, SERVING, SERVED, NOSHOW = "waiting", "called", "serving", "served", "noshow"
 CLOSED = "closed"  # still waiting when the hall closed (at_close = "end")
 FINAL = (SERVED, NOSHOW, CLOSED)
-AT_CLOSE = ("serve", "end")
-
-
-class QueueError(ValueError):
-    """A command the queue cannot take at all (bad config, unknown service)."""
-
-
-class Refused(QueueError):
-    """A ticket request refused for the time of day; `code` for a kiosk to act on:
-    "before-opening" or "after-last-ticket"."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-def minutes(hhmm: str) -> int:
-    """``"19:30"`` -> minutes since midnight; QueueError for anything else.
-
-    >>> minutes("08:05")
-    485
-    """
-    try:
-        h, m = hhmm.split(":")
-        if len(h) == 2 and len(m) == 2 and 0 <= int(h) <= 23 and 0 <= int(m) <= 59:
-            return int(h) * 60 + int(m)
-    except (AttributeError, ValueError):
-        pass
-    raise QueueError(f"{hhmm!r}: a local time HH:MM expected (e.g. 08:00)")
 
 
 def local_minutes(ts: float, tz: str | None) -> int:
     """Minutes since local midnight of `ts` in `tz` (None: the machine's zone)."""
     dt = datetime.fromtimestamp(ts, ZoneInfo(tz)) if tz else datetime.fromtimestamp(ts)
     return dt.hour * 60 + dt.minute
-
-
-# -- configuration ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WindowConfig:
-    n: int
-    services: tuple[str, ...]
-    redirect_to: str | None = None
-    operator: str | None = None
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    """`services`: letter prefix -> name, e.g. ``{"A": "Passports"}``."""
-
-    services: Mapping[str, str]
-    windows: tuple[WindowConfig, ...]
-    tz: str | None = None  # IANA zone for the ticket day; None = the machine's zone
-    norm_s: int = 900  # the waiting-time norm (15 min): past it, tea
-    warn_s: int = 600  # a waiting visitor's wait past this: an alert (open a window)
-    blink_s: int = 10  # display blinks this long when a ticket is called or recalled
-    brightness: int = 8
-    vote_timeout_s: int = 60
-    # The day (local times "HH:MM"; None: no limit): tickets from `opens` until
-    # `last_ticket` (default: `closes`); at `closes`, visitors still waiting are served
-    # (at_close "serve": the overrun is in the day's report) or their tickets end
-    # "closed" ("end").
-    opens: str | None = None
-    last_ticket: str | None = None
-    closes: str | None = None
-    at_close: str = "serve"
-
-    def __post_init__(self) -> None:
-        if self.at_close not in AT_CLOSE:
-            raise QueueError(f"at_close {self.at_close!r}: one of {', '.join(AT_CLOSE)}")
-        times = [(k, minutes(v)) for k in ("opens", "last_ticket", "closes")
-                 if (v := getattr(self, k)) is not None]
-        if [m for _, m in times] != sorted(m for _, m in times):
-            raise QueueError("opens <= last_ticket <= closes expected, not "
-                             + ", ".join(f"{k} {getattr(self, k)}" for k, _ in times))
-        for letter in self.services:
-            if not (len(letter) == 1 and letter.isascii() and letter.isupper()):
-                raise QueueError(f"service prefix {letter!r}: one letter A-Z expected")
-        seen: set[int] = set()
-        for w in self.windows:
-            if w.n in seen:
-                raise QueueError(f"window {w.n} configured twice")
-            seen.add(w.n)
-            if not 1 <= w.n <= 999999:
-                raise QueueError(f"window {w.n}: 1-999999 expected")
-            if not w.services:
-                raise QueueError(f"window {w.n}: serves no service")
-            for s in (*w.services, *([w.redirect_to] if w.redirect_to else [])):
-                if s not in self.services:
-                    raise QueueError(f"window {w.n}: unknown service {s!r}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> QueueConfig:
-        """``{"services": {"A": "Passports"}, "windows": [{"n": 1, "services": ["A"],
-        "redirect_to": "B", "operator": "ivanova"}], "tz": "Europe/Moscow", ...}``"""
-        windows = tuple(
-            WindowConfig(
-                n=int(w["n"]),
-                services=tuple(w["services"]),
-                redirect_to=w.get("redirect_to"),
-                operator=w.get("operator"),
-            )
-            for w in d["windows"]
-        )
-        extra = {k: d[k] for k in ("tz", "norm_s", "warn_s", "blink_s", "brightness",
-                                   "vote_timeout_s", "opens", "last_ticket", "closes",
-                                   "at_close") if k in d}
-        return cls(services=dict(d["services"]), windows=windows, **extra)
 
 
 # -- state --------------------------------------------------------------------------------
@@ -242,14 +163,17 @@ class Ticket:
     issued_service: str
     service: str  # current (differs from issued_service after a redirect)
     issued_at: float
-    appointment: bool = False
+    appointment: bool = False  # booked (see `slot` and `late`)
     priority: int = 0
+    slot: float | None = None  # a booked visitor's slot: called from then, waits from then
+    late: bool = False  # booked, came past the grace: issued as a walk-in
     state: str = WAITING
     window: int | None = None
     head_since: float | None = None  # set by redirect: goes to the head of `service`
     called_at: float | None = None  # the current call
     first_called_at: float | None = None
     first_window: int | None = None
+    first_operator: str | None = None  # who made the first call (the wait is theirs)
     started_at: float | None = None
     ended_at: float | None = None
     ended_window: int | None = None
@@ -264,6 +188,7 @@ class Ticket:
     waited_s: float | None = 0.0
     tea: bool = False  # the whole wait passed the norm at a call: owed for the visit
     alerts: int = 0  # wait alerts sent while waiting: 1 warn, 2 over the norm too
+    slot_alerted: bool = False  # a "slot-overdue" alert was sent
 
     @property
     def wait_s(self) -> float | None:
@@ -276,15 +201,16 @@ class Ticket:
             return self.first_called_at - self.issued_at
         return self.waited_s
 
+    @property
+    def since(self) -> float:
+        """When this stretch of waiting began: issue, the slot if later, or the redirect."""
+        if self.head_since is not None:
+            return self.head_since
+        return self.issued_at if self.slot is None else max(self.issued_at, self.slot)
+
     def waiting_now(self, now: float) -> float:
         """The whole wait so far of a ticket in the queue (its wait_s plus this stretch)."""
-        since = self.head_since if self.head_since is not None else self.issued_at
-        return (self.waited_s or 0.0) + max(0.0, now - since)
-
-    def order_key(self) -> tuple:
-        if self.head_since is not None:
-            return (0, self.head_since, 0, 0.0, self.seq)
-        return (1, -self.priority, 0 if self.appointment else 1, self.issued_at, self.seq)
+        return (self.waited_s or 0.0) + max(0.0, now - self.since)
 
 
 @dataclass
@@ -295,6 +221,12 @@ class Window:
     operator: str | None = None
     vote_tid: str | None = None  # voting open for this ticket
     vote_opened_at: float | None = None
+    session: int | None = None  # the operator's SessionRecord.sid
+    # PIN entry while closed (central.sessions)
+    pin: str = ""
+    pin_failures: int = 0
+    pin_locked_until: float | None = None
+    pin_error: bool = False
 
 
 @dataclass
@@ -342,6 +274,8 @@ class QueueState:
     seq: int = 0
     desired: dict[tuple[int, str], dict] = field(default_factory=dict)  # with versions
     issued_ids: dict[str, str] = field(default_factory=dict)  # request id -> tid
+    sessions: dict[int, SessionRecord] = field(default_factory=dict)  # today's and open
+    session_seq: int = 0
 
 
 @dataclass
@@ -353,6 +287,7 @@ class Dirty:
     counters: set[tuple[str, str]] = field(default_factory=set)
     desired: set[tuple[int, str]] = field(default_factory=set)
     issued: dict[str, str] = field(default_factory=dict)  # request id -> tid
+    sessions: set[int] = field(default_factory=set)
 
 
 def _text_for(number: str, n: int) -> str:
@@ -381,21 +316,35 @@ class Queue:
     'window 5 already has A001 (called): start, no-show or redirect first'
     """
 
-    def __init__(self, config: QueueConfig, state: QueueState | None = None) -> None:
+    def __init__(self, config: QueueConfig, state: QueueState | None = None, *,
+                 now: float | None = None) -> None:
+        """`now`: when the queue starts, for the sessions of operators a new window's
+        config logs in (without it they are logged in with no session record)."""
         self.config = config
         self.state = state if state is not None else QueueState()
         self._dirty = Dirty()
         self._out: dict[tuple[int, str], dict] = {}
         self._alerts: list[dict] = []  # wait alerts since take_alerts
         self._by_config = {w.n: w for w in config.windows}
-        for w in config.windows:
-            if w.n not in self.state.windows:
-                self.state.windows[w.n] = Window(n=w.n, operator=w.operator)
-                self._dirty.windows.add(w.n)
+        self._pinpad = PinPad(dict(config.operators))
         for n in list(self.state.windows):
             if n not in self._by_config:  # dropped from the config
+                self._logout(self.state.windows[n], now, "config")
                 del self.state.windows[n]
-        self._refresh(self.state.windows)
+        for wc in config.windows:
+            w = self.state.windows.get(wc.n)
+            if w is None:
+                w = self.state.windows[wc.n] = Window(n=wc.n)
+                self._dirty.windows.add(wc.n)
+                if wc.operator is not None:
+                    self._login(w, wc.operator, now, "config")
+            if config.sessions and w.operator is None and w.mode == "idle":
+                w.mode = "closed"  # nobody logged in: calls nobody
+                self._dirty.windows.add(wc.n)
+            elif not config.sessions and w.mode == "closed":
+                w.mode = "idle"  # operators no longer configured
+                self._dirty.windows.add(wc.n)
+        self._refresh(self.state.windows, now=now)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -407,12 +356,14 @@ class Queue:
     def windows(self) -> dict[int, Window]:
         return self.state.windows
 
-    def waiting(self, services: Iterable[str] | None = None) -> list[Ticket]:
-        """Waiting tickets (of `services`, default all) in call order."""
+    def waiting(self, services: Iterable[str] | None = None, now: float | None = None
+                ) -> list[Ticket]:
+        """Waiting tickets (of `services`, default all) in the order people see them
+        (`selection.order_key`: a window's own order adds its skills)."""
         wanted = set(services) if services is not None else None
         out = [t for t in self.state.tickets.values()
                if t.state == WAITING and (wanted is None or t.service in wanted)]
-        return sorted(out, key=Ticket.order_key)
+        return sorted(out, key=lambda t: order_key(self.config, t, now))
 
     def desired(self, window: int, kind: str) -> dict:
         """The current payload (with its version) for `window` and `kind`."""
@@ -450,12 +401,17 @@ class Queue:
     # -- commands -----------------------------------------------------------------------
 
     def issue(self, service: str, *, appointment: bool = False, priority: int = 0,
-              now: float, request_id: str | None = None) -> Ticket:
-        """A new ticket for `service` (its letter). `request_id`, when given, dedupes: the
-        same request again returns the ticket it got the first time."""
-        if service not in self.config.services:
+              now: float, request_id: str | None = None, slot: float | None = None
+              ) -> Ticket:
+        """A new ticket for `service` (its code). `slot`: a booked visitor's slot time
+        (implies `appointment`; an appointment without one is due now). `request_id`,
+        when given, dedupes: the same request again returns the ticket it got the first
+        time. Refused (with a code) for the time of day, a late or foreign slot, or when
+        every number of the service's prefix is held by an open ticket."""
+        cfg = self.config
+        if service not in cfg.services:
             raise QueueError(f"unknown service {service!r}; known: "
-                             f"{', '.join(sorted(self.config.services))}")
+                             f"{', '.join(sorted(cfg.services))}")
         s = self.state
         if request_id is not None and request_id in s.issued_ids:
             tid = s.issued_ids[request_id]
@@ -464,24 +420,51 @@ class Queue:
                                  "on an earlier day; a new request needs a new id")
             return s.tickets[tid]
         self._check_hours(now)
-        day = local_day(now, self.config.tz)
-        n = s.counters.get((day, service), 0) + 1
-        s.counters[(day, service)] = n
+        day = local_day(now, cfg.tz)
+        late = False
+        if slot is not None or appointment:
+            slot = now if slot is None else float(slot)
+            if local_day(slot, cfg.tz) != day:
+                raise Refused("slot-not-today", f"the slot {local_day(slot, cfg.tz)} "
+                                                f"is not today ({day})")
+            if now > slot + cfg.grace_s:
+                if cfg.late == "refuse":
+                    raise Refused("late-for-slot", f"{int((now - slot) // 60)} min late for "
+                                  f"the slot; appointments wait {cfg.grace_s // 60} min")
+                slot, late = None, True
+        svc = cfg.service(service)
+        prefix = svc.prefix
+        n, number = self._next_number(day, svc)
+        s.counters[(day, prefix)] = n
         s.seq += 1
         t = Ticket(
-            tid=f"{day}/{service}/{n}", number=f"{service}{(n - 1) % 999 + 1:03d}", day=day,
-            seq=s.seq, issued_service=service, service=service, issued_at=now,
-            appointment=bool(appointment), priority=int(priority),
+            tid=f"{day}/{prefix}/{n}", number=number, day=day, seq=s.seq,
+            issued_service=service, service=service, issued_at=now,
+            appointment=bool(appointment or slot is not None or late),
+            priority=int(priority), slot=slot, late=late,
         )
         s.tickets[t.tid] = t
         self._dirty.tickets.add(t.tid)
-        self._dirty.counters.add((day, service))
+        self._dirty.counters.add((day, prefix))
         if request_id is not None:
             s.issued_ids[request_id] = t.tid
             self._dirty.issued[request_id] = t.tid
             self._mark_seen(request_id, day)
         self._refresh(self._windows_serving({service}), now=now)
         return t
+
+    def _next_number(self, day: str, svc: Service) -> tuple[int, str]:
+        """The next counter value of the prefix today and its printed number, skipping
+        numbers an open ticket holds (after a wrap)."""
+        held = {t.number for t in self.state.tickets.values() if t.state not in FINAL}
+        n = self.state.counters.get((day, svc.prefix), 0)
+        for _ in range(svc.largest):
+            n += 1
+            number = svc.number((n - 1) % svc.largest + 1)
+            if number not in held:
+                return n, number
+        raise Refused("numbers-exhausted", f"all {svc.largest} numbers of {svc.prefix} are "
+                                           "held by visitors in the hall")
 
     def handle_event(self, event: Mapping[str, Any], *, now: float) -> Outcome:
         """Apply one event payload (``type`` key or vote). Deduped by ``id``."""
@@ -499,7 +482,10 @@ class Queue:
             key = event.get("key")
             if key not in KEYS:
                 return Outcome(False, f"unknown key {key!r}")
-            return getattr(self, f"_key_{key}")(self.state.windows[n], event, now)
+            w = self.state.windows[n]
+            if w.mode == "closed":
+                return self._pin_key(w, key, now)
+            return getattr(self, f"_key_{key}")(w, event, now)
         if kind == "vote":
             return self._vote(self.state.windows[n], event, now)
         return Outcome(False, f"unknown event type {kind!r}")
@@ -540,45 +526,139 @@ class Queue:
                     and now - w.vote_opened_at >= self.config.vote_timeout_s):
                 self._close_vote(w)
                 closed.append(w.n)
+        for w in self.state.windows.values():
+            if w.pin_locked_until is not None and now >= w.pin_locked_until:
+                w.pin_locked_until = None  # the panel shows "PIn" again
+                self._dirty.windows.add(w.n)
+                self._refresh([w.n], now=now)
         self._watch_waits(now)
         self._close_the_day(now)
         return closed
 
     def _watch_waits(self, now: float) -> None:
-        """An alert when a waiting visitor's whole wait passes `warn_s`, and another past
-        `norm_s`: once each per ticket (kept with it, so a restart does not repeat them)."""
+        """An alert when a waiting visitor's whole wait passes `warn_s`, another past
+        `norm_s`, and for a booked visitor one when `grace_s` past the slot: once each per
+        ticket (kept with it, so a restart does not repeat them)."""
         cfg = self.config
         for t in self.state.tickets.values():
-            if t.state != WAITING or t.alerts >= 2:
+            if t.state != WAITING:
+                continue
+            if (t.slot is not None and not t.slot_alerted and t.head_since is None
+                    and now >= t.slot + cfg.grace_s):
+                t.slot_alerted = True
+                self._alert(t, "slot-overdue", now)
+            if t.alerts >= 2:
                 continue
             waited = t.waiting_now(now)
             level = 2 if waited > cfg.norm_s else 1 if waited >= cfg.warn_s else 0
-            if level <= t.alerts:
-                continue
-            t.alerts = level
-            self._dirty.tickets.add(t.tid)
-            waiting = self.waiting([t.service])
-            self._alerts.append({
-                "kind": "over-norm" if level == 2 else "wait-warn",
-                "ticket": t.number, "service": t.service, "waited_s": round(waited, 1),
-                "warn_s": cfg.warn_s, "norm_s": cfg.norm_s,
-                "position": next(i for i, q in enumerate(waiting, 1) if q.tid == t.tid),
-                "waiting": len(waiting),
-                "windows_open": sorted(
-                    n for n in self._windows_serving({t.service})
-                    if self.state.windows[n].mode != "paused"),
-            })
+            if level > t.alerts:
+                t.alerts = level
+                self._alert(t, "over-norm" if level == 2 else "wait-warn", now)
+
+    def _alert(self, t: Ticket, kind: str, now: float) -> None:
+        cfg = self.config
+        self._dirty.tickets.add(t.tid)
+        waiting = self.waiting([t.service])
+        alert = {
+            "kind": kind, "ticket": t.number, "service": t.service,
+            "waited_s": round(t.waiting_now(now), 1), "warn_s": cfg.warn_s, "norm_s": cfg.norm_s,
+            "position": next(i for i, q in enumerate(waiting, 1) if q.tid == t.tid),
+            "waiting": len(waiting),
+            "windows_open": self.windows_serving(t.service),
+        }
+        if t.slot is not None:
+            alert["slot_ts"] = utc_ts(t.slot)
+        self._alerts.append(alert)
 
     def take_alerts(self) -> list[dict]:
         """The wait alerts since the last call (central/alerts in the MQTT contract)."""
         out, self._alerts = self._alerts, []
         return out
 
-    def login(self, window: int, operator: str | None) -> None:
-        """Who works at `window` now (their votes and figures are theirs)."""
-        w = self.state.windows[window]
-        w.operator = operator
-        self._dirty.windows.add(window)
+    def session(self, request: Mapping[str, Any], *, now: float) -> Outcome:
+        """A staff app's login or logout: ``{"id", "window", "action": "login" | "logout",
+        "operator"}`` (deduped by id like an event). Logging in where someone else is
+        logged in hands the window over; an operator logged in elsewhere is logged out
+        there first. A window whose visitor is at it cannot change hands: finish first."""
+        rid = request.get("id")
+        if not isinstance(rid, str) or not rid:
+            return Outcome(False, "session request without an id")
+        if rid in self.state.seen:
+            return Outcome(False, f"duplicate request {rid}", duplicate=True)
+        self._mark_seen(rid, local_day(now, self.config.tz))
+        n = request.get("window")
+        w = self.state.windows.get(n) if isinstance(n, int) else None
+        if w is None:
+            return Outcome(False, f"window {n!r} is not configured")
+        action, operator = request.get("action"), request.get("operator")
+        if action == "logout":
+            if w.operator is None:
+                return Outcome(False, f"window {w.n}: nobody is logged in")
+            if w.mode in (CALLED, SERVING):
+                return Outcome(False, self._busy(w) + ": finish first")
+            self._logout(w, now, "app")
+            self._refresh([w.n], now=now)
+            return Outcome(True)
+        if action != "login":
+            return Outcome(False, f"action {action!r}: login or logout")
+        return self._login_checked(w, operator, now, "app")
+
+    def _pin_key(self, w: Window, key: str, now: float) -> Outcome:
+        operator, refusal = self._pinpad.press(w, key, now)
+        self._dirty.windows.add(w.n)
+        out = (self._login_checked(w, operator, now, "panel") if operator is not None
+               else Outcome(refusal is None, refusal))
+        self._refresh([w.n], now=now, announce=operator is not None and out.ok)
+        return out
+
+    def _login_checked(self, w: Window, operator: Any, now: float, via: str) -> Outcome:
+        cfg = self.config
+        if not isinstance(operator, str) or not OPERATOR.fullmatch(operator):
+            return Outcome(False, f"operator {operator!r}: 1-64 of A-Z a-z 0-9 . _ -")
+        if cfg.operators and operator not in cfg.operators:
+            return Outcome(False, f"operator {operator!r} is not configured")
+        if w.mode in (CALLED, SERVING):
+            return Outcome(False, self._busy(w) + ": finish first")
+        other = next((x for x in self.state.windows.values()
+                      if x.operator == operator and x.n != w.n), None)
+        if other is not None:
+            if other.mode in (CALLED, SERVING):
+                return Outcome(False, f"{operator} is at window {other.n}: "
+                                      + self._busy(other) + ": finish there first")
+            self._logout(other, now, "login-elsewhere")
+            self._refresh([other.n], now=now)
+        if w.operator == operator:
+            return Outcome(True)  # already here
+        if w.operator is not None:
+            self._logout(w, now, via)
+        self._login(w, operator, now, via)
+        self._refresh([w.n], now=now)
+        return Outcome(True)
+
+    def _login(self, w: Window, operator: str, now: float | None, via: str) -> None:
+        w.operator, w.pin, w.pin_error = operator, "", False
+        if w.mode == "closed":
+            w.mode = "idle"
+        self._dirty.windows.add(w.n)
+        if now is None:
+            return
+        s = self.state
+        s.session_seq += 1
+        rec = SessionRecord(sid=s.session_seq, day=local_day(now, self.config.tz),
+                            operator=operator, window=w.n, start=now, via=via)
+        s.sessions[rec.sid] = rec
+        w.session = rec.sid
+        self._dirty.sessions.add(rec.sid)
+
+    def _logout(self, w: Window, now: float | None, via: str) -> None:
+        rec = self.state.sessions.get(w.session) if w.session is not None else None
+        if rec is not None and now is not None:
+            rec.end, rec.end_via = now, via
+            self._dirty.sessions.add(rec.sid)
+        w.operator, w.session = None, None
+        if self.config.sessions and w.mode in ("idle", "paused"):
+            w.mode = "closed"
+        self._dirty.windows.add(w.n)
 
     def forget_seen_before(self, day: str) -> int:
         """Forget event ids seen before `day` (``YYYY-MM-DD``); how many were dropped."""
@@ -601,17 +681,22 @@ class Queue:
                            if w.mode == CALLED else self._busy(w) + ": finish first")
         if w.mode != "idle":
             return Outcome(False, f"window {w.n} is {w.mode}")
-        queue = self.waiting(self._by_config[w.n].services)
-        if not queue:
-            return Outcome(False, f"nothing waiting for window {w.n}")
-        t = queue[0]
+        wc = self._by_config[w.n]
+        queue = [t for t in self.state.tickets.values()
+                 if t.state == WAITING and t.service in wc.services]
+        t = best(self.config, wc, queue, now)
+        if t is None:
+            due = min((q.slot for q in queue if q.slot is not None), default=None)
+            return Outcome(False, f"nothing waiting for window {w.n}" + (
+                f" (the next appointment is due in {int(due - now) // 60 + 1} min)"
+                if due is not None else ""))
         if w.vote_tid is not None:
             self._close_vote(w)
         t.waited_s = t.waiting_now(now)
         t.tea = t.tea or t.waited_s > self.config.norm_s
         t.state, t.window, t.called_at, t.head_since, t.recalls = CALLED, w.n, now, None, 0
         if t.first_called_at is None:
-            t.first_called_at, t.first_window = now, w.n
+            t.first_called_at, t.first_window, t.first_operator = now, w.n, w.operator
         w.mode, w.ticket = CALLED, t.tid
         self._touch(w, t)
         self._refresh([x for x in self._windows_serving({t.service}) if x != w.n], now=now)
@@ -666,6 +751,10 @@ class Queue:
         return Outcome(True, ticket=t)
 
     def _key_pause(self, w: Window, event: Mapping, now: float) -> Outcome:
+        if w.mode == "paused" and self.config.sessions:  # pause twice: log out
+            self._logout(w, now, "panel")
+            self._refresh([w.n], now=now)
+            return Outcome(True)
         if w.mode != "idle":
             return Outcome(False, f"window {w.n} is {w.mode}: pause only when idle")
         w.mode = "paused"
@@ -732,7 +821,8 @@ class Queue:
         rec = VoteRecord(
             id=str(event["id"]), day=local_day(now, self.config.tz), at=now,
             ts=event.get("ts"), window=w.n, vote=value, ticket=named, tid=tid,
-            service=t.service if t else None, operator=w.operator, counted=counted,
+            service=t.service if t else None, counted=counted,
+            operator=t.ended_operator if t is not None else w.operator,
             misuse=not counted, reason=reason,
         )
         self.state.votes.append(rec)
@@ -756,6 +846,11 @@ class Queue:
         self.state.seen[eid] = day
         self._dirty.seen[eid] = day
 
+    def windows_serving(self, service: str) -> list[int]:
+        """The windows that serve `service`, open (someone there, not paused)."""
+        return [n for n in self._windows_serving({service})
+                if self.state.windows[n].mode not in ("paused", "closed")]
+
     def _windows_serving(self, services: set[str]) -> list[int]:
         return [w.n for w in self.config.windows if services & set(w.services)]
 
@@ -777,6 +872,8 @@ class Queue:
             "blink_s": cfg.blink_s if (t is not None and w.mode == CALLED) else 0,
             "brightness": cfg.brightness,
         }
+        if w.mode == "closed":
+            text, wait, queue = PinPad.text(w, now), 0, []
         panel = {
             "text": text, "mode": w.mode, "queue": len(queue), "wait_s": wait,
             "tea": t is not None and t.tea, "beep": announce,
@@ -784,7 +881,11 @@ class Queue:
         vt = self.state.tickets.get(w.vote_tid) if w.vote_tid else None
         vote = ({"open": True, "ticket": vt.number, "timeout_s": cfg.vote_timeout_s}
                 if vt is not None else {"open": False})
-        return {"display": display, "panel": panel, "vote": vote}
+        rec = self.state.sessions.get(w.session) if w.session is not None else None
+        op = self.config.operators.get(w.operator) if w.operator else None
+        session = {"operator": w.operator, "name": op.name if op else None,
+                   "since": utc_ts(rec.start) if rec else None, "via": rec.via if rec else None}
+        return {"display": display, "panel": panel, "vote": vote, "session": session}
 
     def _refresh(self, windows: Iterable[int], *, now: float | None = None,
                  announce: bool = False) -> None:

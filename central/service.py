@@ -45,16 +45,17 @@ class Central:
         yesterday = local_day(now - 86400, self.config.tz)
         forget = local_day(now - 86400 * max(1, self.dedupe_days), self.config.tz)
         self.store.forget_seen_before(forget)
-        self.queue = Queue(self.config, self.store.load(since_day=yesterday))
+        self.queue = Queue(self.config, self.store.load(since_day=yesterday), now=now)
         self.queue.forget_seen_before(forget)
 
     def close(self) -> None:
         self.store.close()
 
     def issue(self, service: str, *, appointment: bool = False, priority: int = 0,
-              request_id: str | None = None) -> tuple[Ticket, list[Desired]]:
+              request_id: str | None = None, slot: float | None = None
+              ) -> tuple[Ticket, list[Desired]]:
         t = self.apply_issue(service, appointment=appointment, priority=priority,
-                             request_id=request_id)
+                             request_id=request_id, slot=slot)
         return t, self.commit()
 
     def handle_event(self, event: Mapping[str, Any]) -> tuple[Outcome, list[Desired]]:
@@ -73,9 +74,13 @@ class Central:
         return out
 
     def apply_issue(self, service: str, *, appointment: bool = False, priority: int = 0,
-                    request_id: str | None = None) -> Ticket:
+                    request_id: str | None = None, slot: float | None = None) -> Ticket:
         return self.queue.issue(service, appointment=appointment, priority=priority,
-                                now=self.clock.now(), request_id=request_id)
+                                now=self.clock.now(), request_id=request_id, slot=slot)
+
+    def apply_session(self, request: Mapping[str, Any]) -> Outcome:
+        """A staff app's login or logout (`Queue.session`), not yet committed."""
+        return self.queue.session(request, now=self.clock.now())
 
     def keep_bad_event(self, event_id: str, gateway: str, topic: str, reason: str,
                        payload: bytes) -> None:
@@ -114,4 +119,5 @@ class Central:
         tickets, votes = self.store.day(day)
         cfg = self.queue.config
         return day_stats(tickets, votes, norm_s=cfg.norm_s, day=day, tz=cfg.tz,
-                         closes=cfg.closes)
+                         closes=cfg.closes, sessions=self.store.day_sessions(day),
+                         services=cfg.services, now=self.clock.now())

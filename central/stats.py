@@ -14,7 +14,8 @@ Definitions (the report says them too, under ``"definitions"``):
   it ended.
 - served / noshow: by the window, service (at the end: after a redirect, the target) and
   operator where the ticket ended. Waits by the window of the first call and the service
-  the ticket was issued for; an operator's waits are those of the tickets they ended.
+  the ticket was issued for; an operator's waits are those of the tickets they called
+  first (whoever was logged in at the call).
 - redirected_out / redirected_in: each redirect counts out of the service the ticket was
   in and into its target; out also at the window that redirected. So, per service,
   issued + redirected_in = served + noshow + redirected_out + open (still waiting,
@@ -23,7 +24,11 @@ Definitions (the report says them too, under ``"definitions"``):
 - by_hour: by the local hour (``"09"``) a ticket was issued, and a vote was taken.
 - satisfaction: likes / counted votes (None without votes); misuse presses counted apart,
   never in satisfaction. A vote belongs to the window it was pressed at, the service of
-  the ticket it names (None when none) and the window's operator then.
+  the ticket it names (None when none) and the operator who ended that visit (else the
+  window's operator then).
+- by_group: as by_service, by the catalogue's group of each service (a redirect inside a
+  group counts out and in). by_operator also has their `sessions` of the day and
+  `logged_in_s` (an open session until now).
 
 >>> day_stats([], [])["all"]["served"]
 0
@@ -32,11 +37,12 @@ Definitions (the report says them too, under ``"definitions"``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .queue import CLOSED, NOSHOW, SERVED, WAITING, Ticket, VoteRecord, minutes
+from .queue import (CLOSED, NOSHOW, SERVED, WAITING, Service, SessionRecord, Ticket,
+                    VoteRecord, minutes)
 
 __all__ = ["day_stats", "live_stats", "p95", "percentile"]
 
@@ -104,17 +110,30 @@ class _Group:
 
 def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
               norm_s: float = 900, day: str | None = None, tz: str | None = None,
-              closes: str | None = None) -> dict:
+              closes: str | None = None, sessions: Iterable[SessionRecord] = (),
+              services: Mapping[str, Service] | None = None, now: float | None = None
+              ) -> dict:
     """Figures for `tickets` and `votes` (of one day: pass only that day's, or `day` to
-    filter), overall and per window, service, operator and local hour (`tz`: the zone,
-    None for the machine's); with `closes` ("20:00") and `day`, how long past closing
-    the last visit ended (`close`)."""
+    filter), overall and per window, service, service group (with `services`, the
+    catalogue), operator and local hour (`tz`: the zone, None for the machine's); with
+    `closes` ("20:00") and `day`, how long past closing the last visit ended (`close`);
+    per operator, their `sessions` (a session still open counts until `now`)."""
     tickets = list(tickets)
-    groups: dict[str, dict] = {"window": {}, "service": {}, "operator": {}, "hour": {}}
+    groups: dict[str, dict] = {"window": {}, "service": {}, "group": {}, "operator": {},
+                               "hour": {}}
     total = _Group()
+    catalogue = services or {}
 
     def g(kind: str, key) -> _Group:
         return groups[kind].setdefault(str(key), _Group())
+
+    def svc(code: str | None) -> list[_Group]:
+        """The rows of a service: its own and its group's."""
+        if code is None:
+            return []
+        entry = catalogue.get(code)
+        return [g("service", code)] + ([g("group", entry.group)] if entry and entry.group
+                                       else [])
 
     def hour(at: float) -> str:
         dt = datetime.fromtimestamp(at, ZoneInfo(tz)) if tz else datetime.fromtimestamp(at)
@@ -125,31 +144,30 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
         if day is not None and t.day != day:
             continue
         by_hour = g("hour", hour(t.issued_at))
-        for grp in (total, g("service", t.issued_service), by_hour):
+        for grp in (total, *svc(t.issued_service), by_hour):
             grp.issued += 1
         for from_service, to_service, window in t.hops:
-            for grp in (total, g("service", from_service), g("window", window)):
+            for grp in (total, *svc(from_service), g("window", window)):
                 grp.redirected_out += 1
-            for grp in (total, g("service", to_service)):
+            for grp in (total, *svc(to_service)):
                 grp.redirected_in += 1
         if t.state in states:
             states[t.state] += 1
-            for grp in (total, g("service", t.service)):
+            for grp in (total, *svc(t.service)):
                 grp.open += 1
         wait = t.wait_s
         if wait is not None:
-            targets = [total, g("window", t.first_window), g("service", t.issued_service),
-                       by_hour]
-            if t.state in (SERVED, NOSHOW) and t.ended_operator is not None:
-                targets.append(g("operator", t.ended_operator))
+            targets = [total, g("window", t.first_window), *svc(t.issued_service), by_hour]
+            if t.first_operator is not None:
+                targets.append(g("operator", t.first_operator))
             for grp in targets:
                 grp.waits.append(wait)
         if t.state == CLOSED:  # ended by the day's close, at no window
-            for grp in (total, g("service", t.service), by_hour):
+            for grp in (total, *svc(t.service), by_hour):
                 grp.closed += 1
         if t.state in (SERVED, NOSHOW):
             attr = "served" if t.state == SERVED else "noshow"
-            targets = [total, g("window", t.ended_window), g("service", t.service), by_hour]
+            targets = [total, g("window", t.ended_window), *svc(t.service), by_hour]
             if t.ended_operator is not None:
                 targets.append(g("operator", t.ended_operator))
             for grp in targets:
@@ -160,8 +178,7 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
         if day is not None and v.day != day:
             continue
         targets = [total, g("window", v.window), g("hour", hour(v.at))]
-        if v.service is not None:
-            targets.append(g("service", v.service))
+        targets += svc(v.service)
         if v.operator is not None:
             targets.append(g("operator", v.operator))
         for grp in targets:
@@ -176,8 +193,9 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
         "norm_s": norm_s,
         "all": {**total.as_dict(norm_s), **states},
         "definitions": {
-            "wait": "whole wait: issue to first call, plus each redirect to the next call; "
-                    "over tickets called at least once",
+            "wait": "whole wait: issue (a booked visitor's slot, if later) to first call, "
+                    "plus each redirect to the next call; over tickets called at least once; "
+                    "an operator's waits are those of the tickets they called first",
             "p50, p95": "nearest rank",
             "service_time": "finish - start of the visit that ended a served ticket",
             "balance": "per service: issued + redirected_in = served + noshow + closed + "
@@ -185,8 +203,20 @@ def day_stats(tickets: Iterable[Ticket], votes: Iterable[VoteRecord], *,
             "satisfaction": "likes / counted votes; misuse presses apart",
         },
     }
+    worked: dict[str, list[float]] = {}
+    for r in sessions:
+        end = r.end if r.end is not None else now
+        if end is not None:
+            worked.setdefault(r.operator, []).append(max(0.0, end - r.start))
+            g("operator", r.operator)
     for kind, by in groups.items():
         out[f"by_{kind}"] = {k: grp.as_dict(norm_s) for k, grp in sorted(by.items())}
+    for op, row in out["by_operator"].items():
+        row["sessions"] = len(worked.get(op, []))
+        row["logged_in_s"] = round(sum(worked.get(op, [])), 1)
+    if catalogue:
+        out["services"] = {c: {"name": e.name, "group": e.group, "expected_s": e.expected_s,
+                               "prefix": e.prefix} for c, e in sorted(catalogue.items())}
     if closes is not None and day is not None:
         out["close"] = _overrun(tickets, day, tz, closes)
     return out
@@ -214,7 +244,8 @@ def live_stats(queue, *, now: float, day: str | None = None) -> dict:
     today = day or local_day(now, queue.config.tz)
     out = day_stats(queue.tickets.values(), queue.state.votes,
                     norm_s=queue.config.norm_s, day=today, tz=queue.config.tz,
-                    closes=queue.config.closes)
+                    closes=queue.config.closes, services=queue.config.services, now=now,
+                    sessions=[r for r in queue.state.sessions.values() if r.day == today])
     waiting = [t for t in queue.tickets.values() if t.state == WAITING]
     out["now"] = {
         "at": now,

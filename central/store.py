@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .queue import Dirty, Queue, QueueState, Ticket, VoteRecord, Window
+from .queue import Dirty, Queue, QueueState, SessionRecord, Ticket, VoteRecord, Window
 
 __all__ = ["Store"]
 
@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS counters (day TEXT NOT NULL, service TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS desired (window INTEGER NOT NULL, kind TEXT NOT NULL,
     version INTEGER NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (window, kind));
 CREATE TABLE IF NOT EXISTS issued (request_id TEXT PRIMARY KEY, tid TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (sid INTEGER PRIMARY KEY, day TEXT NOT NULL,
+    open INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_day ON sessions(day);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL,
     gateway TEXT, window INTEGER, type TEXT, at REAL NOT NULL, outcome TEXT NOT NULL,
@@ -113,7 +116,12 @@ class Store:
                  for n, k in d.desired])
             db.executemany("INSERT OR IGNORE INTO issued (request_id, tid) VALUES (?, ?)",
                            list(d.issued.items()))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(s.seq),))
+            db.executemany(
+                "INSERT OR REPLACE INTO sessions (sid, day, open, data) VALUES (?, ?, ?, ?)",
+                [(r.sid, r.day, r.end is None, _record(r))
+                 for r in (s.sessions[sid] for sid in d.sessions if sid in s.sessions)])
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [("seq", str(s.seq)), ("session_seq", str(s.session_seq))])
             db.executemany("INSERT OR IGNORE INTO bad_events VALUES (?, ?, ?, ?, ?, ?)",
                            self._bad)
             db.executemany("INSERT INTO journal (id, gateway, window, type, at, outcome, data) "
@@ -186,8 +194,15 @@ class Store:
         s.desired = {(n, k): json.loads(p) for n, k, p in
                      self.db.execute("SELECT window, kind, payload FROM desired")}
         s.issued_ids = dict(self.db.execute("SELECT request_id, tid FROM issued"))
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-        s.seq = int(row[0]) if row else 0
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        s.seq = int(meta.get("seq", 0))
+        s.session_seq = int(meta.get("session_seq", 0))
+        sq, sargs = ("SELECT data FROM sessions", ())
+        if since_day is not None:
+            sq, sargs = ("SELECT data FROM sessions WHERE open OR day >= ?", (since_day,))
+        for (data,) in self.db.execute(sq, sargs):
+            r = SessionRecord(**json.loads(data))
+            s.sessions[r.sid] = r
         # Keep tickets that windows or voting still point at, whatever their day.
         for w in s.windows.values():
             for tid in (w.ticket, w.vote_tid):
@@ -205,3 +220,8 @@ class Store:
         votes = [VoteRecord(**json.loads(d)) for (d,) in self.db.execute(
             "SELECT data FROM votes WHERE day = ? ORDER BY rowid", (day,))]
         return tickets, votes
+
+    def day_sessions(self, day: str) -> list[SessionRecord]:
+        """The operator sessions begun on `day`."""
+        return [SessionRecord(**json.loads(d)) for (d,) in self.db.execute(
+            "SELECT data FROM sessions WHERE day = ? ORDER BY sid", (day,))]

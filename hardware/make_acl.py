@@ -13,10 +13,14 @@ here from the configs the gateways run (read and checked by gateway/config.py lo
                                        window/{n}/event; read window/{n}/display, panel, vote
                                        (for each window n of its config), gw/{gateway}/receipt
                                        and central/status
-  central  hallgate-central-{site}     read window/+/event, ticket/request, gw/+/status,
-                                       devices, errors; write window/+/display, panel, vote,
-                                       gw/+/receipt, ticket/issued, refused,
-                                       central/status, stats, alerts, errors
+  central  hallgate-central-{site}     read window/+/event, ticket/request, staff/session,
+                                       gw/+/status, devices, errors; write window/+/display,
+                                       panel, vote, session, gw/+/receipt, ticket/issued,
+                                       refused, staff/session/result, central/status, stats,
+                                       alerts, errors
+  staff    hallgate-staff-{site}       write staff/session; read staff/session/result and
+                                       window/+/session (the site's staff app: operator
+                                       logins, protocols/MQTT.md section 9)
   kiosk    hallgate-kiosk-{site}-{name}    write ticket/request; read ticket/issued, refused
   monitor  hallgate-monitor-{site}-{name}  read hall/v1/{site}/# (nothing written)
 
@@ -43,6 +47,7 @@ from hallgate.gateway.config import ConfigError, load_config
 from make_test_ca import NAME, central_cn, gateway_cn, kiosk_cn, monitor_cn
 
 COMMAND_KINDS = ("display", "panel", "vote")  # central -> gateway, retained desired state
+CENTRAL_WINDOW_KINDS = (*COMMAND_KINDS, "session")  # central -> anyone, retained, per window
 GATEWAY_TOPICS = ("status", "devices", "errors")  # hall/v1/{site}/gw/{gateway}/...
 
 
@@ -133,6 +138,12 @@ def gateway_block(entry):
     return lines
 
 
+def staff_cn(site):
+    """The CN of a site's staff app (operator logins; make_test_ca.py has no option for it
+    yet: issue it from the CA like the others)."""
+    return f"hallgate-staff-{site}"
+
+
 def central_block(site):
     base = f"hall/v1/{site}"
     return [
@@ -140,16 +151,27 @@ def central_block(site):
         f"user {central_cn(site)}",
         f"topic read {base}/window/+/event",
         f"topic read {base}/ticket/request",
+        f"topic read {base}/staff/session",
         *(f"topic read {base}/gw/+/{t}" for t in GATEWAY_TOPICS),
-        *(f"topic write {base}/window/+/{kind}" for kind in COMMAND_KINDS),
+        *(f"topic write {base}/window/+/{kind}" for kind in CENTRAL_WINDOW_KINDS),
         f"topic write {base}/ticket/issued",
         f"topic write {base}/ticket/refused",
+        f"topic write {base}/staff/session/result",
         f"topic write {base}/gw/+/receipt",
         f"topic write {base}/central/status",
         f"topic write {base}/central/stats",
         f"topic write {base}/central/errors",
         f"topic write {base}/central/alerts",
     ]
+
+
+def staff_block(site):
+    base = f"hall/v1/{site}"
+    return [f"# the staff app of site {site}: logs operators in and out of windows",
+            f"user {staff_cn(site)}",
+            f"topic write {base}/staff/session",
+            f"topic read {base}/staff/session/result",
+            f"topic read {base}/window/+/session"]
 
 
 def kiosk_block(site, name):
@@ -164,9 +186,10 @@ def monitor_block(site, name):
             f"user {monitor_cn(site, name)}", f"topic read hall/v1/{site}/#"]
 
 
-def make_acl(gateways, *, central=True, kiosks=(), monitors=()):
-    """The ACL text for these gateways (and a central service per site when `central`);
-    AclError if two gateways share a window or an identity, or two CNs collide."""
+def make_acl(gateways, *, central=True, staff=True, kiosks=(), monitors=()):
+    """The ACL text for these gateways (and a central service per site when `central`, a
+    staff app per site when `staff`); AclError if two gateways share a window or an
+    identity, or two CNs collide."""
     problems = []
     seen_gw = {}
     owner = {}  # (site, window) -> entry
@@ -186,6 +209,8 @@ def make_acl(gateways, *, central=True, kiosks=(), monitors=()):
     blocks = [gateway_block(e) for e in seen_gw.values()]
     if central:
         blocks += [central_block(s) for s in sites]
+    if staff:
+        blocks += [staff_block(s) for s in sites]
     blocks += [kiosk_block(s, n) for s, n in kiosks]
     blocks += [monitor_block(s, n) for s, n in monitors]
     users = defaultdict(list)
@@ -211,12 +236,14 @@ def main(argv=None):
         prog="make_acl.py",
         description="Write the mosquitto ACL (hardware/mosquitto/README.md) from the gateways' "
         "hall configs: each gateway may publish only its own status, devices, errors and its "
-        "windows' events, and read only its windows' desired state; a central service per "
-        "site gets its role.")
+        "windows' events, and read only its windows' desired state; a central service and a "
+        "staff app per site get their roles.")
     p.add_argument("configs", nargs="+", type=Path, metavar="HALL.toml",
                    help="the hall config of every gateway the broker serves")
     p.add_argument("--no-central", action="store_true",
                    help="no central service user (hallgate-central-{site}) for the sites")
+    p.add_argument("--no-staff", action="store_true",
+                   help="no staff app user (hallgate-staff-{site}) for the sites")
     p.add_argument("--kiosk", action="append", default=[], type=_site_and_name,
                    metavar="SITE:NAME", help="a ticket kiosk (hallgate-kiosk-{site}-{name})")
     p.add_argument("--monitor", action="append", default=[], type=_site_and_name,
@@ -226,8 +253,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         gateways, notes = read_gateways(args.configs)
-        text = make_acl(gateways, central=not args.no_central, kiosks=args.kiosk,
-                        monitors=args.monitor)
+        text = make_acl(gateways, central=not args.no_central, staff=not args.no_staff,
+                        kiosks=args.kiosk, monitors=args.monitor)
     except (ConfigError, AclError) as e:
         print(f"make_acl: {e}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ CONFIG = QueueConfig.from_dict({
 })
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMAS = {k: json.loads((ROOT / "protocols/schemas" / f"{k}.schema.json").read_text())
-           for k in ("display", "panel", "vote")}
+           for k in ("display", "panel", "vote", "session")}
 WINDOWS = [w.n for w in CONFIG.windows]
 
 

@@ -45,7 +45,7 @@ def test_doc_central_examples_validate():
 
 def test_config_example_and_errors(tmp_path):
     cfg = load_config(ROOT / "central" / "example.toml")
-    assert cfg.site == "msk-01" and cfg.queue.services["A"] == "Passports"
+    assert cfg.site == "msk-01" and cfg.queue.services["A"].name == "Passports"
     base = {"site": "x", "broker": "mqtt://h", "database": "d.db",
             "services": {"A": "P"}, "windows": [{"n": 1, "services": ["A"]}]}
     for change, key in [({"site": "a/b"}, "site"), ({"broker": "http://h"}, "broker"),

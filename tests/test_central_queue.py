@@ -11,7 +11,7 @@ from hallgate.central.queue import MAX_RECALLS, Queue, QueueConfig, QueueError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCHEMAS = {k: json.loads((ROOT / "protocols/schemas" / f"{k}.schema.json").read_text())
-           for k in ("display", "panel", "vote")}
+           for k in ("display", "panel", "vote", "session")}
 
 CONFIG = {
     "services": {"A": "Passports", "B": "Benefits", "C": "Certificates"},
@@ -58,17 +58,42 @@ def test_numbering_per_service_per_day_and_wrap():
     assert [h.issue("A").number for _ in range(3)] == ["A001", "A002", "A003"]
     assert h.issue("B").number == "B001"
     h.clock.advance(24 * 3600)
-    assert h.issue("A").number == "A001"
-    for _ in range(999):
+    # A new day starts at 1 again, skipping the numbers yesterday's visitors still hold.
+    assert h.issue("A").number == "A004"
+    for _ in range(4):
+        h.called(1)
+        h.key(1, "noshow")
+    assert h.issue("A").number == "A005"
+    for _ in range(993):
         h.issue("B")
     last = h.issue("B")
-    assert last.number == "B001" and last.tid.endswith("/B/1000")
+    assert last.number == "B995" and last.tid.endswith("/B/995")
     assert len({t.tid for t in h.q.tickets.values()}) == len(h.q.tickets)
     with pytest.raises(QueueError, match="unknown service"):
         h.issue("Z")
 
 
-def test_priority_then_appointment_then_longest_waiting():
+def test_a_wrapped_counter_skips_numbers_still_held_and_refuses_when_none_is_free():
+    from hallgate.central.queue import Refused
+
+    h = Hall({**CONFIG, "services": {**CONFIG["services"],
+                                     "A": {"name": "Passports", "digits": 1}}})
+    tickets = [h.issue("A") for _ in range(9)]
+    assert [t.number for t in tickets] == [f"A{i}" for i in range(1, 10)]
+    with pytest.raises(Refused) as refused:
+        h.issue("A")
+    assert refused.value.code == "numbers-exhausted"
+    for _ in range(2):  # A1 and A2 leave the hall
+        h.called(1)
+        h.key(1, "noshow")
+    again = h.issue("A")
+    assert again.number == "A1" and again.tid.endswith("/A/10")
+    assert h.issue("A").number == "A2"
+    open_numbers = [t.number for t in h.q.tickets.values() if t.state == "waiting"]
+    assert len(open_numbers) == len(set(open_numbers))
+
+
+def test_appointment_priority_then_longest_waiting_by_head_start():
     h = Hall()
     plain = h.issue("A")
     h.clock.advance(10)
@@ -81,7 +106,8 @@ def test_priority_then_appointment_then_longest_waiting():
     for _ in range(4):
         order.append(h.called(1))
         h.key(1, "noshow")
-    assert order == [prio.number, appt.number, plain.number, plain2.number]
+    # Head starts (central.selection): an appointment due now 900 s, priority 1 600 s.
+    assert order == [appt.number, prio.number, plain.number, plain2.number]
 
 
 def test_longest_waiting_first_across_services():
@@ -153,7 +179,7 @@ def test_key_validity():
 
 def test_redirect_keeps_ticket_and_goes_to_head():
     h = Hall()
-    b1 = h.issue("B", priority=3)
+    b1 = h.issue("B")
     a = h.issue("A")
     h.clock.advance(60)
     assert h.called(1) == a.number
@@ -161,7 +187,7 @@ def test_redirect_keeps_ticket_and_goes_to_head():
     assert h.key(1, "redirect").ok  # window 1's default target: B
     assert a.state == "waiting" and a.service == "B" and a.number == "A001"
     assert h.q.windows[1].mode == "idle"
-    assert h.called(3) == a.number  # ahead of b1 (priority 3) who was there first
+    assert h.called(3) == a.number  # ahead of b1 who was there first: already waited once
     assert len(h.q.tickets) == 2
     h.key(3, "start")
     assert h.key(3, "redirect", service="C").ok  # explicit target

@@ -16,7 +16,7 @@ def test_restart_mid_day_loses_nothing(tmp_path):
     cfg, clock, db = QueueConfig.from_dict(CONFIG), FakeClock(), tmp_path / "c.db"
     c = Central(cfg, db, clock)
     assert {(d.window, d.kind) for d in c.all_desired()} == {
-        (n, k) for n in (1, 2, 3) for k in ("display", "panel", "vote")}
+        (n, k) for n in (1, 2, 3) for k in ("display", "panel", "vote", "session")}
     t, desired = c.issue("A", request_id="kiosk-1")
     assert t.number == "A001" and any(d.kind == "panel" for d in desired)
     clock.advance(1000)

@@ -50,6 +50,10 @@ TOPICS = {  # the contract's topic tree (MQTT.md section 1), per AsyncAPI channe
     "central_errors": Topic("hall/v1/{site}/central/errors", "central_errors", False, "send"),
     "central_alerts": Topic("hall/v1/{site}/central/alerts", "central_alerts", False, "send"),
     "ticket_refused": Topic("hall/v1/{site}/ticket/refused", "ticket_refused", False, "send"),
+    "session": Topic("hall/v1/{site}/window/{n}/session", "session", True, "send"),
+    "staff_session": Topic("hall/v1/{site}/staff/session", "staff_session", False, "receive"),
+    "staff_session_result": Topic("hall/v1/{site}/staff/session/result",
+                                  "staff_session_result", False, "send"),
 }
 SCHEMA_NAMES = sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json"))
 
