@@ -55,8 +55,8 @@ import uuid
 from collections import Counter
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
 from hallgate.protocols.jsonobject import load_object
@@ -490,7 +490,8 @@ class CentralService:
         if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
             raise _Bad("id: a string of 1-128 characters expected")
         out = self.central.apply_session(req)
-        self.counters["sessions" if out.ok else "sessions_refused"] += 1
+        self.counters["duplicates" if out.duplicate else "sessions" if out.ok
+                      else "sessions_refused"] += 1
         n = req.get("window")
         w = self.central.queue.windows.get(n) if isinstance(n, int) else None
         answer: dict[str, Any] = {"ts": utc_ts(), "request_id": rid,

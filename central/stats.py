@@ -41,8 +41,17 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .queue import (CLOSED, NOSHOW, SERVED, WAITING, Service, SessionRecord, Ticket,
-                    VoteRecord, minutes)
+from .queue import (
+    CLOSED,
+    NOSHOW,
+    SERVED,
+    WAITING,
+    Service,
+    SessionRecord,
+    Ticket,
+    VoteRecord,
+    minutes,
+)
 
 __all__ = ["day_stats", "live_stats", "p95", "percentile"]
 

@@ -313,3 +313,57 @@ def test_a_request_out_of_hours_is_answered_with_the_reason(on_broker):
     wait_for(lambda: w.on("ticket/issued"), 5, "the ticket")
     assert w.last("ticket/issued")["ticket"] == "A001"
     assert w.on("central/errors") == [] and svc.counters["refused"] == 1
+
+
+def test_a_staff_app_logs_in_and_a_booked_visitor_gets_the_slot(on_broker):
+    w, start = on_broker
+    clock = FakeClock()  # 08:00 UTC
+    cfg = QueueConfig.from_dict({
+        **QCFG, "services": {"A": {"name": "Passports", "expected_s": 600}, "B": "Registration"},
+        "operators": {"ivanova": "Ivanova A.", "petrov": {"name": "Petrov S.", "pin": "2468"}}})
+    svc = start(cfg, clock)
+    wait_for(lambda: w.last("window/2/session"), 5, "the retained session of window 2")
+    assert w.last("window/2/session")["operator"] is None
+    assert w.last("window/2/panel")["mode"] == "closed"
+    login = {"id": "staff-1", "ts": "2026-11-23T08:00:00.000Z", "window": 2,
+             "action": "login", "operator": "petrov"}
+    check("staff_session", login)
+    w.pub("staff/session", login)
+    wait_for(lambda: w.on("staff/session/result"), 5, "the answer")
+    result = w.last("staff/session/result")
+    check("staff_session_result", result)
+    assert (result["ok"], result["operator"]) == (True, "petrov")
+    wait_for(lambda: (w.last("window/2/session") or {}).get("operator") == "petrov", 5,
+             "the session topic")
+    session = w.last("window/2/session")
+    check("session", session)
+    assert (session["name"], session["via"]) == ("Petrov S.", "app")
+    w.pub("staff/session", login)  # redelivered: answered again, nothing changes
+    w.pub("staff/session", {**login, "id": "staff-2", "operator": "nobody"})
+    wait_for(lambda: len(w.on("staff/session/result")) == 3, 5, "two more answers")
+    again, refused = w.on("staff/session/result")[1:]
+    assert again["ok"] and not refused["ok"] and "not configured" in refused["reason"]
+
+    w.pub("ticket/request", req("walk-in"))
+    w.pub("ticket/request", {**req("booked"), "slot": "08:30"})
+    w.pub("ticket/request", {**req("bad-slot"), "slot": "half past eight"})
+    wait_for(lambda: len(w.on("ticket/issued")) == 2 and w.on("central/errors"), 5,
+             "two tickets and an error")
+    walk_in, booked = w.on("ticket/issued")
+    for answer in (walk_in, booked):
+        check("ticket_issued", answer)
+    assert walk_in["service_name"] == "Passports" and walk_in["expected_wait_s"] == 0
+    assert booked["slot_ts"] == "2026-11-23T08:30:00.000Z"
+    assert "slot: 'half past eight'" in w.last("central/errors")["reason"]
+    w.pub("window/2/event", ev(1, "call", window=2))  # 08:00: the walk-in, not the slot
+    wait_for(lambda: (w.last("window/2/panel") or {}).get("text") == walk_in["ticket"], 5,
+             "the walk-in called")
+    w.pub("window/2/event", ev(2, "noshow", window=2))
+    w.pub("window/2/event", ev(3, "call", window=2))  # nothing due yet
+    wait_for(lambda: any("due in 30 min" in e["reason"] for e in w.on("central/errors")), 5,
+             "the call refused until the slot")
+    clock.advance(1800)
+    w.pub("window/2/event", ev(4, "call", window=2))
+    wait_for(lambda: (w.last("window/2/panel") or {}).get("text") == booked["ticket"], 5,
+             "the booked visitor called at the slot")
+    assert svc.counters["sessions"] == 1 and svc.counters["sessions_refused"] == 1
