@@ -10,7 +10,7 @@ version that only grows; `take_dirty` returns what the store must write.
 Goals: no I/O and no clock in here (every command takes `now`, epoch seconds, from
 `central.clock`), so the same inputs give the same state, in tests, in the simulator and
 after a restart; a redelivered or repeated press never changes anything twice; two
-windows never hold the same ticket; every ticket ends served or no-show.
+windows never hold the same ticket; every ticket ends once: served, no-show or closed.
 Plan: tickets and windows are small dataclasses; a window's current ticket is the only
 link between them (`Window.ticket` <-> `Ticket.window`), set and cleared together.
 
@@ -51,7 +51,8 @@ Keys, by window mode (anything else is rejected with a reason and changes nothin
 ==========  ===========================  ===============================================
 key         valid in                     effect
 ==========  ===========================  ===============================================
-call        idle                         next ticket -> called; closes voting here.
+call        idle                         next ticket (central.selection) -> called;
+                                         closes voting here.
                                          In called/serving: rejected, so a double click
                                          never invites a second visitor. Empty queue:
                                          rejected ("nothing waiting").
@@ -64,16 +65,17 @@ noshow      called                       -> no-show; window idle
 pause       idle                         -> paused (never gets a call)
             paused (operators configured) logs the operator out: -> closed
 resume      paused                       -> idle
+redirect    called, serving              ticket -> waiting in the target service with
+                                         its whole wait and a head start (event field
+                                         ``service``, else the window's configured
+                                         ``redirect_to``); idle
 any key     closed                       a digit of the login PIN (central.sessions)
-redirect    called, serving              ticket -> waiting at the head of the target
-                                         service (event field ``service``, else the
-                                         window's configured ``redirect_to``); idle
 ==========  ===========================  ===============================================
 
 Votes
 -----
 Every vote event is recorded (`VoteRecord`), tied to the ticket, window, service and the
-window's operator (None when nobody logged in). It counts as a rating only if the event
+operator who ended that visit (else the window's operator; None when nobody). It counts as a rating only if the event
 is not flagged `misuse`, voting is open at that window for the ticket it names, and that
 ticket has no counted vote yet; a counted vote closes voting. Anything else is recorded
 with ``counted=False, misuse=True`` and a reason. Voting opens on ``finish`` and closes
@@ -85,17 +87,17 @@ Timing
 Waits use the central clock at the time a command is applied, not the gateway's `ts`
 (kept in the vote record only): a gateway's clock may be off, and in a simulation the
 hall runs in simulated time. The wait of a ticket is the visitor's whole wait
-(`Ticket.wait_s`): issue to first call, plus, after each redirect, redirect to the next
-call. The panel's `wait_s` is that figure for the called visitor, and, on an idle or
+(`Ticket.wait_s`): issue (a booked visitor: the slot, if later) to first call, plus,
+after each redirect, redirect to the next call. The panel's `wait_s` is that figure for the called visitor, and, on an idle or
 paused window, the longest wait in its queues when the payload was made; its `tea` is
 owed once that whole wait passed `norm_s` at a call, and stays owed for the visit.
 `tick` watches the waiting: a visitor whose whole wait reaches `warn_s` (10 min), and
 then passes `norm_s`, makes an alert each (`take_alerts`), so the hall can open a window
-before the norm is broken.
+before the norm is broken; so does a booked visitor still waiting `grace_s` past the slot.
 
 Dedupe
 ------
-Event ids (and issue request ids) are kept with the local day they were seen on; the
+Event ids (and ticket and session request ids) are kept with the local day they were seen on; the
 caller forgets old ones (`forget_seen_before`; `Central` keeps them `dedupe_days`, 14 by
 default, so a gateway's late resend is still a duplicate), so the set stays bounded.
 A rejected event is remembered too: its redelivery must not succeed later.

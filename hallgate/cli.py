@@ -306,8 +306,10 @@ def cmd_central_report(args):
     day = args.day or local_day(time.time(), cfg.queue.tz)
     with Store(cfg.database) as store:
         tickets, votes = store.day(day)
+        sessions = store.day_sessions(day)
     rep = day_stats(tickets, votes, norm_s=cfg.queue.norm_s, day=day, tz=cfg.queue.tz,
-                    closes=cfg.queue.closes)
+                    closes=cfg.queue.closes, sessions=sessions, services=cfg.queue.services,
+                    now=time.time())
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
@@ -327,20 +329,26 @@ def cmd_central_report(args):
             f"{'r.in':>5} {'avg wait':>8} {'p50 wait':>8} {'p95 wait':>8} {'>norm':>6} "
             f"{'avg svc':>7} {'p95 svc':>7} {'likes':>5} {'votes':>5} {'satisf.':>7} "
             f"{'misuse':>6}")
+    services = cfg.queue.services
     for title, rows in (("all", {"": rep["all"]}), ("window", rep["by_window"]),
-                        ("service", rep["by_service"]), ("operator", rep["by_operator"]),
-                        ("hour", rep["by_hour"])):
+                        ("service", rep["by_service"]), ("group", rep["by_group"]),
+                        ("operator", rep["by_operator"]), ("hour", rep["by_hour"])):
+        if not rows:
+            continue
         print(f"\n{head}" if title == "all" else f"-- by {title}")
         for k, g in rows.items():
             name = title if title == "all" else (
-                f"{k} {cfg.queue.services.get(k, '')}"[:12] if title == "service" else k)
+                f"{k} {services[k].name if k in services else ''}"[:12]
+                if title == "service" else k[:12])
             print(f"{name:12} {g['issued']:>6} {g['served']:>6} {g['noshow']:>6} "
                   f"{g['open']:>5} {g['redirected_out']:>5} {g['redirected_in']:>5} "
                   f"{f(g['wait_avg_s']):>7}s {f(g['wait_p50_s']):>7}s "
                   f"{f(g['wait_p95_s']):>7}s {f(g['over_norm_share'], '{:.0%}'):>6} "
                   f"{f(g['service_time_avg_s']):>6}s {f(g['service_time_p95_s']):>6}s "
                   f"{g['likes']:>5} {g['votes']:>5} {f(g['satisfaction'], '{:.0%}'):>7} "
-                  f"{g['misuse']:>6}")
+                  f"{g['misuse']:>6}" + (f"  {g['sessions']} session(s), logged in "
+                                          f"{g['logged_in_s'] / 3600:.1f} h"
+                                          if title == "operator" else ""))
     return 0
 
 

@@ -232,6 +232,9 @@ def test_central_on_mqtt(tmp_path):
                                capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert table.returncode == 0 and "-- by window" in table.stdout, table.stderr
         assert "-- by hour" in table.stdout and "r.out" in table.stdout, table.stdout
+        assert "A Passports" in table.stdout  # the catalogue's name
+        assert re.search(r"ivanova .* 1 session\(s\), logged in", table.stdout), table.stdout
+        assert rep["by_operator"]["ivanova"]["sessions"] == 1
         assert rep["all"]["open"] == 1 and "wait_p50_s" in rep["all"]
     finally:
         if svc is not None:
