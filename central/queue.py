@@ -75,12 +75,12 @@ any key     closed                       a digit of the login PIN (central.sessi
 Votes
 -----
 Every vote event is recorded (`VoteRecord`), tied to the ticket, window, service and the
-operator who ended that visit (else the window's operator; None when nobody). It counts as a rating only if the event
-is not flagged `misuse`, voting is open at that window for the ticket it names, and that
-ticket has no counted vote yet; a counted vote closes voting. Anything else is recorded
-with ``counted=False, misuse=True`` and a reason. Voting opens on ``finish`` and closes
-on the next ``call`` at that window, on the counted vote, or `vote_timeout_s` later
-(`tick`).
+operator who ended that visit (else the window's operator; None when nobody). It counts
+as a rating only if the event is not flagged `misuse`, voting is open at that window for
+the ticket it names, and that ticket has no counted vote yet; a counted vote closes
+voting. Anything else is recorded with ``counted=False, misuse=True`` and a reason.
+Voting opens on ``finish`` and closes on the next ``call`` at that window, on the counted
+vote, or `vote_timeout_s` later (`tick`).
 
 Timing
 ------
@@ -88,12 +88,13 @@ Waits use the central clock at the time a command is applied, not the gateway's 
 (kept in the vote record only): a gateway's clock may be off, and in a simulation the
 hall runs in simulated time. The wait of a ticket is the visitor's whole wait
 (`Ticket.wait_s`): issue (a booked visitor: the slot, if later) to first call, plus,
-after each redirect, redirect to the next call. The panel's `wait_s` is that figure for the called visitor, and, on an idle or
-paused window, the longest wait in its queues when the payload was made; its `tea` is
-owed once that whole wait passed `norm_s` at a call, and stays owed for the visit.
-`tick` watches the waiting: a visitor whose whole wait reaches `warn_s` (10 min), and
-then passes `norm_s`, makes an alert each (`take_alerts`), so the hall can open a window
-before the norm is broken; so does a booked visitor still waiting `grace_s` past the slot.
+after each redirect, redirect to the next call. The panel's `wait_s` is that figure for
+the called visitor, and, on an idle or paused window, the longest wait in its queues when
+the payload was made; its `tea` is owed once that whole wait passed `norm_s` at a call,
+and stays owed for the visit. `tick` watches the waiting: a visitor whose whole wait
+reaches `warn_s` (10 min), and then passes `norm_s`, makes an alert each (`take_alerts`),
+so the hall can open a window before the norm is broken; so does a booked visitor still
+waiting `grace_s` past the slot.
 
 Dedupe
 ------

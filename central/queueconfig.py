@@ -10,7 +10,7 @@ with a message naming what is wrong.
 Services and ticket numbers
 ---------------------------
 A service has a code: a capital letter and up to three more capitals or digits (``A``,
-``P1``, ``D12``, ``RX``): 26 one-letter codes, 936 of two characters, and so on. It has a
+``P1``, ``D12``, ``RU``): 26 one-letter codes, 936 of two characters, and so on. It has a
 name, an optional group (the catalogue's heading, and a row of the report) and an
 expected service time (`expected_s`, for the visitor's estimate on ``ticket/issued``).
 
@@ -19,13 +19,16 @@ share a prefix, as MFC halls give a letter to a group of services) and a counter
 prefix per local day of `digits` digits: ``A001``; when the prefix ends in a digit a dot
 separates them, ``P1.07``. The displays are 7-segment digits, where a dot lights the
 decimal point of the digit before it and takes no digit of its own, so ``P1.07`` needs 4
-digits like ``A001``. The numbers must fit the call panel (`panel_digits`, 4: the panel
-firmware cuts text past its last digit, which would show a wrong number) and the bus's 8
-bytes of text: a code that cannot is refused here, naming the service. The window display
-(8 digits) shows ``A001 > 5``, or ``P1.07>12`` when that does not fit, or the number
-alone. `digits` defaults to what the panel leaves for the counter, at most 3; past the
-largest the counter wraps to 1 again, and a number still held by an open ticket is
-skipped, so two visitors in the hall never hold the same number.
+digits like ``A001``. A prefix uses the letters the 7-segment font shows unlike a digit
+(`SEVEN_SEGMENT_LETTERS`: not K M V X Z, blank there, nor O S, read as 0 and 5): a
+service coded ``M`` gets ``prefix = "N"`` or another. The numbers must fit the call panel
+(`panel_digits`, 4: the panel firmware cuts text past its last digit, which would show a
+wrong number) and the bus's 8 bytes of text: a code that cannot is refused here, naming
+the service. The window display (8 digits) shows ``A001 > 5``, or ``P1.07>12`` when that
+does not fit, or the number alone. `digits` defaults to what the panel leaves for the
+counter, at most 3; past the largest the counter wraps to 1 again, and a number still
+held by an open ticket is skipped, so two visitors in the hall never hold the same
+number.
 
 Windows
 -------
@@ -61,6 +64,9 @@ LATE = ("walk-in", "refuse")
 TEXT_MAX = 8  # bytes of display and panel text the bus carries (protocols/bus.py)
 CODE = re.compile(r"[A-Z][A-Z0-9]{0,3}")
 OPERATOR = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Letters the panels' and displays' 7-segment font (firmware/max7219.py) shows, and shows
+# unlike a digit: K M V X Z have no form (blank), O and S look like 0 and 5.
+SEVEN_SEGMENT_LETTERS = "ABCDEFGHIJLNPQRTUWY"
 PIN_LENGTH = 4
 PIN_DIGITS = "12345678"  # the panel's eight keys, in order (central.sessions)
 
@@ -96,8 +102,8 @@ def minutes(hhmm: str) -> int:
 def ticket_number(prefix: str, n: int, digits: int) -> str:
     """The printed number of counter value `n`.
 
-    >>> ticket_number("A", 7, 3), ticket_number("P1", 7, 2), ticket_number("RX", 7, 2)
-    ('A007', 'P1.07', 'RX07')
+    >>> ticket_number("A", 7, 3), ticket_number("P1", 7, 2), ticket_number("RU", 7, 2)
+    ('A007', 'P1.07', 'RU07')
     """
     sep = "." if prefix[-1].isdigit() else ""
     return f"{prefix}{sep}{n:0{digits}d}"
@@ -236,6 +242,12 @@ class QueueConfig:
         if not CODE.fullmatch(prefix):
             raise QueueError(f"{where}: prefix {prefix!r}: a capital letter and up to 3 more "
                              "capitals or digits expected")
+        unreadable = sorted({c for c in prefix if c.isalpha()} - set(SEVEN_SEGMENT_LETTERS))
+        if unreadable:
+            raise QueueError(f"{where}: prefix {prefix!r}: the 7-segment panels and displays "
+                             f"cannot show {', '.join(unreadable)} (blank, or read as a "
+                             f"digit): use the letters {' '.join(SEVEN_SEGMENT_LETTERS)}, or "
+                             "set a prefix")
         room = self.panel_digits - len(prefix)
         digits = s.digits or min(3, room)
         if not 1 <= digits <= 6:

@@ -1,12 +1,18 @@
 """The service catalogue: codes past A-Z, groups, prefixes shared by services, ticket
 numbers that fit the call panel's 4 digits and the bus's 8 bytes, and the config's errors."""
 
+import importlib
 import re
+import string
+import sys
+from pathlib import Path
 
 import pytest
 from hallgate.central.config import ConfigError, load_config_dict
 from hallgate.central.queue import Queue, QueueConfig, QueueError
-from hallgate.central.queueconfig import digit_positions
+from hallgate.central.queueconfig import SEVEN_SEGMENT_LETTERS, digit_positions
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def queue(services, windows=None, **extra):
@@ -16,23 +22,25 @@ def queue(services, windows=None, **extra):
 
 
 def test_two_hundred_services_with_codes_beyond_a_to_z():
-    services = {f"{chr(65 + i // 10)}{i % 10}": {"name": f"Service {i}", "group": f"G{i // 40}",
-                                                  "expected_s": 300 + i}
-                for i in range(200)}
+    letters = SEVEN_SEGMENT_LETTERS
+    services = {f"{letters[i // 11]}{i % 11 if i % 11 < 10 else ''}":
+                {"name": f"Service {i}", "group": f"G{i // 40}", "expected_s": 300 + i}
+                for i in range(len(letters) * 11)}
     q = queue(services, [{"n": 1, "services": list(services)}])
-    assert len(q.config.services) == 200
+    assert len(q.config.services) == 209
     t = q.issue("T9", now=0.0)
     assert t.number == "T9.01" and digit_positions(t.number) == 4
-    assert q.config.service("T9").group == "G4" and q.config.service("T9").expected_s == 499
+    assert q.config.service("T9").group == "G4" and q.config.service("T9").expected_s == 474
+    assert q.issue("T", now=0.0).number == "T001"
 
 
 def test_numbers_per_prefix_shared_by_a_group_of_services():
     q = queue({"P": {"name": "Passports"},
                "P1": {"name": "Passport abroad", "prefix": "P"},
-               "RX": {"name": "Registry"}})
-    numbers = [q.issue(s, now=0.0).number for s in ("P", "P1", "P", "RX")]
-    assert numbers == ["P001", "P002", "P003", "RX01"]
-    assert q.config.service("RX").digits == 2
+               "RU": {"name": "Registry"}})
+    numbers = [q.issue(s, now=0.0).number for s in ("P", "P1", "P", "RU")]
+    assert numbers == ["P001", "P002", "P003", "RU01"]
+    assert q.config.service("RU").digits == 2
 
 
 def test_what_the_displays_show_for_long_numbers():
@@ -62,6 +70,8 @@ def test_what_the_displays_show_for_long_numbers():
     ({"A12": "x"}, "leaves 1 digit(s) of the call panel's 4"),
     ({"A": {"name": "x", "digits": 4}}, "numbers like A0001 take 5 digits"),
     ({"A": {"name": "x", "prefix": "b"}}, "prefix 'b'"),
+    ({"M": "x"}, "prefix 'M': the 7-segment panels and displays cannot show M"),
+    ({"S1": "x"}, "cannot show S (blank, or read as a digit)"),
     ({"A": {"name": "x", "colour": "red"}}, "services.A: unknown key 'colour'"),
     ({"A": {"group": "x"}}, "services.A.name: missing"),
     ({"A": {"name": "x", "expected_s": 0}}, "expected_s 0"),
@@ -111,3 +121,17 @@ def test_the_central_config_file_takes_the_catalogue_and_names_the_key(tmp_path)
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config_dict({**base, **change}, tmp_path)
+
+
+def test_the_prefix_letters_are_those_the_firmware_font_shows_unlike_a_digit():
+    sys.path.insert(0, str(ROOT / "firmware"))
+    try:
+        max7219 = importlib.import_module("max7219")
+    finally:
+        sys.path.remove(str(ROOT / "firmware"))
+    digits = {max7219.glyph(d) for d in "0123456789"}
+    readable = {c for c in string.ascii_uppercase
+                if max7219.glyph(c) and max7219.glyph(c) not in digits}
+    assert readable == set(SEVEN_SEGMENT_LETTERS)
+    q = queue({"M": {"name": "Migration", "prefix": "N"}})
+    assert q.issue("M", now=0.0).number == "N001"
