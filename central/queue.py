@@ -108,6 +108,7 @@ Worst case: `call` scans the waiting tickets of the window's services, O(waiting
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -299,6 +300,9 @@ class Queue:
         if service not in cfg.services:
             raise QueueError(f"unknown service {service!r}; known: "
                              f"{', '.join(sorted(cfg.services))}")
+        if isinstance(priority, bool) or not isinstance(priority, int) \
+                or not 0 <= priority <= 9:
+            raise QueueError(f"priority {priority!r}: an integer 0-9")
         s = self.state
         if request_id is not None and request_id in s.issued_ids:
             tid = s.issued_ids[request_id]
@@ -328,7 +332,7 @@ class Queue:
             tid=f"{day}/{prefix}/{n}", number=number, day=day, seq=s.seq,
             issued_service=service, service=service, issued_at=now,
             appointment=bool(appointment or slot is not None or late),
-            priority=int(priority), slot=slot, late=late,
+            priority=priority, slot=slot, late=late,
         )
         s.tickets[t.tid] = t
         self._dirty.tickets.add(t.tid)
@@ -575,7 +579,7 @@ class Queue:
         if t is None:
             due = min((q.slot for q in queue if q.slot is not None), default=None)
             return Outcome(False, f"nothing waiting for window {w.n}" + (
-                f" (the next appointment is due in {-(-int(due - now) // 60)} min)"
+                f" (the next appointment is due in {math.ceil((due - now) / 60)} min)"
                 if due is not None else ""))
         if w.vote_tid is not None:
             self._close_vote(w)

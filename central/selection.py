@@ -9,7 +9,8 @@ highest
 
 and, between equal scores, the one issued first. `waited` is the visitor's whole wait so
 far (`Ticket.waiting_now`: since issue, or since the slot for an appointment; a redirected
-visitor keeps the wait they had). `credit` is a head start in seconds, the sum of:
+visitor keeps the wait they had). `credit` is a head start in seconds, the sum of (an
+appointment's and a redirect's not both: a booked visitor sent on has the redirect's):
 
 - priority: `priority_credit_s` (600) per level of the ticket's priority (0-9);
 - skill: `skill_credit_s` (300) per step of the window's weight for the service above 1
@@ -22,17 +23,17 @@ time (an early visitor waits for it).
 
 The bound
 ---------
-A credit is at most C = 9 x priority_credit_s + 8 x skill_credit_s + appointment_credit_s +
-redirect_credit_s (`max_credit`). A window calls U while T waits there only if U's score is
-at least T's, so T's wait is at most U's wait plus C: **no ticket is passed at a window by
-one that has waited more than C less**. Every ticket that arrives more than C after T comes
-after T; the tickets that can go first are finite, so each ticket is called in bounded time
-while its windows keep calling. With the defaults, an ordinary walk-in is passed only by
-visitors with a head start: an appointment (900 s) or a redirected visitor once in its slot,
-a priority visitor (600 s per level), or the window's main service (300 s per step). A
-walk-in past the norm goes before an appointment that has just come due: walk-ins do not
-starve behind appointments, and an appointment is called at its slot unless walk-ins are
-already over the norm.
+A credit is at most C = 9 x priority_credit_s + 8 x skill_credit_s + the larger of
+appointment_credit_s and redirect_credit_s (`max_credit`). A window calls U while T waits
+there only if U's score is at least T's, so T's wait is at most U's wait plus C: **no
+ticket is passed at a window by one that has waited more than C less**. Every ticket that
+arrives more than C after T comes after T; the tickets that can go first are finite, so
+each ticket is called in bounded time while its windows keep calling. With the defaults,
+an ordinary walk-in is passed only by visitors with a head start: a booked visitor from
+the slot (900 s), a redirected visitor (900 s), a priority visitor (600 s per level), or
+the window's main service (300 s per step). A walk-in past the norm goes before an appointment
+that has just come due: walk-ins do not starve behind appointments, and an appointment is
+called at its slot unless walk-ins are already over the norm.
 
 The default credits follow MFC practice: priority groups (veterans, the disabled) go
 ahead of ordinary walk-ins; a booked visitor is called at the slot; a redirected visitor
@@ -64,7 +65,7 @@ def credit(cfg: QueueConfig, w: WindowConfig | None, t) -> float:
 def max_credit(cfg: QueueConfig) -> float:
     """The bound C of the rule: no ticket is passed by one that waited more than C less."""
     return float(9 * cfg.priority_credit_s + 8 * cfg.skill_credit_s
-                 + (cfg.appointment_credit_s or 0) + (cfg.redirect_credit_s or 0))
+                 + max(cfg.appointment_credit_s or 0, cfg.redirect_credit_s or 0))
 
 
 def eligible(w: WindowConfig, t, now: float) -> bool:

@@ -115,4 +115,4 @@ def test_priority_is_a_head_start_with_a_bound():
     h.now += 1201
     h.issue(priority=2)
     assert h.serve_next(1).ticket is early  # 1201 against 1200
-    assert max_credit(h.q.config) == 9 * 600 + 8 * 300 + 900 + 900
+    assert max_credit(h.q.config) == 9 * 600 + 8 * 300 + 900
