@@ -359,12 +359,9 @@ class Queue:
 
     def handle_event(self, event: Mapping[str, Any], *, now: float) -> Outcome:
         """Apply one event payload (``type`` key or vote). Deduped by ``id``."""
-        eid = event.get("id")
-        if not isinstance(eid, str) or not eid:
-            return Outcome(False, "event without an id")
-        if eid in self.state.seen:
-            return Outcome(False, f"duplicate event {eid}", duplicate=True)
-        self._mark_seen(eid, local_day(now, self.config.tz))
+        seen = self._first_sight(event.get("id"), "event", now)
+        if seen is not None:
+            return seen
         n = event.get("window")
         if not isinstance(n, int) or n not in self.state.windows:
             return Outcome(False, f"window {n!r} is not configured")
@@ -471,12 +468,9 @@ class Queue:
         "operator"}`` (deduped by id like an event). Logging in where someone else is
         logged in hands the window over; an operator logged in elsewhere is logged out
         there first. A window whose visitor is at it cannot change hands: finish first."""
-        rid = request.get("id")
-        if not isinstance(rid, str) or not rid:
-            return Outcome(False, "session request without an id")
-        if rid in self.state.seen:
-            return Outcome(False, f"duplicate request {rid}", duplicate=True)
-        self._mark_seen(rid, local_day(now, self.config.tz))
+        seen = self._first_sight(request.get("id"), "session request", now)
+        if seen is not None:
+            return seen
         n = request.get("window")
         w = self.state.windows.get(n) if isinstance(n, int) else None
         if w is None:
@@ -732,6 +726,15 @@ class Queue:
     def _touch(self, w: Window, t: Ticket) -> None:
         self._dirty.windows.add(w.n)
         self._dirty.tickets.add(t.tid)
+
+    def _first_sight(self, eid: Any, what: str, now: float) -> Outcome | None:
+        """None for an id seen for the first time (now remembered); else the refusal."""
+        if not isinstance(eid, str) or not eid:
+            return Outcome(False, f"{what} without an id")
+        if eid in self.state.seen:
+            return Outcome(False, f"duplicate {what} {eid}", duplicate=True)
+        self._mark_seen(eid, local_day(now, self.config.tz))
+        return None
 
     def _mark_seen(self, eid: str, day: str) -> None:
         self.state.seen[eid] = day
