@@ -8,14 +8,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .sessions import SessionRecord
-
 __all__ = ["CALLED", "CLOSED", "FINAL", "NOSHOW", "SERVED", "SERVING", "WAITING", "Desired",
-           "Dirty", "Outcome", "QueueState", "Ticket", "VoteRecord", "Window"]
+           "Dirty", "Outcome", "QueueState", "SessionRecord", "Ticket", "VoteRecord", "Window"]
 
 WAITING, CALLED, SERVING, SERVED, NOSHOW = "waiting", "called", "serving", "served", "noshow"
 CLOSED = "closed"  # still waiting when the hall closed (at_close = "end")
 FINAL = (SERVED, NOSHOW, CLOSED)
+
+
+@dataclass
+class SessionRecord:
+    """One operator's time at one window: `end` None while logged in."""
+
+    sid: int
+    day: str  # local day it began
+    operator: str
+    window: int
+    start: float
+    via: str  # panel | app | config
+    end: float | None = None
+    end_via: str | None = None  # panel | app | login-elsewhere | config
 
 
 @dataclass
