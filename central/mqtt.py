@@ -48,25 +48,30 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
-from hallgate.protocols.jsonobject import load_object
 from hallgate.protocols.receipts import MAX_IDS, make_receipt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .clock import utc_ts
-from .queue import Desired, QueueError, Refused, Ticket
+from .messages import (
+    GATEWAY_NAME,
+    Malformed,
+    check_event,
+    decode,
+    issued_answer,
+    request_id,
+    ticket_request,
+)
+from .queue import Desired, QueueError, Refused
 from .service import Central
 
 __all__ = ["CentralService", "utc_ts"]
@@ -74,31 +79,11 @@ __all__ = ["CentralService", "utc_ts"]
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY = 7 * 24 * 3600
-MAX_PAYLOAD = 4096  # an event or a request larger than this is malformed
 BATCH = 500  # messages applied and committed in one transaction, at most
-_GATEWAY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a topic level (MQTT.md section 1)
-_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
-_UTC_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class _Bad(ValueError):
-    """Malformed input: the reason goes on central/errors. `obj`: the JSON object, when
-    the payload was one (a malformed event that names its id is kept, see _keep_bad)."""
-
-    def __init__(self, reason: str, obj: dict | None = None) -> None:
-        super().__init__(reason)
-        self.obj = obj
-
-
-def _decode(payload: bytes) -> dict:
-    try:
-        return load_object(payload, MAX_PAYLOAD)
-    except ValueError as e:
-        raise _Bad(str(e)) from None
 
 
 class CentralService:
@@ -375,19 +360,19 @@ class CentralService:
                 self._take_session(payload)
                 return []
             return [self._take_event(topic, payload, errors)]
-        except _Bad as e:
+        except Malformed as e:
             self.counters["malformed"] += 1
             errors.append(("bad-request" if is_request else "bad-event", str(e), topic,
                            payload))
             return [] if is_request else self._keep_bad(topic, payload, e)
 
-    def _keep_bad(self, topic: str, payload: bytes, bad: _Bad) -> list[tuple[str, str]]:
+    def _keep_bad(self, topic: str, payload: bytes, bad: Malformed) -> list[tuple[str, str]]:
         """A malformed event that names its id and gateway is kept in the store (for a
         person to look at) and receipted: resending it would never make it valid."""
         event = bad.obj or {}
         eid, gateway = event.get("id"), event.get("gateway")
         if not (isinstance(eid, str) and 1 <= len(eid) <= 128 and isinstance(gateway, str)
-                and _GATEWAY_NAME.fullmatch(gateway)):
+                and GATEWAY_NAME.fullmatch(gateway)):
             return []
         self.central.keep_bad_event(eid, gateway, topic, str(bad), payload)
         return [(gateway, eid)]
@@ -411,22 +396,7 @@ class CentralService:
             self._receipts_since = None
 
     def _take_event(self, topic: str, payload: bytes, errors: list) -> tuple[str, str]:
-        event = _decode(payload)
-        parts = topic.split("/")
-        if len(parts) != 6 or parts[3] != "window" or parts[5] != "event":
-            raise _Bad("not an event topic", event)
-        n = parts[4]
-        if not n.isdigit() or n.startswith("0"):
-            raise _Bad(f"window {n!r} in the topic: 1-999999 in plain decimal", event)
-        if not isinstance(event.get("id"), str) or not 1 <= len(event["id"]) <= 128:
-            raise _Bad("id: missing, or not a string of 1-128 characters")
-        gateway = event.get("gateway")
-        if not isinstance(gateway, str) or not _GATEWAY_NAME.fullmatch(gateway):
-            raise _Bad(f"gateway: {gateway!r} is not a gateway id (1-64 of A-Z a-z 0-9 . _ -)")
-        if event.get("window") != int(n):
-            raise _Bad(f"window: {event.get('window')!r} is not the topic's window {n}", event)
-        if event.get("type") not in ("key", "vote"):
-            raise _Bad(f"type: {event.get('type')!r} is not key or vote", event)
+        event = check_event(topic, payload)
         out = self.central.apply_event(event, payload.decode("utf-8"))
         self.counters["events"] += 1
         if out.duplicate:
@@ -435,60 +405,29 @@ class CentralService:
         elif not out.ok:
             self.counters["rejected"] += 1
             errors.append(("event-rejected", out.reason or "rejected", topic, payload))
-        return gateway, event["id"]
+        return event["gateway"], event["id"]
 
     def _take_request(self, topic: str, payload: bytes) -> None:
-        req = _decode(payload)
-        rid = req.get("id")
-        if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
-            raise _Bad("id: a string of 1-128 characters expected")
-        service = req.get("service")
-        if not isinstance(service, str):
-            raise _Bad(f"service: {service!r} is not a string")
-        appointment = req.get("appointment", False)
-        if not isinstance(appointment, bool):
-            raise _Bad(f"appointment: {appointment!r} is not true or false")
-        priority = req.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise _Bad(f"priority: {priority!r} is not an integer 0-9")
-        slot = self._slot(req.get("slot"))
+        rid, kwargs = ticket_request(payload, self.central.clock.now(), self.central.config.tz)
         try:
-            ticket = self.central.apply_issue(service, appointment=appointment,
-                                              priority=priority, request_id=rid, slot=slot)
-        except Refused as e:  # the time of day: the kiosk says why
+            ticket = self.central.apply_issue(request_id=rid, **kwargs)
+        except Refused as e:  # the time of day, the slot: the kiosk says why
             self.counters["refused"] += 1
             self._after_commit.append((self.topic("ticket/refused"), {
                 "ts": utc_ts(), "request_id": rid, "code": e.code, "reason": str(e)}))
             return
         except QueueError as e:
-            raise _Bad(str(e)) from None
-        answer = self._issued(rid, ticket)
+            raise Malformed(str(e)) from None
         self.counters["tickets"] += 1
-        self._after_commit.append((self.topic("ticket/issued"), answer))  # a ticket a
-        # restart could take back is never announced
-
-    def _slot(self, value: Any) -> float | None:
-        """A request's slot: the contract's UTC timestamp, or HH:MM local today."""
-        if value is None:
-            return None
-        if isinstance(value, str) and _HHMM.fullmatch(value):
-            cfg = self.central.config
-            now = datetime.fromtimestamp(self.central.clock.now(),
-                                         ZoneInfo(cfg.tz) if cfg.tz else None)
-            h, m = map(int, value.split(":"))
-            return now.replace(hour=h, minute=m, second=0, microsecond=0).timestamp()
-        if isinstance(value, str) and _UTC_TS.fullmatch(value):
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        raise _Bad(f"slot: {value!r} is not a UTC time like ts "
-                   "(2026-11-23T10:30:00.000Z) or HH:MM local time")
+        self._after_commit.append((self.topic("ticket/issued"),  # a ticket a restart
+                                   issued_answer(self.central.queue, rid, ticket)))  # could
+        # take back is never announced
 
     def _take_session(self, payload: bytes) -> None:
         """A staff app's login or logout; answered on staff/session/result after the
         commit (a redelivered request is a duplicate: answered again as it stands)."""
-        req = _decode(payload)
-        rid = req.get("id")
-        if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
-            raise _Bad("id: a string of 1-128 characters expected")
+        req = decode(payload)
+        rid = request_id(req)
         out = self.central.apply_session(req)
         self.counters["duplicates" if out.duplicate else "sessions" if out.ok
                       else "sessions_refused"] += 1
@@ -501,24 +440,6 @@ class CentralService:
         if w is not None:
             answer.update(window=w.n, operator=w.operator)
         self._after_commit.append((self.topic("staff/session/result"), answer))
-
-    def _issued(self, rid: str, t: Ticket) -> dict:
-        svc = self.central.config.service(t.issued_service)
-        out: dict[str, Any] = {"request_id": rid, "ticket": t.number,
-                               "service": t.issued_service, "service_name": svc.name,
-                               "issued_ts": utc_ts(t.issued_at)}
-        if t.slot is not None:
-            out["slot_ts"] = utc_ts(t.slot)
-        if t.late:
-            out["late"] = True
-        if t.state == "waiting":
-            queue = self.central.queue.waiting([t.service])
-            out["queue_position"] = position = next(
-                i for i, q in enumerate(queue, 1) if q.tid == t.tid)
-            windows = len(self.central.queue.windows_serving(t.service))
-            if svc.expected_s and windows:
-                out["expected_wait_s"] = int((position - 1) // windows * svc.expected_s)
-        return out
 
     # -- our thread -------------------------------------------------------------------------
 
