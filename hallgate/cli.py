@@ -162,6 +162,20 @@ def _duration_hours(text):
             from None
 
 
+def _speed(text):
+    """``--speed``: a number > 0, or ``max`` (None: as fast as the chain answers)."""
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a number of times real time, or max") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 0, or max")
+    return value
+
+
 def cmd_sim_hall(args):
     """A whole simulated day: broker, central, gateway, firmware devices, people."""
     import tempfile
@@ -546,8 +560,9 @@ def build_parser():
     sim_p.add_argument("--visitors", type=int, default=300, help="visitors (default 300)")
     sim_p.add_argument("--duration", type=_duration_hours, default=10.0, metavar="HOURS",
                        help="opening hours, simulated: 10h (default), 90m")
-    sim_p.add_argument("--speed", type=float, default=600,
-                       help="simulated seconds per real second (default 600: 10 h in a minute)")
+    sim_p.add_argument("--speed", type=_speed, default=600,
+                       help="at most this many hall seconds per real second, or max (default "
+                       "600: 10 h in a minute or more); the chain's latency is never hall time")
     sim_p.add_argument("--seed", type=int, default=1, help="seed of the day's plan")
     sim_p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) "
                        "instead of starting one, to watch with your own MQTT client")

@@ -167,6 +167,7 @@ class FirmwareDevice:
         self.proc = None
         self.ready = None  # the "ready" message of this run
         self.messages = []
+        self.arrived = []  # monotonic time each message was read, beside it
         self._cond = threading.Condition()
         self._reader = None
         self._eof = False
@@ -187,7 +188,7 @@ class FirmwareDevice:
             main, path = mpy_dir / "main.py", micropython_path(mpy_dir)
         env = dict(os.environ, MICROPYPATH=path)
         with self._cond:
-            self.messages = []
+            self.messages, self.arrived = [], []
             self._eof = False
             self.ready = None
         with open(self.stderr_path, "ab") as err:
@@ -223,6 +224,7 @@ class FirmwareDevice:
             with self._cond:
                 if proc is self.proc:
                     self.messages.append(msg)
+                    self.arrived.append(time.monotonic())
                     self._cond.notify_all()
         with self._cond:
             if proc is self.proc:
@@ -314,6 +316,12 @@ class FirmwareDevice:
         """A point in this run's output, for wait_for(..., since=mark)."""
         with self._cond:
             return len(self.messages)
+
+    def arrival(self, msg):
+        """When (monotonic) `msg`, one of `messages`, was read from the device."""
+        with self._cond:
+            return next(t for m, t in zip(reversed(self.messages), reversed(self.arrived),
+                                          strict=True) if m is msg)
 
     def wait_for(self, predicate, timeout=5.0, since=0):
         """The first message from index `since` on for which predicate(msg) is true.

@@ -39,12 +39,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as paho
-from hallgate.central.clock import SimClock, local_day
+from hallgate.central.clock import local_day
 from hallgate.central.mqtt import CentralService, utc_ts
 from hallgate.central.queue import FINAL, QueueConfig
 from hallgate.central.service import Central
 from hallgate.sim import dayplan
 from hallgate.sim.device import FirmwareDevice, compile_firmware
+from hallgate.sim.hallclock import HallClock
 from hallgate.sim.hub import BusHub
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -56,6 +57,7 @@ DISPLAY_BASE = 100  # the display of window n is at bus address 100 + n
 MAX_WINDOWS = 12  # the Pi header's 26 GPIOs hold 12 like / dislike pairs
 OPENING_HOUR = 8  # the day starts at 08:00 UTC of today (the central's zone is UTC)
 READY_TIMEOUT = 60.0  # real seconds for a part to come up on a loaded machine
+ANSWER_S = 45.0  # real seconds for the hall to answer a request (outages included)
 
 
 class SimError(RuntimeError):
@@ -67,7 +69,8 @@ class Options:
     windows: int = 6
     visitors: int = 200
     hours: float = 10.0
-    speed: float = 600.0
+    speed: float | None = 600.0  # hall time at most this many times real time; None: as
+    # fast as the chain answers (hall time never includes the chain's latency: sim/hallclock.py)
     seed: int = 1
     broker: str | None = None  # an existing broker's URL; None: start one
     broker_kind: str = "auto"  # the one to start: mosquitto when installed, else amqtt
@@ -84,8 +87,8 @@ class Options:
             raise ValueError(f"visitors: at least 1, got {self.visitors}")
         if not 0.5 <= self.hours <= 16:
             raise ValueError(f"hours: 0.5 to 16, got {self.hours}")
-        if not 1 <= self.speed <= 3600:
-            raise ValueError(f"speed: 1 to 3600 times real time, got {self.speed}")
+        if self.speed is not None and not self.speed > 0:
+            raise ValueError(f"speed: more than 0 times real time (or max), got {self.speed}")
 
 
 def button_pins(window):
@@ -124,8 +127,9 @@ def queue_config(options, services):
                      "operator": f"operator-{n}"}
                     for n in range(1, options.windows + 1)],
         "tz": "UTC",
-        # The visitor votes while the operator waits; the next call closes voting sooner.
-        "vote_timeout_s": max(120, int(5 * options.speed)),
+        # Hall time: the visitor votes while the operator waits (hall time stands still
+        # meanwhile); the next call closes voting sooner.
+        "vote_timeout_s": 120,
         "blink_s": 3,  # real seconds on the firmware: long enough to see
     }
 
@@ -162,12 +166,13 @@ baud = {options.baud}
 
 
 def _percentiles(seconds):
-    """{"n", "p50", "p95", "max"} of real seconds, in ms."""
+    """{"n", "p50", "p95", "p99", "max"} of real seconds, in ms."""
     if not seconds:
         return {"n": 0}
     s = sorted(seconds)
     at = lambda q: round(1000 * s[min(len(s) - 1, int(q * len(s)))])  # noqa: E731
-    return {"n": len(s), "p50": at(0.5), "p95": at(0.95), "max": round(1000 * s[-1])}
+    return {"n": len(s), "p50": at(0.5), "p95": at(0.95), "p99": at(0.99),
+            "max": round(1000 * s[-1])}
 
 
 class Observer:
@@ -180,6 +185,8 @@ class Observer:
         self.issued = {}  # request id -> ticket number
         self.windows = {}  # n -> {"display": ..., "panel": ..., "vote": ...}
         self.events = {}  # event id -> event payload (first delivery)
+        self.keys_seen = []  # (monotonic, window, key) of each key event's first delivery
+        self.rejected = []  # (monotonic, window, reason) of events the central rejected
         self.deliveries = 0
         self.stats = None
         self.central_errors = 0
@@ -203,20 +210,40 @@ class Observer:
             if rest[0] == "window" and len(rest) == 3:
                 if rest[2] == "event":
                     self.deliveries += 1
+                    if body.get("id") not in self.events and body.get("type") == "key":
+                        self.keys_seen.append((time.monotonic(), body.get("window"),
+                                               body.get("key")))
                     self.events.setdefault(body.get("id"), body)
                 else:
                     self.windows.setdefault(int(rest[1]), {})[rest[2]] = body
             elif rest == ["ticket", "issued"] and body:
                 self.issued[body.get("request_id")] = body.get("ticket")
+            elif rest == ["ticket", "refused"] and body:  # answered, with no ticket
+                self.issued.setdefault(body.get("request_id"), None)
             elif rest == ["central", "stats"]:
                 self.stats = body
             elif rest == ["central", "errors"]:
                 self.central_errors += 1
+                where = (body or {}).get("topic", "").split("/")
+                if (body or {}).get("kind") == "event-rejected" and len(where) == 6:
+                    self.rejected.append((time.monotonic(), int(where[4]), body["reason"]))
             self.cond.notify_all()
 
     def wait(self, predicate, timeout):
         with self.cond:
             return self.cond.wait_for(predicate, timeout)
+
+    def key_seen(self, window, key, since):
+        """When (monotonic) the first `key` event of `window` after `since` reached the
+        broker; None if none has."""
+        with self.cond:
+            return next((t for t, w, k in self.keys_seen
+                         if t >= since and w == window and k == key), None)
+
+    def rejection(self, window, since):
+        """The central's reason for rejecting an event of `window` since `since`, or None."""
+        with self.cond:
+            return next((r for t, w, r in self.rejected if t >= since and w == window), None)
 
     def votes_at(self, window):
         """Vote events (distinct ids) seen from `window`."""
@@ -333,7 +360,10 @@ class Hall:
         self.stopping = threading.Event()
         self.journal = []  # what the people did: dicts with "what"
         self.problems = []  # what went wrong that a person would notice
-        self.answers = []  # real seconds from a key press to the panel's answer
+        # The chain's real latencies, seconds: key press to the event at the broker, to the
+        # panel's answer (through the central and back), a call to the display showing it.
+        self.latency = {"press_to_broker": [], "press_to_panel": [], "call_to_display": []}
+        self.rejected = []  # (window, key, the central's reason)
         self.redirected = set()  # tickets redirected once already
 
     # ---- parts ----------------------------------------------------------------------------
@@ -365,7 +395,7 @@ class Hall:
                                               ready_timeout=READY_TIMEOUT, start=False)
         for dev in [*self.panels.values(), *self.displays.values()]:
             dev.start(READY_TIMEOUT)
-        self.clock = SimClock(start=self.opening, speed=opts.speed)
+        self.clock = HallClock(self.opening, max_speed=opts.speed)
         self.start_central()
         config = gateway_config(self.dir / "hall.toml", opts, url, protocol,
                                 self.hub.master_path, self.dir / "outbox.sqlite")
@@ -374,11 +404,10 @@ class Hall:
         return self
 
     def panel_timings(self):
-        """The panel's human-scale times, scaled to the simulation's speed: its operator
-        lives `speed` times faster, so a real-time 1 s double-click lockout would swallow
-        their deliberate presses, and a real-time long press would last minutes."""
-        speed = self.options.speed
-        return {"lockout_ms": int(1000 / speed), "long_ms": max(100, int(800 / speed))}
+        """The panel's human-scale times, made short: the simulated operator presses as
+        soon as the chain has answered (hall time stands still meanwhile), so a real-time
+        1 s double-click lockout would swallow deliberate presses."""
+        return {"lockout_ms": 10, "long_ms": 100}
 
     def start_central(self):
         self.central = Central(self.queue_config, self.db, self.clock)
@@ -409,6 +438,8 @@ class Hall:
 
     def close(self):
         self.stopping.set()
+        if self.clock is not None:
+            self.clock.stop()
         if self.gateway is not None:
             self.gateway.stop()
         with self.lock:
@@ -432,8 +463,10 @@ class Hall:
         return self.clock.now() - self.opening
 
     def sleep_sim(self, seconds):
-        """Sleep `seconds` of simulated time; False if the simulation is stopping."""
-        return not self.stopping.wait(max(0.0, seconds) / self.options.speed)
+        """Sleep `seconds` of hall time (the calling thread is an actor of the hall
+        clock); False if the simulation is stopping."""
+        return self.clock.sleep(threading.current_thread().name, seconds) and (
+            not self.stopping.is_set())
 
     def visitor_for(self, ticket, timeout=10.0):
         """The planned visitor holding `ticket` (the kiosk's answer names it)."""
@@ -464,10 +497,14 @@ class Hall:
             self.redirected.add(ticket)
             return True
 
-    def answered(self, real_s):
-        """A key press's round trip (press to the panel's answer), in real seconds."""
+    def measured(self, what, real_s):
+        """A latency of the chain (`latency`'s keys), in real seconds."""
         with self.lock:
-            self.answers.append(real_s)
+            self.latency[what].append(real_s)
+
+    def press_rejected(self, window, key, reason):
+        with self.lock:
+            self.rejected.append((window, key, reason))
 
     def problem(self, text):
         log.warning("%s", text)
@@ -489,8 +526,10 @@ class Hall:
 
     def kiosk(self):
         """Publish a ticket request at each visitor's arrival (QoS 1: the broker keeps it
-        for the central service if that is away)."""
+        for the central service if that is away), and wait for the ticket: hall time
+        stands still until the visitor holds it."""
         client = self.observer.client
+        obs = self.observer
         for v in self.plan:
             if not self.sleep_sim(v.arrive_s - self.sim_now()):
                 return
@@ -500,7 +539,27 @@ class Hall:
             body = {"id": rid, "service": v.service, "appointment": v.appointment,
                     "priority": v.priority, "ts": utc_ts()}
             client.publish(f"hall/v1/{SITE}/ticket/request", json.dumps(body), qos=1)
+            if not obs.wait(lambda r=rid: r in obs.issued or self.stopping.is_set(),
+                            ANSWER_S):
+                self.problem(f"the kiosk had no ticket for request {rid} within "
+                             f"{ANSWER_S:.0f} s")
         self.kiosk_done.set()
+
+    def _faults(self, faults):
+        """Each fault at its hall time; hall time stands still while it runs."""
+        for at, fault in sorted(faults, key=lambda f: f[0]):
+            if not self.sleep_sim(at - self.sim_now()):
+                return
+            fault()
+
+    def _actor(self, name, work):
+        def run():
+            try:
+                work()
+            finally:
+                self.clock.leave(name)
+        self.clock.join(name)
+        return threading.Thread(target=run, name=name, daemon=True)
 
     def run_day(self, faults=(), progress=None):
         """Play the day; `faults` are (simulated seconds since opening, callable) run on
@@ -508,22 +567,20 @@ class Hall:
         from hallgate.sim.people import Operator
 
         real0 = time.monotonic()
-        limit = self.options.real_limit_s or max(
-            60.0, 3 * self.options.hours * 3600 / self.options.speed)
-        threads = [threading.Thread(target=self.kiosk, name="kiosk", daemon=True)]
+        opts = self.options
+        limit = opts.real_limit_s or max(
+            120.0, 3 * opts.hours * 3600 / (opts.speed or 1e9), 120 + 3.0 * opts.visitors)
         operators = [Operator(self, n, [b for b in self.breaks if b.window == n])
                      for n in self.panels]
-        threads += [threading.Thread(target=op.run, name=f"operator-{op.window}",
-                                     daemon=True) for op in operators]
+        threads = [self._actor("kiosk", self.kiosk)]
+        threads += [self._actor(f"operator-{op.window}", op.run) for op in operators]
+        if faults:
+            threads.append(self._actor("faults", lambda: self._faults(faults)))
         for t in threads:
             t.start()
-        pending = sorted(faults, key=lambda f: f[0])
         finished = False
         while time.monotonic() - real0 < limit:
-            if pending and self.sim_now() >= pending[0][0]:
-                _, fault = pending.pop(0)
-                fault()
-            if self.day_over() and not pending and not any(op.busy for op in operators):
+            if self.day_over() and not any(t.is_alive() for t in threads):
                 finished = True
                 break
             if progress is not None:
@@ -531,12 +588,12 @@ class Hall:
             time.sleep(0.1)
         doing = {op.window: op.doing for op in operators}
         self.stopping.set()
+        self.clock.stop()
         for t in threads:
             t.join(30)
         if local_day(self.clock.now(), "UTC") != self.day:
             self.problem("the day ran past midnight (the hall could not keep up: fewer "
-                         "visitors, more windows or a lower speed): its last votes count "
-                         "for the next day")
+                         "visitors or more windows): its last votes count for the next day")
         if not finished:
             self.problem(f"the day did not finish within {limit:.0f} real seconds; the "
                          "operators were: "
@@ -566,7 +623,9 @@ class Hall:
             "sim_hours": round(self.sim_now() / 3600, 2),
             "plan": dayplan.summary(self.plan),
             "broker": {"url": self.url, "protocol": self.protocol},
-            "key_to_panel_ms": _percentiles(self.answers),
+            "chain_ms": {k: _percentiles(v) for k, v in self.latency.items()},
+            "rejected_presses": len(self.rejected),
+            "rejected": [{"window": w, "key": k, "reason": r} for w, k, r in self.rejected],
             "calls": len(calls),
             "calls_shown": sum(1 for c in calls if c["shown"]),
             "vote_presses": sum(j["presses"] for j in pressed),

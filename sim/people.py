@@ -23,6 +23,8 @@ RECALL_AFTER_S = 60  # simulated seconds the operator waits before recalling
 VOTE_GAP_S = 0.25  # real seconds between the presses of a visitor who presses again
 RESTART_GRACE_S = 3.0  # real seconds for a restarted gateway's outbox to send what it had
 UNANSWERED_S = 10.0  # real seconds after which a visitor presses a silent button again
+ANSWER_SLICE_S = 0.2  # real seconds between looks for the central's rejection
+RELEASE_MS = 40  # after a key's hold, before it is pressed again: the firmware sees it up
 
 
 class Operator:
@@ -37,6 +39,8 @@ class Operator:
         self.busy = False  # with a visitor (until their vote is in)
         self.rng = random.Random(hall.options.seed * 1000 + window)
         self.long_ms = hall.panel_timings()["long_ms"] + 200  # no-show is a long press
+        self.pressed_at = None  # when (monotonic) the last answered key was pressed
+        self._free_at = 0.0  # when (monotonic) the last pressed key is up again
 
     # ---- the panel ------------------------------------------------------------------------
 
@@ -44,17 +48,32 @@ class Operator:
         return self.panel.shown() or {}
 
     def press(self, key, hold_ms=KEY_MS, *, until):
-        """Press `key`; wait until the panel shows `until(shown)` (True) or WAIT_S passes
-        (False)."""
+        """Press `key`; wait until the panel shows `until(shown)` (True), the central
+        rejects the press (False: the operator looks at the panel again), or WAIT_S passes
+        (False). Hall time stands still meanwhile (this operator is awake)."""
+        hall = self.hall
+        # A key still held from the last press cannot be pressed again: hall time does not
+        # pass while the chain answers, so the next press can come sooner than a release.
+        time.sleep(max(0.0, self._free_at - time.monotonic()))
         mark = self.panel.mark()
         t0 = time.monotonic()
+        self._free_at = t0 + (hold_ms + RELEASE_MS) / 1000
         self.panel.press(key, hold_ms)
         self.doing = f"pressed {key}, waiting for the panel to answer"
-        try:
-            self.panel.wait_for(lambda m: "panel" in m and until(m["panel"]), WAIT_S, mark)
-            self.hall.answered(time.monotonic() - t0)
-            return True
-        except DeviceError:  # the hall did not answer
+        deadline = t0 + WAIT_S
+        while True:
+            try:
+                self.panel.wait_for(lambda m: "panel" in m and until(m["panel"]),
+                                    min(ANSWER_SLICE_S, max(0.0, deadline - time.monotonic())),
+                                    mark)
+                break
+            except DeviceError:
+                reason = hall.observer.rejection(self.window, t0)
+                if reason is not None:
+                    hall.press_rejected(self.window, key, reason)
+                    return False
+                if time.monotonic() < deadline:
+                    continue
             if not self.hall.stopping.is_set():
                 said = self.panel.messages[mark:]
                 other = [m for m in said if "panel" not in m]
@@ -63,6 +82,12 @@ class Operator:
                                   f"within {WAIT_S:.0f} s (the panel said {other}, and "
                                   f"{len(said) - len(other)} panel updates, the last {last})")
             return False
+        hall.measured("press_to_panel", time.monotonic() - t0)
+        seen = hall.observer.key_seen(self.window, key, t0)
+        if seen is not None:
+            hall.measured("press_to_broker", seen - t0)
+        self.pressed_at = t0
+        return True
 
     def mode_is(self, mode):
         return lambda p: p["mode"] == mode
@@ -73,7 +98,7 @@ class Operator:
         """Look at the panel and do what it calls for, until the day is over. The panel is
         the truth: a call that was answered late (an outage) is served when it shows."""
         hall = self.hall
-        while not hall.stopping.is_set():
+        while not hall.stopping.is_set() and not hall.day_over():
             s = self.shown()
             mode = s.get("mode")
             self.doing = f"looking at the panel: {s}"
@@ -148,9 +173,12 @@ class Operator:
         operator pressed call)?"""
         self.doing = f"visitor of {ticket} looking for it on the display"
         try:
-            self.display.wait_for(
+            msg = self.display.wait_for(
                 lambda m: "display" in m and m["display"]["text"].startswith(ticket),
                 WAIT_S, since)
+            if self.pressed_at is not None:
+                self.hall.measured("call_to_display",
+                                   self.display.arrival(msg) - self.pressed_at)
             return True
         except DeviceError:
             self.hall.problem(f"window {self.window}: the display never showed {ticket}")

@@ -55,12 +55,16 @@ def render(snap):
                  subtitle="displays and panels as the firmware shows them")
 
 
+def _speed(speed):
+    return "as fast as the chain answers" if speed is None else f"at most {speed:g}x"
+
+
 def report_text(r):
     c = (r.get("central") or {}).get("all", {})
     lines = [
         f"End of day {r['day']}: {'finished' if r['finished'] else 'NOT FINISHED'} in "
         f"{r['real_s']} s real ({r['sim_hours']} simulated hours,"
-        f" speed {r['options']['speed']:g}x)",
+        f" speed {_speed(r['options']['speed'])})",
         f"  visitors planned {r['plan']['visitors']}, tickets issued {c.get('issued', 0)}:"
         f" served {c.get('served', 0)}, no-show {c.get('noshow', 0)}",
         f"  wait avg {_mmss(c.get('wait_avg_s'))}, p95 {_mmss(c.get('wait_p95_s'))},"
@@ -73,6 +77,13 @@ def report_text(r):
         f"  gateway starts {r['gateway_starts']}, central starts {r['central_starts']};"
         f" broker {r['broker']['url']} (MQTT {r['broker']['protocol']})",
     ]
+    chain = r.get("chain_ms") or {}
+    if chain:
+        lines.append("  the chain's real latency, not in hall time (ms, p50/p95/p99): " + "; ".join(
+            f"{name.replace('_', ' ')} {v['p50']}/{v['p95']}/{v['p99']}"
+            for name, v in chain.items() if v.get("n")))
+    if r.get("rejected_presses"):
+        lines.append(f"  presses the central rejected: {r['rejected_presses']}")
     if r.get("people"):
         lines.append("  what people did: " + ", ".join(f"{n} {what}" for what, n in
                                                     sorted(r["people"].items())))

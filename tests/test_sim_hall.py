@@ -15,6 +15,7 @@ import pytest
 from hallgate.central.store import Store
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.hall import SITE, Hall, Options
+from hallgate.sim.model import run_model
 from harness import Witness
 
 pytestmark = pytest.mark.micropython
@@ -95,19 +96,38 @@ def assert_day_balances(hall, report, log, tickets, votes):
     assert report["observer"]["central_errors"] == len(log["central/errors"])
 
 
-def test_a_day_of_300_visitors_balances(tmp_path):
-    options = Options(windows=10, visitors=300, hours=10, speed=600, seed=SEED)
+def close_enough(full, model):
+    """Within 10% of the model run's figure, or 30 s."""
+    return abs(full - model) <= max(30.0, 0.1 * abs(model))
+
+
+def test_a_day_of_200_visitors_balances_and_its_waits_are_the_model_runs(tmp_path):
+    options = Options(windows=8, visitors=200, hours=8, speed=None, seed=SEED)
     hall, report, log, tickets, votes = play(tmp_path, options)
     assert_day_balances(hall, report, log, tickets, votes)
     assert report["pressed_again"] == 0  # without faults no press is lost
+    assert report["rejected_presses"] == 0
     plan = report["plan"]
     assert report["central"]["all"]["noshow"] == plan["no_shows"]
+    chain = report["chain_ms"]
+    assert chain["press_to_panel"]["n"] >= report["calls"] and chain["call_to_display"]["n"]
+    # The same plan through the central alone (sim/model.py): hall time is the hall's, not
+    # the chain's, so the waits agree.
+    ledger = run_model(hall.plan, hall.breaks, hall.queue_config, tmp_path / "model.db",
+                       seed=SEED, start=hall.opening)
+    assert ledger.check() == []
+    full, model = report["central"]["all"], ledger.report["all"]
+    for key in ("wait_avg_s", "wait_p95_s"):
+        assert close_enough(full[key], model[key]), (key, full[key], model[key])
+    assert abs(full["over_norm_share"] - model["over_norm_share"]) <= 0.1 * max(
+        model["over_norm_share"], 0.1)
     print(f"{len(tickets)} tickets, {report['calls']} calls, {len(votes)} vote records, "
-          f"{report['real_s']} s real; key to panel {report['key_to_panel_ms']}")
+          f"{report['real_s']} s real; chain {chain}; waits full {full['wait_avg_s']} "
+          f"{full['wait_p95_s']}, model {model['wait_avg_s']} {model['wait_p95_s']}")
 
 
 def test_a_central_restart_and_a_gateway_kill_mid_day_still_balance(tmp_path):
-    options = Options(windows=6, visitors=150, hours=6, speed=600, seed=SEED + 1)
+    options = Options(windows=6, visitors=150, hours=6, speed=None, seed=SEED + 1)
     hall, report, log, tickets, votes = play(
         tmp_path, options, faults=[(2 * 3600, "restart_central"), (4 * 3600, "kill_gateway")])
     assert report["central_starts"] == 2 and report["gateway_starts"] == 2
@@ -118,7 +138,7 @@ def test_a_central_restart_and_a_gateway_kill_mid_day_still_balance(tmp_path):
 
 
 def test_without_mosquitto_the_day_runs_on_the_embedded_amqtt_broker(tmp_path):
-    options = Options(windows=3, visitors=40, hours=3, speed=600, seed=SEED,
+    options = Options(windows=3, visitors=40, hours=3, speed=None, seed=SEED,
                       broker_kind="amqtt")
     hall, report, log, tickets, votes = play(tmp_path, options)
     assert report["broker"]["protocol"] == "3.1.1"
@@ -128,7 +148,8 @@ def test_without_mosquitto_the_day_runs_on_the_embedded_amqtt_broker(tmp_path):
 
 def test_with_broker_url_the_day_runs_on_an_existing_broker(tmp_path):
     with Mosquitto(tmp_path / "theirs") as broker:
-        options = Options(windows=2, visitors=12, hours=2, speed=600, seed=SEED,
+        # 3600x: the highest speed is a cap on hall time, it costs the hall nothing
+        options = Options(windows=2, visitors=12, hours=2, speed=3600, seed=SEED,
                           broker=broker.url)
         hall, report, log, tickets, votes = play(tmp_path, options, port=broker.port)
         assert hall.broker is None and report["broker"]["url"] == broker.url
