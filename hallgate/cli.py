@@ -195,10 +195,18 @@ def cmd_sim_hall(args):
     try:
         options = Options(windows=args.windows, visitors=args.visitors, hours=args.duration,
                           speed=args.speed, seed=args.seed, broker=args.broker,
-                          broker_kind=args.broker_kind)
+                          broker_kind=args.broker_kind, model_only=args.model_only)
     except ValueError as e:
         print(f"hallgate sim: {e}", file=sys.stderr)
         return 2
+    if args.model_only:
+        from hallgate.sim.model import model_day
+        from hallgate.sim.view import model_text
+
+        with tempfile.TemporaryDirectory(prefix="hallgate-model-") as tmp:
+            report = model_day(options, args.workdir or tmp)
+        print(json.dumps(report, indent=1) if args.json else model_text(report))
+        return 0 if report["finished"] else 1
     # The parts' logs would tear up the live view: with --workdir they go to sim.log
     # there (the gateway's to gateway.log), else only errors are shown.
     root = logging.getLogger()
@@ -572,6 +580,10 @@ def build_parser():
     sim_p.add_argument("--workdir", help="keep the databases and logs (sim.log, gateway.log) "
                        "here (default: a temporary folder, removed at the end)")
     sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim_p.add_argument("--model-only", action="store_true",
+                       help="the same day through the real central queue alone (no "
+                       "hardware, no broker), in seconds: what if one more window opened? "
+                       "(any number of windows)")
     sim_p.set_defaults(func=cmd_sim_hall)
     sim_sub = sim_p.add_subparsers(dest="sim_command", required=False, metavar="SUBCOMMAND")
     p = sim_sub.add_parser(

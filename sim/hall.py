@@ -75,12 +75,14 @@ class Options:
     broker: str | None = None  # an existing broker's URL; None: start one
     broker_kind: str = "auto"  # the one to start: mosquitto when installed, else amqtt
     protocol: str | None = None  # MQTT version; None: what the broker speaks
-    real_limit_s: float | None = None  # give up after this long; None: 3 x the day's real time
-    baud: int = 921600  # the bus: the fastest BUS.md allows, so key round trips cost the
-    # accelerated day as little simulated time as they can
+    real_limit_s: float | None = None  # give up after this long; None: from the day's size
+    baud: int = 921600  # the bus: the fastest BUS.md allows
+    model_only: bool = False  # the plan through the central alone (sim/model.py)
 
     def __post_init__(self):
-        if not 1 <= self.windows <= MAX_WINDOWS:
+        if self.model_only and not 1 <= self.windows <= 999:
+            raise ValueError(f"windows: 1 to 999, got {self.windows}")
+        if not self.model_only and not 1 <= self.windows <= MAX_WINDOWS:
             raise ValueError(f"windows: 1 to {MAX_WINDOWS} (the Pi's GPIO holds {MAX_WINDOWS}"
                              f" like / dislike pairs), got {self.windows}")
         if self.visitors < 1:

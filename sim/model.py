@@ -32,7 +32,7 @@ from hallgate.central.service import Central
 
 from .dayplan import Break, Visitor
 
-__all__ = ["Ledger", "run_model"]
+__all__ = ["Ledger", "model_day", "run_model"]
 
 WALK_S = (20, 90)  # as sim/people.py: call to the visitor at the window
 RECALL_AFTER_S = 60
@@ -232,3 +232,33 @@ def run_model(visitors: list[Visitor], breaks: Iterable[Break], config: QueueCon
     starts closed, and out with pause twice at the end of the day."""
     return _Hall(list(visitors), breaks, config, db, seed=seed, start=start,
                  logins=logins or {}).run()
+
+
+def model_day(options, workdir: str | Path) -> dict:
+    """`hallgate sim --model-only`: the plan `options` (sim.hall.Options) gives the full
+    run, through the central alone; the report (the central's figures, the hall's ledger,
+    where they disagree)."""
+    import time as _time
+
+    from hallgate.sim import dayplan
+    from hallgate.sim.hall import queue_config
+
+    real0 = _time.monotonic()
+    plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed)
+    breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
+                                 seed=options.seed)
+    config = QueueConfig.from_dict(queue_config(options, dayplan.DEFAULT_SERVICES))
+    ledger = run_model(plan, breaks, config, Path(workdir) / "model.sqlite",
+                       seed=options.seed)
+    problems = ledger.check() + [f"window {w}: {key} rejected at {t} s: {why}"
+                                 for t, w, key, why in ledger.keys_rejected]
+    return {"model": True, "options": {"windows": options.windows,
+                                       "visitors": options.visitors,
+                                       "hours": options.hours, "seed": options.seed},
+            "real_s": round(_time.monotonic() - real0, 2),
+            "sim_hours": round(ledger.ended_s / 3600, 2),
+            "plan": dayplan.summary(plan),
+            "ledger": {"issued": ledger.issued, "served": ledger.served,
+                       "noshow": ledger.noshow, "redirected": ledger.redirected,
+                       "votes": ledger.votes, "presses_again": ledger.presses_again},
+            "problems": problems, "finished": not problems, "central": ledger.report}

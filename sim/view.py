@@ -94,3 +94,20 @@ def report_text(r):
     for p in r["problems"]:
         lines.append(f"  problem: {p}")
     return "\n".join(lines)
+
+
+def model_text(r):
+    """The model run's report (`hallgate sim --model-only`)."""
+    c = r["central"]["all"]
+    o = r["options"]
+    lines = [
+        f"Model run (the central queue alone, no hardware, no broker): {o['windows']} windows,"
+        f" {o['visitors']} visitors, {o['hours']:g} h plan, seed {o['seed']}:"
+        f" {r['sim_hours']} hall hours in {r['real_s']} s real",
+        f"  served {c['served']}, no-show {c['noshow']}, redirects {c['redirected_out']}",
+        f"  wait avg {_mmss(c.get('wait_avg_s'))}, p95 {_mmss(c.get('wait_p95_s'))},"
+        f" over 15 min {_pct(c.get('over_norm_share'))}",
+        f"  votes {c['votes']}, satisfaction {_pct(c.get('satisfaction'))}",
+    ]
+    lines += [f"  problem: {p}" for p in r["problems"]]
+    return "\n".join(lines)

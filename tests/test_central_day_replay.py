@@ -2,6 +2,10 @@
 store and statistics, no hardware, no broker) balances to the ticket: what the hall's
 people did, counted on their side, is what the central's day report says."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 from hallgate.central.queue import QueueConfig
 from hallgate.sim import dayplan
@@ -63,3 +67,21 @@ def test_operators_log_in_with_their_pins_and_the_figures_are_theirs(tmp_path):
         ledger.votes + ledger.presses_again)
     for o in ops.values():
         assert o["sessions"] == 1 and 0 < o["logged_in_s"] <= ledger.ended_s
+
+
+def test_hallgate_sim_model_only_answers_what_if_in_seconds():
+    def run(*args):
+        out = subprocess.run([sys.executable, "-m", "hallgate.cli", "sim", "--model-only",
+                              "--visitors", "150", "--duration", "6h", "--json", *args],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    four, five = run("--windows", "4"), run("--windows", "5")
+    assert four["finished"] and four["central"]["all"]["issued"] == 150
+    assert five["central"]["all"]["wait_avg_s"] < four["central"]["all"]["wait_avg_s"]
+    many = run("--windows", "40")  # past the GPIO's 12: the model has no GPIO
+    assert many["problems"] == [] and many["options"]["windows"] == 40
+    full = subprocess.run([sys.executable, "-m", "hallgate.cli", "sim", "--windows", "40"],
+                          capture_output=True, text=True, timeout=60)
+    assert full.returncode == 2 and "windows: 1 to 12" in full.stderr
