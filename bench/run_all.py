@@ -36,6 +36,8 @@ BENCHES = {
                   ["--devices", "4", "--rate", "8", "--seconds", "3"], 600),
     "fw_heap": ("fw_heap.py", ["--events", "10000"], ["--events", "300"], 600),
     "ota_share": ("ota_share.py", [], ["--devices", "2", "--presses", "3"], 600),
+    "device_idle": ("device_idle.py", ["--devices", "72", "--seconds", "10"],
+                    ["--devices", "8", "--seconds", "2"], 600),
 }
 
 
@@ -190,9 +192,17 @@ def section_ota(r):
             + table(("", "measured", ""), rows) + "\n")
 
 
+def section_device_idle(r):
+    return (f"### Idle simulated devices ({r['devices']} firmware processes, no master)\n\n"
+            + table(("devices", "CPU % of one core, all", "each", "scaled to 72", "target"),
+                    [(r["devices"], r["devices_idle_cpu_pct"], r["per_device_idle_cpu_pct"],
+                      r["scaled_to_72_pct"], r["target_pct_for_72"])]) + "\n")
+
+
 SECTIONS = {"latency": section_latency, "mqtt_outbox": section_outbox,
             "bus_cycle": section_bus, "footprint": section_footprint,
-            "fw_heap": section_heap, "ota_share": section_ota}
+            "fw_heap": section_heap, "ota_share": section_ota,
+            "device_idle": section_device_idle}
 
 
 def plot(samples, path):

@@ -30,6 +30,8 @@ from keypad import Debouncer
 
 _VTIME = const(5)  # indexes into termios c_cc on Linux
 _VMIN = const(6)
+QUIET_MS = const(50)  # the loop's period with every key up and settled (see wait)
+SETTLE_MS = const(200)  # after a contact change: ten debounce windows of sampling
 
 
 class TextDisplay:
@@ -82,6 +84,7 @@ class Board:
         # the next one's clock starts when it is applied, so a contact stays closed for its
         # hold time as the firmware lives it, even when the command was read late.
         self._timeline = []
+        self._changed = None  # ticks of the last contact change (quiet keys: see wait)
 
     # ---- bus ----------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Board:
                 step[4] = True  # this sample still reads the old level
                 return
             self._levels[i] = step[2]
+            self._changed = now
             tl.pop(k)
             for j in range(k, len(tl)):  # start the clock of the key's next step
                 if tl[j][1] == i:
@@ -169,7 +173,13 @@ class Board:
     # ---- waiting and the control channel ------------------------------------------
 
     def wait(self, core, ms, now):
-        """Sleep up to ms, less when the bus or the control channel has input."""
+        """Sleep up to ms, less when the bus or the control channel has input. With every
+        key up, settled and no contact change scheduled, no sample can see anything new:
+        sleep QUIET_MS then (the bus and the control channel still wake it at once; the
+        roles' timers, 100 ms and slower, run late by less than that)."""
+        if (not self._timeline and not any(self._levels) and not core.waiting()
+                and (self._changed is None or ticks_diff(now, self._changed) >= SETTLE_MS)):
+            ms = max(ms, QUIET_MS)
         for obj, flags in self._poll.poll(ms):
             if obj is self._stdin:
                 line = self._stdin.readline()
