@@ -70,7 +70,7 @@ firmware: setup
 
 # A simulated hall day: every part real, on this machine.
 demo: setup
-	$(BIN)/hallgate sim --windows 8 --visitors 200 --duration 8h
+	$(BIN)/hallgate sim
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -200,11 +200,14 @@ def cmd_sim_hall(args):
         print(f"hallgate sim: {e}", file=sys.stderr)
         return 2
     if args.model_only:
+        from hallgate.sim.load import load_text
         from hallgate.sim.model import model_day
         from hallgate.sim.view import model_text
 
         with tempfile.TemporaryDirectory(prefix="hallgate-model-") as tmp:
             report = model_day(options, args.workdir or tmp)
+        if not args.json:
+            print(load_text(report["offered_load"]) + "\n")
         print(json.dumps(report, indent=1) if args.json else model_text(report))
         return 0 if report["finished"] else 1
     # The parts' logs would tear up the live view: with --workdir they go to sim.log
@@ -231,6 +234,10 @@ def cmd_sim_hall(args):
             except BaseException as e:  # handed to the main thread below
                 result["error"] = e
 
+        if not args.json:
+            from hallgate.sim.load import load_text
+
+            console.print(load_text(hall.load), markup=False, highlight=False)
         try:
             with console.status("starting the broker, the central service, the gateway "
                                 f"and {2 * options.windows} firmware devices..."):
@@ -565,7 +572,8 @@ def build_parser():
         description="Without a subcommand: a whole day in a simulated hall, shown live, then "
         "the end-of-day report.")
     sim_p.add_argument("--windows", type=int, default=10, help="windows, 1-12 (default 10)")
-    sim_p.add_argument("--visitors", type=int, default=300, help="visitors (default 300)")
+    sim_p.add_argument("--visitors", type=int, default=200, help="visitors (default 200: "
+                       "below the 10 windows' capacity in every hour)")
     sim_p.add_argument("--duration", type=_duration_hours, default=10.0, metavar="HOURS",
                        help="opening hours, simulated: 10h (default), 90m")
     sim_p.add_argument("--speed", type=_speed, default=600,

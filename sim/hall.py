@@ -47,6 +47,7 @@ from hallgate.sim import dayplan
 from hallgate.sim.device import FirmwareDevice, compile_firmware
 from hallgate.sim.hallclock import HallClock
 from hallgate.sim.hub import BusHub
+from hallgate.sim.load import offered_load
 from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ class SimError(RuntimeError):
 
 @dataclasses.dataclass
 class Options:
-    windows: int = 6
-    visitors: int = 200
+    windows: int = 10
+    visitors: int = 200  # with 10 windows over 10 h: below capacity in every hour
     hours: float = 10.0
     speed: float | None = 600.0  # hall time at most this many times real time; None: as
     # fast as the chain answers (hall time never includes the chain's latency: sim/hallclock.py)
@@ -98,42 +99,82 @@ def button_pins(window):
     return 2 * window, 2 * window + 1
 
 
-def services_of(window, letters, windows):
-    """The services a window serves: every window its own service in turn, every other
-    one a second service too, so some queues are shared between windows; with fewer
-    windows than services, the services left over are shared out, so none goes unserved.
+MAIN_WEIGHT = 3  # a window's main service (central.selection: 600 s head start there)
 
-    >>> [services_of(n, "ABCD", 3) for n in (1, 2, 3)]
-    [['A', 'D'], ['B', 'C'], ['C']]
+
+def skills(windows, services):
+    """Each window's services and weights: main services shared out in proportion to each
+    service's load (share x mean service time, largest remainder, every service at least
+    one main window when there are enough windows), and every window also serves, at weight
+    1, the other service with the most load per window serving it, so queues are pooled
+    where the load is.
+
+    >>> [sorted(s.items()) for s in skills(4, dayplan.DEFAULT_SERVICES).values()]
+    [[('A', 3), ('B', 1)], [('A', 1), ('B', 3)], [('B', 1), ('C', 3)], [('C', 1), ('D', 3)]]
     """
-    own = {letters[(window - 1) % len(letters)]}
-    own |= {letters[j] for j in range(windows, len(letters)) if (j - windows) % windows
-            == window - 1}
-    if window % 2 == 0:
-        own.add(letters[window % len(letters)])
-    return sorted(own)
+    load = {s.letter: s.share * s.mean_s for s in services}
+    total = sum(load.values())
+    mains = {c: 0 for c in load}
+    if windows >= len(load):
+        mains = {c: 1 for c in load}
+        quota = {c: windows * load[c] / total - 1 for c in load}
+    else:
+        quota = {c: windows * load[c] / total for c in load}
+    for c in load:
+        mains[c] += max(0, int(quota[c]))
+    by_remainder = sorted(load, key=lambda c: quota[c] - int(quota[c]), reverse=True)
+    i = 0
+    while sum(mains.values()) < windows:
+        mains[by_remainder[i % len(by_remainder)]] += 1
+        i += 1
+    while sum(mains.values()) > windows:  # fewer windows than services
+        mains[min((c for c in mains if mains[c]), key=lambda c: load[c])] -= 1
+    order = [c for c in load for _ in range(mains[c])]
+    out = {}
+    seconds = {c: 0 for c in load}  # windows serving it second
+    for n, main in enumerate(order, 1):
+        # The other service with the most load per window serving it (a second window
+        # counted half): the next window's help goes where it is needed most.
+        need = {c: load[c] / (mains[c] + 0.5 * seconds[c] or 0.5) for c in load if c != main}
+        second = max(need, key=need.get)
+        seconds[second] += 1
+        out[n] = {main: MAIN_WEIGHT, second: 1}
+    unserved = [c for c in load if not any(c in s for s in out.values())]
+    for k, c in enumerate(unserved):  # fewer windows than services: share the rest out
+        out[k % windows + 1][c] = 1
+    return out
 
 
-def redirect_of(window, letters, windows):
-    """Where a window redirects to: the first service it does not serve itself."""
-    own = services_of(window, letters, windows)
-    return next((x for x in letters if x not in own), None)
+def redirect_of(skill):
+    """Where a window redirects to: its other service (the plan's redirects go elsewhere)."""
+    others = [c for c, w in skill.items() if w < MAIN_WEIGHT]
+    return others[0] if others else None
 
 
 def queue_config(options, services):
-    letters = [s.letter for s in services]
+    by_window = skills(options.windows, services)
     return {
         "services": {s.letter: s.name for s in services},
-        "windows": [{"n": n, "services": services_of(n, letters, options.windows),
-                     "redirect_to": redirect_of(n, letters, options.windows),
-                     "operator": f"operator-{n}"}
-                    for n in range(1, options.windows + 1)],
+        "windows": [{"n": n, "services": skill, "redirect_to": redirect_of(skill),
+                     "operator": f"operator-{n}"} for n, skill in by_window.items()],
         "tz": "UTC",
+        # The day as planned: the report flags a last visit past closing (the overrun).
+        "closes": _closing(options.hours),
         # Hall time: the visitor votes while the operator waits (hall time stands still
         # meanwhile); the next call closes voting sooner.
         "vote_timeout_s": 120,
         "blink_s": 3,  # real seconds on the firmware: long enough to see
     }
+
+
+def _closing(hours):
+    """The local closing time ("HH:MM") of a day of `hours` opening at OPENING_HOUR.
+
+    >>> _closing(10), _closing(8.5), _closing(16)
+    ('18:00', '16:30', '23:59')
+    """
+    end = min(OPENING_HOUR * 60 + round(hours * 60), 24 * 60 - 1)
+    return f"{end // 60:02d}:{end % 60:02d}"
 
 
 def gateway_config(path, options, broker_url, protocol, hub_path, outbox):
@@ -342,6 +383,8 @@ class Hall:
                                           services=services)
         self.breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
                                           seed=options.seed)
+        self.load = offered_load(self.plan, [(w["n"], w["services"]) for w in queue_config(
+            options, services)["windows"]])
         today = datetime.now(UTC).replace(hour=OPENING_HOUR, minute=0, second=0,
                                           microsecond=0)
         self.opening = today.timestamp()
@@ -489,12 +532,12 @@ class Hall:
         with self.lock:
             self.journal.append({"what": what, "at_s": round(self.sim_now(), 1), **fields})
 
-    def first_redirect(self, window, ticket):
-        """True once per ticket, if `window` has somewhere to redirect to: a visitor the
-        plan sends elsewhere is redirected once, then served there."""
+    def first_redirect(self, window, ticket, service):
+        """True once per ticket, if `window` has somewhere else than `service` to redirect
+        to: a visitor the plan sends elsewhere is redirected once, then served there."""
         cfg = next(w for w in self.queue_config.windows if w.n == window)
         with self.lock:
-            if cfg.redirect_to is None or ticket in self.redirected:
+            if cfg.redirect_to in (None, service) or ticket in self.redirected:
                 return False
             self.redirected.add(ticket)
             return True
@@ -545,7 +588,22 @@ class Hall:
                             ANSWER_S):
                 self.problem(f"the kiosk had no ticket for request {rid} within "
                              f"{ANSWER_S:.0f} s")
+            self.panels_settle()
         self.kiosk_done.set()
+
+    def panels_settle(self, timeout=5.0):
+        """Wait (real time, hall time standing still) until every call panel shows the
+        panel state the central last published for it: the new queue length reaches the
+        operators before they look again."""
+        deadline = time.monotonic() + timeout
+        for n, panel in self.panels.items():
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                with self.observer.cond:  # the device counts its own versions: compare
+                    want = self.observer.windows.get(n, {}).get("panel") or {}  # content
+                shown = panel.shown() or {}
+                if all(shown.get(k) == want.get(k) for k in ("mode", "queue")):
+                    break
+                time.sleep(0.005)
 
     def _faults(self, faults):
         """Each fault at its hall time; hall time stands still while it runs."""
@@ -624,6 +682,7 @@ class Hall:
             "real_s": round(real_s, 1),
             "sim_hours": round(self.sim_now() / 3600, 2),
             "plan": dayplan.summary(self.plan),
+            "offered_load": self.load,
             "broker": {"url": self.url, "protocol": self.protocol},
             "chain_ms": {k: _percentiles(v) for k, v in self.latency.items()},
             "rejected_presses": len(self.rejected),
@@ -651,14 +710,14 @@ class Hall:
         them, and the central's live figures (its retained stats)."""
         stats = self.observer.stats or {}
         by_window = stats.get("by_window", {})
-        letters = [s.letter for s in self.services]
+        skills_now = skills(len(self.panels), self.services)
         windows = []
         for n in self.panels:
             d = self.displays[n].shown() or {}
             p = self.panels[n].shown() or {}
             w = by_window.get(str(n), {})
             windows.append({
-                "n": n, "services": services_of(n, letters, len(self.panels)),
+                "n": n, "services": sorted(skills_now[n], key=lambda c: -skills_now[n][c]),
                 "display": d.get("text", ""), "blink": bool(d.get("blink")),
                 "mode": p.get("mode", "?"), "ticket": p.get("text", ""),
                 "queue": p.get("queue", 0), "wait_s": p.get("wait_s", 0),

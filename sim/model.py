@@ -177,7 +177,7 @@ class _Hall:
         self.press(window, "start")
         cfg = self.q.config
         redirect_to = next(wc.redirect_to for wc in cfg.windows if wc.n == window)
-        if v.redirect and redirect_to and t.tid not in self.redirected:
+        if v.redirect and redirect_to not in (None, t.service) and t.tid not in self.redirected:
             self.redirected.add(t.tid)
             yield v.service_s / 3
             if self.press(window, "redirect"):
@@ -242,12 +242,14 @@ def model_day(options, workdir: str | Path) -> dict:
 
     from hallgate.sim import dayplan
     from hallgate.sim.hall import queue_config
+    from hallgate.sim.load import offered_load
 
     real0 = _time.monotonic()
     plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed)
     breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
                                  seed=options.seed)
-    config = QueueConfig.from_dict(queue_config(options, dayplan.DEFAULT_SERVICES))
+    qc = queue_config(options, dayplan.DEFAULT_SERVICES)
+    config = QueueConfig.from_dict(qc)
     ledger = run_model(plan, breaks, config, Path(workdir) / "model.sqlite",
                        seed=options.seed)
     problems = ledger.check() + [f"window {w}: {key} rejected at {t} s: {why}"
@@ -258,6 +260,8 @@ def model_day(options, workdir: str | Path) -> dict:
             "real_s": round(_time.monotonic() - real0, 2),
             "sim_hours": round(ledger.ended_s / 3600, 2),
             "plan": dayplan.summary(plan),
+            "offered_load": offered_load(plan, [(w["n"], w["services"])
+                                                for w in qc["windows"]]),
             "ledger": {"issued": ledger.issued, "served": ledger.served,
                        "noshow": ledger.noshow, "redirected": ledger.redirected,
                        "votes": ledger.votes, "presses_again": ledger.presses_again},

@@ -153,7 +153,7 @@ class Operator:
         hall.sleep_sim(self.rng.uniform(*WALK_S))
         if not self.press("start", until=self.mode_is("serving")):
             return
-        if v.redirect and hall.first_redirect(self.window, ticket):
+        if v.redirect and hall.first_redirect(self.window, ticket, v.service):
             hall.sleep_sim(v.service_s / 3)
             if self.press("redirect", until=self.mode_is("idle")):
                 hall.record("redirect", window=self.window, ticket=ticket)

@@ -77,6 +77,7 @@ def report_text(r):
         f"  gateway starts {r['gateway_starts']}, central starts {r['central_starts']};"
         f" broker {r['broker']['url']} (MQTT {r['broker']['protocol']})",
     ]
+    lines += _balance_lines(r.get("central") or {})
     chain = r.get("chain_ms") or {}
     if chain:
         lines.append("  the chain's real latency, not in hall time (ms, p50/p95/p99): " + "; ".join(
@@ -109,5 +110,22 @@ def model_text(r):
         f" over 15 min {_pct(c.get('over_norm_share'))}",
         f"  votes {c['votes']}, satisfaction {_pct(c.get('satisfaction'))}",
     ]
+    lines += _balance_lines(r["central"])
     lines += [f"  problem: {p}" for p in r["problems"]]
     return "\n".join(lines)
+
+
+def _balance_lines(central):
+    """Per service, as the central counts it: issued + redirected in = served + no-show +
+    redirected out + still open (or ended at closing); and the day's close."""
+    lines = []
+    for code, g in (central.get("by_service") or {}).items():
+        lines.append(f"    service {code}: issued {g['issued']} + redirected in "
+                     f"{g['redirected_in']} = served {g['served']} + no-show {g['noshow']} + "
+                     f"redirected out {g['redirected_out']} + open {g['open']}"
+                     + (f" + closed {g['closed']}" if g.get("closed") else ""))
+    close = central.get("close")
+    if close and close.get("overrun"):
+        lines.append(f"  OVERRUN: the last visit ended {close['overrun_s'] / 60:.0f} min after "
+                     f"closing ({close['closes']})")
+    return lines

@@ -14,8 +14,8 @@ from hallgate.sim.model import run_model
 
 
 class Options:
-    def __init__(self, windows):
-        self.windows, self.speed = windows, 1.0
+    def __init__(self, windows, hours=10):
+        self.windows, self.hours = windows, hours
 
 
 @pytest.mark.parametrize("seed, windows, visitors", [(1, 8, 300), (7, 4, 120)])
