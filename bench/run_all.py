@@ -38,6 +38,7 @@ BENCHES = {
     "ota_share": ("ota_share.py", [], ["--devices", "2", "--presses", "3"], 600),
     "device_idle": ("device_idle.py", ["--devices", "72", "--seconds", "10"],
                     ["--devices", "8", "--seconds", "2"], 600),
+    "sim_day": ("sim_day.py", [], ["--windows", "3", "--visitors", "30", "--hours", "3"], 900),
 }
 
 
@@ -199,10 +200,26 @@ def section_device_idle(r):
                       r["scaled_to_72_pct"], r["target_pct_for_72"])]) + "\n")
 
 
+def section_sim_day(r):
+    chain = r["chain_ms"]
+    rows = [("wait avg s", r["wait_avg_s"]["full"], r["wait_avg_s"]["model"],
+             r["wait_avg_s"]["ratio"]),
+            ("wait p95 s", r["wait_p95_s"]["full"], r["wait_p95_s"]["model"],
+             r["wait_p95_s"]["ratio"]),
+            ("over 15 min", r["over_norm_share"]["full"], r["over_norm_share"]["model"], "")]
+    lat = [(k.replace("_", " "), v.get("p50"), v.get("p95"), v.get("p99"), v.get("n"))
+           for k, v in chain.items()]
+    return (f"### A simulated day against its model run ({r['windows']} windows, "
+            f"{r['visitors']} visitors, {r['hall_hours']} hall hours in {r['real_s']} s "
+            "real)\n\n" + table(("", "full run", "model run", "full / model"), rows)
+            + "\n\nThe chain's real latency (ms), never counted as hall time:\n\n"
+            + table(("path", "p50", "p95", "p99", "n"), lat) + "\n")
+
+
 SECTIONS = {"latency": section_latency, "mqtt_outbox": section_outbox,
             "bus_cycle": section_bus, "footprint": section_footprint,
             "fw_heap": section_heap, "ota_share": section_ota,
-            "device_idle": section_device_idle}
+            "device_idle": section_device_idle, "sim_day": section_sim_day}
 
 
 def plot(samples, path):

@@ -15,7 +15,9 @@ a key and waits for the panel's answer, publishes a ticket request and waits for
 ticket, or waits for a vote to reach the broker, so whatever the hall did is through the
 chain before time moves on. When every actor sleeps, one thread moves time to the
 earliest wake-up (once the real time since the start allows it at `max_speed`, if capped)
-and wakes whoever sleeps until then. With no actor left, time stands still.
+and wakes one actor due then: actors due at the same time take turns in the order they
+joined, so a day runs in the same order every time (and in the model run's order,
+sim/model.py). With no actor left, time stands still.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ class HallClock:
         self._real0 = time.monotonic()
         self.max_speed = max_speed
         self._cond = threading.Condition()
-        self._actors: set[str] = set()
+        self._actors: dict[str, int] = {}  # actor -> its rank (join order)
+        self._joined = 0
+        self._turn: str | None = None  # the one actor woken at the current time
         self._sleeping: dict[str, float] = {}  # actor -> hall time it wakes at
         self._stopped = False
         self.jumps = 0  # how many times time moved (for tests and reports)
@@ -57,12 +61,15 @@ class HallClock:
         with self._cond:
             if name in self._actors:
                 raise ValueError(f"actor {name!r} has joined already")
-            self._actors.add(name)
+            self._actors[name] = self._joined
+            self._joined += 1
 
     def leave(self, name: str) -> None:
         with self._cond:
-            self._actors.discard(name)
+            self._actors.pop(name, None)
             self._sleeping.pop(name, None)
+            if self._turn == name:
+                self._turn = None
             self._cond.notify_all()
 
     def sleep(self, name: str, seconds: float) -> bool:
@@ -72,8 +79,10 @@ class HallClock:
                 raise ValueError(f"actor {name!r} sleeps without having joined")
             wake = self._t + max(0.0, seconds)
             self._sleeping[name] = wake
+            if self._turn == name:
+                self._turn = None
             self._cond.notify_all()
-            while self._t < wake and not self._stopped:
+            while self._turn != name and not self._stopped:
                 self._cond.wait()
             self._sleeping.pop(name, None)
             return not self._stopped
@@ -86,7 +95,12 @@ class HallClock:
         self._thread.join(5)
 
     def _all_asleep(self) -> bool:
-        return bool(self._actors) and set(self._sleeping) >= self._actors
+        return (bool(self._actors) and self._turn is None
+                and set(self._sleeping) >= set(self._actors))
+
+    def _next(self) -> tuple[float, str]:
+        """The earliest wake-up, and who wakes then first (by join order)."""
+        return min((self._sleeping[a], self._actors[a], a) for a in self._actors)[::2]
 
     def _run(self) -> None:
         with self._cond:
@@ -94,7 +108,7 @@ class HallClock:
                 if not self._all_asleep():
                     self._cond.wait()
                     continue
-                target = min(self._sleeping[a] for a in self._actors)
+                target, _ = self._next()
                 if self.max_speed is not None and target > self._t:
                     # Not ahead of max_speed over the whole run: time the chain held the
                     # clock counts, so a day at 600x takes its hours / 600 when the chain
@@ -106,11 +120,9 @@ class HallClock:
                             break
                     if self._stopped or not self._all_asleep():
                         continue
-                    target = min(self._sleeping[a] for a in self._actors)
-                self._t = max(self._t, target)
-                self.jumps += 1
+                target, first = self._next()
+                if target > self._t:
+                    self._t = target
+                    self.jumps += 1
+                self._turn = first  # one at a time: the same order every run
                 self._cond.notify_all()
-                # Let the woken actors mark themselves awake before looking again.
-                while not self._stopped and self._all_asleep() and min(
-                        self._sleeping[a] for a in self._actors) <= self._t:
-                    self._cond.wait(0.01)

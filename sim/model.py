@@ -12,7 +12,7 @@ last recall, the visitor walks to the window, a redirect once, service, a vote),
 can be replayed through the central in seconds and balanced to the ticket; and the
 central's own rules are what decide, since its real code runs.
 Plan: each window's operator is a generator that yields the simulated seconds it sleeps
-or a key it presses (the queue's answer is sent back in); a heap of (time, order, actor)
+or a key it presses (the queue's answer is sent back in); a heap of (time, rank, actor)
 runs them and the kiosk in time order. Time moves only from one planned action to the
 next, so nothing but the plan and the queue's rules shapes the waits.
 """
@@ -194,13 +194,14 @@ class _Hall:
             self.ledger.presses_again += v.presses - 1
 
     def run(self) -> Ledger:
+        # (time, rank, actor): actors due at the same time go in a fixed order, the kiosk
+        # first, then the windows: the hall clock's order (sim/hallclock.py).
         actors: list[tuple[float, int, Iterator[float]]] = []
-        order = 0
-        for actor in (self.kiosk(), *(self.operator(w) for w in sorted(self.breaks))):
-            heapq.heappush(actors, (self.clock.now(), order, actor))
-            order += 1
+        for rank, actor in enumerate((self.kiosk(),
+                                      *(self.operator(w) for w in sorted(self.breaks)))):
+            heapq.heappush(actors, (self.clock.now(), rank, actor))
         while actors:
-            at, _, actor = heapq.heappop(actors)
+            at, rank, actor = heapq.heappop(actors)
             if at - self.start > LIMIT_S:
                 raise RuntimeError(f"the day did not end within {LIMIT_S / 3600:.0f} h")
             if at > self.clock.now():
@@ -210,8 +211,7 @@ class _Hall:
                 delay = next(actor)
             except StopIteration:
                 continue
-            order += 1
-            heapq.heappush(actors, (self.clock.now() + delay, order, actor))
+            heapq.heappush(actors, (self.clock.now() + delay, rank, actor))
         self.central.tick()
         ledger = self.ledger
         ledger.ended_s = self.now_s()

@@ -157,6 +157,7 @@ class Operator:
             hall.sleep_sim(v.service_s / 3)
             if self.press("redirect", until=self.mode_is("idle")):
                 hall.record("redirect", window=self.window, ticket=ticket)
+                hall.panels_settle()  # the visitor now waits elsewhere: their panels say so
             return
         hall.sleep_sim(v.service_s)
         self.finish(ticket, v.vote, v.presses)
