@@ -1,8 +1,8 @@
 """The one place the central service takes time from.
 
 Every wait, the 15-minute norm and the vote timeouts are computed from a `Clock`, so a
-simulated hall (an accelerated `SimClock`) sees its waits in simulated time and a real hall
-in real time. The queue state machine itself never reads a clock: its commands take `now`
+simulated hall (its hall clock, sim/hallclock.py) sees its waits in hall time and a real
+hall in real time. The queue state machine itself never reads a clock: its commands take `now`
 (epoch seconds, float), which the caller takes from here.
 
 >>> clock = FakeClock(1_000.0)
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-__all__ = ["Clock", "FakeClock", "SimClock", "SystemClock", "local_day", "utc_ts"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "local_day", "utc_ts"]
 
 
 class Clock(Protocol):
@@ -34,29 +34,6 @@ class SystemClock:
 
     def now(self) -> float:
         return time.time()
-
-
-class SimClock:
-    """Accelerated time for the simulator: starts at `start` (epoch seconds) and runs
-    `speed` times faster than the real (monotonic) clock. A 10-hour day in about a minute
-    is ``speed=600``.
-
-    >>> ticks = iter([100.0, 101.0])
-    >>> clock = SimClock(start=0.0, speed=600, real=lambda: next(ticks))
-    >>> clock.now()
-    600.0
-    """
-
-    def __init__(self, start: float, speed: float, *, real=time.monotonic) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
-        self.start = float(start)
-        self.speed = float(speed)
-        self._real = real
-        self._real0 = real()
-
-    def now(self) -> float:
-        return self.start + (self._real() - self._real0) * self.speed
 
 
 class FakeClock:

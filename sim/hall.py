@@ -9,8 +9,9 @@ returns the end-of-day report; `close()` stops everything. `restart_central()` a
 Parts, each the real component, nothing re-implemented:
 - broker: `sim.broker.start_broker` (mosquitto when installed, else amqtt, which speaks
   MQTT 3.1.1 only, so then every client does), or an existing one (`--broker URL`);
-- central: `Central` + `CentralService` in this process on one `SimClock`, so waits, the
-  15-minute norm and vote timeouts run in simulated time; a restart builds new ones on
+- central: `Central` + `CentralService` in this process on the hall clock
+  (sim/hallclock.py), so waits, the 15-minute norm and vote timeouts run in hall time
+  (the chain's latency never counts); a restart builds new ones on
   the same database and the same clock, as a restarted service would find them;
 - gateway: a `hallgate sim gateway` child (sim/gwhost.py), the real daemon with gpiozero
   mock pins for the like / dislike buttons; it can be SIGKILLed like a Pi losing power;
