@@ -384,13 +384,14 @@ class Hall:
                                           services=services)
         self.breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
                                           seed=options.seed)
-        self.load = offered_load(self.plan, [(w["n"], w["services"]) for w in queue_config(
-            options, services)["windows"]])
+        config = queue_config(options, services)
+        self.load = offered_load(self.plan, [(w["n"], w["services"])
+                                             for w in config["windows"]])
         today = datetime.now(UTC).replace(hour=OPENING_HOUR, minute=0, second=0,
                                           microsecond=0)
         self.opening = today.timestamp()
         self.day = local_day(self.opening, "UTC")
-        self.queue_config = QueueConfig.from_dict(queue_config(options, services))
+        self.queue_config = QueueConfig.from_dict(config)
         self.db = self.dir / "central.sqlite"
         self.clock = None
         self.broker = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -238,13 +239,11 @@ def model_day(options, workdir: str | Path) -> dict:
     """`hallgate sim --model-only`: the plan `options` (sim.hall.Options) gives the full
     run, through the central alone; the report (the central's figures, the hall's ledger,
     where they disagree)."""
-    import time as _time
-
     from hallgate.sim import dayplan
     from hallgate.sim.hall import queue_config
     from hallgate.sim.load import offered_load
 
-    real0 = _time.monotonic()
+    real0 = time.monotonic()
     plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed)
     breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
                                  seed=options.seed)
@@ -257,7 +256,7 @@ def model_day(options, workdir: str | Path) -> dict:
     return {"model": True, "options": {"windows": options.windows,
                                        "visitors": options.visitors,
                                        "hours": options.hours, "seed": options.seed},
-            "real_s": round(_time.monotonic() - real0, 2),
+            "real_s": round(time.monotonic() - real0, 2),
             "sim_hours": round(ledger.ended_s / 3600, 2),
             "plan": dayplan.summary(plan),
             "offered_load": offered_load(plan, [(w["n"], w["services"])
