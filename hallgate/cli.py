@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hallgate import __version__
+from hallgate.sim.cli import add_sim_parser
 from hallgate.tools import (
     DEFAULT_STATUS,
     ToolError,
@@ -141,144 +142,6 @@ def cmd_status(args):
         print(f"  {r['bus']}:{r['address']:<4} {r['role']:15} window {r['window']!s:>4} "
               f"{'online' if r['online'] else 'OFFLINE':8} fw {r['firmware'] or '-'}")
     return 0 if st["running"] else 1
-
-
-def cmd_sim_bus(args):
-    from hallgate.sim import busdemo
-
-    busdemo.run(windows=args.windows, seconds=args.seconds, baud=args.baud, seed=args.seed)
-    return 0
-
-
-def _duration_hours(text):
-    """'10h', '90m', '7.5' (hours) -> hours."""
-    text = text.strip().lower()
-    try:
-        if text.endswith("m"):
-            return float(text[:-1]) / 60
-        return float(text.removesuffix("h"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: hours like 10h, or minutes like 90m") \
-            from None
-
-
-def _speed(text):
-    """``--speed``: a number > 0, or ``max`` (None: as fast as the chain answers)."""
-    if text == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: a number of times real time, or max") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: more than 0, or max")
-    return value
-
-
-def cmd_sim_hall(args):
-    """A whole simulated day: broker, central, gateway, firmware devices, people."""
-    import tempfile
-    import threading
-
-    from hallgate.sim.hall import Hall, Options, SimError
-
-    try:
-        from rich.console import Console
-        from rich.live import Live
-
-        from hallgate.sim.view import render, report_text
-    except ImportError as e:
-        print(f"hallgate sim needs the sim extra ({e.name} is missing): "
-              "pip install 'hallgate[sim]'", file=sys.stderr)
-        return 1
-    try:
-        options = Options(windows=args.windows, visitors=args.visitors, hours=args.duration,
-                          speed=args.speed, seed=args.seed, broker=args.broker,
-                          broker_kind=args.broker_kind, model_only=args.model_only)
-    except ValueError as e:
-        print(f"hallgate sim: {e}", file=sys.stderr)
-        return 2
-    if args.model_only:
-        from hallgate.sim.load import load_text
-        from hallgate.sim.model import model_day
-        from hallgate.sim.view import model_text
-
-        with tempfile.TemporaryDirectory(prefix="hallgate-model-") as tmp:
-            report = model_day(options, args.workdir or tmp)
-        if not args.json:
-            print(load_text(report["offered_load"]) + "\n")
-        print(json.dumps(report, indent=1) if args.json else model_text(report))
-        return 0 if report["finished"] else 1
-    # The parts' logs would tear up the live view: with --workdir they go to sim.log
-    # there (the gateway's to gateway.log), else only errors are shown.
-    root = logging.getLogger()
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        log_file = logging.FileHandler(os.path.join(args.workdir, "sim.log"))
-        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                                "%(message)s"))
-        root.handlers = [log_file]
-        root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    elif not args.verbose:
-        root.setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="hallgate-sim-") as tmp:
-        hall = Hall(options, args.workdir or tmp)
-        # The real file, bound now: rich's Live swaps sys.stdout for a proxy meanwhile.
-        console = Console(file=sys.stderr if args.json else sys.stdout)
-        result = {}
-
-        def day():
-            try:
-                result["report"] = hall.run_day()
-            except BaseException as e:  # handed to the main thread below
-                result["error"] = e
-
-        if not args.json:
-            from hallgate.sim.load import load_text
-
-            console.print(load_text(hall.load), markup=False, highlight=False)
-        try:
-            with console.status("starting the broker, the central service, the gateway "
-                                f"and {2 * options.windows} firmware devices..."):
-                hall.start()
-            runner = threading.Thread(target=day, name="sim-day", daemon=True)
-            runner.start()
-            with Live(render(hall.snapshot()), console=console, refresh_per_second=4,
-                      transient=args.json, redirect_stderr=False) as live:
-                while runner.is_alive():
-                    runner.join(0.25)
-                    live.update(render(hall.snapshot()))
-            if "error" in result:
-                raise result["error"]
-        except SimError as e:
-            print(f"hallgate sim: {e}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-        finally:
-            hall.close()
-    report = result.get("report")
-    if report is None:
-        return 1
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        console.print()
-        console.print(report_text(report))
-    return 0 if report["finished"] and not report["problems"] else 1
-
-
-def cmd_sim_gateway(args):
-    from hallgate.gateway.config import ConfigError, load_config
-    from hallgate.sim import gwhost
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 1
-    return gwhost.main(config)
 
 
 def _central_config(args):
@@ -566,49 +429,7 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=cmd_central_report)
 
-    sim_p = sub.add_parser(
-        "sim", help="a simulated hall: broker, central service, gateway, the real firmware on "
-        "MicroPython, operators and visitors; a day in about a minute",
-        description="Without a subcommand: a whole day in a simulated hall, shown live, then "
-        "the end-of-day report.")
-    sim_p.add_argument("--windows", type=int, default=10, help="windows, 1-12 (default 10)")
-    sim_p.add_argument("--visitors", type=int, default=200, help="visitors (default 200: "
-                       "below the 10 windows' capacity in every hour)")
-    sim_p.add_argument("--duration", type=_duration_hours, default=10.0, metavar="HOURS",
-                       help="opening hours, simulated: 10h (default), 90m")
-    sim_p.add_argument("--speed", type=_speed, default=600,
-                       help="at most this many hall seconds per real second, or max (default "
-                       "600: 10 h in a minute or more); the chain's latency is never hall time")
-    sim_p.add_argument("--seed", type=int, default=1, help="seed of the day's plan")
-    sim_p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) "
-                       "instead of starting one, to watch with your own MQTT client")
-    sim_p.add_argument("--broker-kind", choices=("auto", "mosquitto", "amqtt"), default="auto",
-                       help="the broker to start: mosquitto when installed, else the embedded "
-                       "amqtt (MQTT 3.1.1) (default auto)")
-    sim_p.add_argument("--workdir", help="keep the databases and logs (sim.log, gateway.log) "
-                       "here (default: a temporary folder, removed at the end)")
-    sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
-    sim_p.add_argument("--model-only", action="store_true",
-                       help="the same day through the real central queue alone (no "
-                       "hardware, no broker), in seconds: what if one more window opened? "
-                       "(any number of windows)")
-    sim_p.set_defaults(func=cmd_sim_hall)
-    sim_sub = sim_p.add_subparsers(dest="sim_command", required=False, metavar="SUBCOMMAND")
-    p = sim_sub.add_parser(
-        "gateway", help="the gateway daemon on gpiozero mock pins, its buttons pressed on "
-        "stdin (what `hallgate sim` runs as its gateway)")
-    p.add_argument("--config", required=True, help="hall config (TOML)")
-    p.set_defaults(func=cmd_sim_gateway)
-    p = sim_sub.add_parser(
-        "bus",
-        help="a call panel and a window display per window on one simulated RS-485 line, "
-        "polled by the real bus master while simulated operators press keys",
-    )
-    p.add_argument("--windows", type=int, default=3, help="windows (default 3)")
-    p.add_argument("--seconds", type=float, default=20, help="how long to run (default 20)")
-    p.add_argument("--baud", type=int, default=115200, help="line speed the hub paces at")
-    p.add_argument("--seed", type=int, default=1, help="seed of the operators' choices")
-    p.set_defaults(func=cmd_sim_bus)
+    add_sim_parser(sub)
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing firmware bundles")
     p.add_argument("--private", required=True, metavar="PATH",

@@ -17,18 +17,19 @@ Control channel, one line each way (as the firmware's, firmware/hal_unix.py):
                                 a window: what the button LEDs show; a visitor waits for it
          {"error": "..."}   a bad command line
 SIGTERM or the end of stdin: a clean stop (the outbox is drained for a moment first).
+`GatewayHost` is the simulator's side: it starts the child, reads its lines, presses.
 """
 
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 
-from gpiozero.pins.mock import MockFactory
-from hallgate.gateway.daemon import Gateway
+from hallgate.sim import SimError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ HOLD_MAX_S = 2.0  # a press held this long and still not taken is let go (and re
 
 class Host:
     def __init__(self, config, out=sys.stdout):
+        from gpiozero.pins.mock import MockFactory  # the child's imports: not the parent's
+        from hallgate.gateway.daemon import Gateway
+
         self.factory = MockFactory()
         self.gateway = Gateway(config, pin_factory=self.factory)
         self._out = out
@@ -109,6 +113,81 @@ class Host:
         finally:
             self.gateway.stop()
         return 0
+
+
+class GatewayHost:
+    """The `hallgate sim gateway` child: start, kill (SIGKILL), press a button, and the
+    voting state it reports (`ballots`: window -> ticket open, or None)."""
+
+    def __init__(self, config, log_path, on_error=None):
+        self.config = config
+        self.on_error = on_error
+        self.log_path = log_path
+        self.proc = None
+        self.starts = 0
+        self.started_at = 0.0  # time.monotonic() of the last start
+        self.cond = threading.Condition()
+        self.ballots = {}
+
+    def start(self, timeout):
+        cmd = [sys.executable, "-m", "hallgate.cli", "sim", "gateway", "--config",
+               str(self.config)]
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
+                                                                 "WATCHDOG_USEC")}
+        with open(self.log_path, "ab") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=err, env=env, text=True, bufsize=1)
+        self.starts += 1
+        self.started_at = time.monotonic()
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(timeout):
+            raise SimError(f"the gateway did not start within {timeout:.0f} s; its log: "
+                           f"{self.log_path}")
+        return self
+
+    def _read(self, proc, ready):
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "ready" in msg:
+                ready.set()
+            elif "ballot" in msg:
+                with self.cond:
+                    self.ballots[msg["ballot"]["window"]] = msg["ballot"]["ticket"]
+                    self.cond.notify_all()
+            elif "error" in msg and self.on_error is not None:
+                self.on_error(f"gateway host: {msg['error']}")
+
+    def press(self, pin, ms):
+        try:
+            self.proc.stdin.write(f"press {pin} {int(ms)}\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):  # the gateway is down: the visitor's press is lost
+            return False
+
+    def wait_ballot(self, window, ticket, timeout):
+        with self.cond:
+            return self.cond.wait_for(lambda: self.ballots.get(window) == ticket, timeout)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
+        with self.cond:
+            self.ballots.clear()
+
+    def stop(self, timeout=15):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 def main(config):

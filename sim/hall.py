@@ -30,40 +30,41 @@ import collections
 import dataclasses
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as paho
 from hallgate.central.clock import local_day
 from hallgate.central.mqtt import CentralService, utc_ts
 from hallgate.central.queue import FINAL, QueueConfig
 from hallgate.central.service import Central
-from hallgate.sim import dayplan
+from hallgate.sim import SimError, dayplan
 from hallgate.sim.device import FirmwareDevice, compile_firmware
+from hallgate.sim.gwhost import GatewayHost
 from hallgate.sim.hallclock import HallClock
+from hallgate.sim.hallconfig import (
+    DISPLAY_BASE,
+    MAX_GATEWAY_WINDOWS,
+    OPENING_HOUR,
+    PAD_BASE,
+    gateway_config,
+    gateway_plans,
+    queue_config,
+    skills,
+)
 from hallgate.sim.hub import BusHub
 from hallgate.sim.load import offered_load
-from paho.mqtt.enums import CallbackAPIVersion
+from hallgate.sim.observer import Observer
+
+__all__ = ["SITE", "Hall", "Options", "SimError", "queue_config", "skills"]
 
 log = logging.getLogger(__name__)
 
 SITE = "sim-hall"
-GATEWAY = "gw-sim"
-DISPLAY_BASE = 100  # the display of window n is at bus address 100 + n
-MAX_WINDOWS = 12  # the Pi header's 26 GPIOs hold 12 like / dislike pairs
-OPENING_HOUR = 8  # the day starts at 08:00 UTC of today (the central's zone is UTC)
 READY_TIMEOUT = 60.0  # real seconds for a part to come up on a loaded machine
 ANSWER_S = 45.0  # real seconds for the hall to answer a request (outages included)
-
-
-class SimError(RuntimeError):
-    """A part did not come up or the day could not be finished."""
 
 
 @dataclasses.dataclass
@@ -74,6 +75,8 @@ class Options:
     speed: float | None = 600.0  # hall time at most this many times real time; None: as
     # fast as the chain answers (hall time never includes the chain's latency: sim/hallclock.py)
     seed: int = 1
+    gateways: int = 1  # the site's windows split over this many gateways, each its own bus
+    site: str = SITE  # the site's name in the MQTT topics
     broker: str | None = None  # an existing broker's URL; None: start one
     broker_kind: str = "auto"  # the one to start: mosquitto when installed, else amqtt
     protocol: str | None = None  # MQTT version; None: what the broker speaks
@@ -82,131 +85,20 @@ class Options:
     model_only: bool = False  # the plan through the central alone (sim/model.py)
 
     def __post_init__(self):
-        if self.model_only and not 1 <= self.windows <= 999:
-            raise ValueError(f"windows: 1 to 999, got {self.windows}")
-        if not self.model_only and not 1 <= self.windows <= MAX_WINDOWS:
-            raise ValueError(f"windows: 1 to {MAX_WINDOWS} (the Pi's GPIO holds {MAX_WINDOWS}"
-                             f" like / dislike pairs), got {self.windows}")
+        most = 999 if self.model_only else MAX_GATEWAY_WINDOWS * self.gateways
+        if not 1 <= self.windows <= most:
+            why = "" if self.model_only else (
+                f" with {self.gateways} gateway(s) of at most {MAX_GATEWAY_WINDOWS} windows"
+                " each: more windows need --gateways")
+            raise ValueError(f"windows: 1 to {most}{why}, got {self.windows}")
+        if not 1 <= self.gateways <= self.windows:
+            raise ValueError(f"gateways: 1 to the number of windows, got {self.gateways}")
         if self.visitors < 1:
             raise ValueError(f"visitors: at least 1, got {self.visitors}")
         if not 0.5 <= self.hours <= 16:
             raise ValueError(f"hours: 0.5 to 16, got {self.hours}")
         if self.speed is not None and not self.speed > 0:
             raise ValueError(f"speed: more than 0 times real time (or max), got {self.speed}")
-
-
-def button_pins(window):
-    """(like, dislike) BCM pins of a window: BCM 2 and 3 for window 1, 4 and 5 for 2..."""
-    return 2 * window, 2 * window + 1
-
-
-MAIN_WEIGHT = 3  # a window's main service (central.selection: 600 s head start there)
-
-
-def skills(windows, services):
-    """Each window's services and weights: main services shared out in proportion to each
-    service's load (share x mean service time, largest remainder, every service at least
-    one main window when there are enough windows), and every window also serves, at weight
-    1, the other service with the most load per window serving it, so queues are pooled
-    where the load is.
-
-    >>> [sorted(s.items()) for s in skills(4, dayplan.DEFAULT_SERVICES).values()]
-    [[('A', 3), ('B', 1)], [('A', 1), ('B', 3)], [('B', 1), ('C', 3)], [('C', 1), ('D', 3)]]
-    """
-    load = {s.letter: s.share * s.mean_s for s in services}
-    total = sum(load.values())
-    mains = {c: 0 for c in load}
-    if windows >= len(load):
-        mains = {c: 1 for c in load}
-        quota = {c: windows * load[c] / total - 1 for c in load}
-    else:
-        quota = {c: windows * load[c] / total for c in load}
-    for c in load:
-        mains[c] += max(0, int(quota[c]))
-    by_remainder = sorted(load, key=lambda c: quota[c] - int(quota[c]), reverse=True)
-    i = 0
-    while sum(mains.values()) < windows:
-        mains[by_remainder[i % len(by_remainder)]] += 1
-        i += 1
-    while sum(mains.values()) > windows:  # fewer windows than services
-        mains[min((c for c in mains if mains[c]), key=lambda c: load[c])] -= 1
-    order = [c for c in load for _ in range(mains[c])]
-    out = {}
-    seconds = {c: 0 for c in load}  # windows serving it second
-    for n, main in enumerate(order, 1):
-        # The other service with the most load per window serving it (a second window
-        # counted half): the next window's help goes where it is needed most.
-        need = {c: load[c] / (mains[c] + 0.5 * seconds[c] or 0.5) for c in load if c != main}
-        second = max(need, key=need.get)
-        seconds[second] += 1
-        out[n] = {main: MAIN_WEIGHT, second: 1}
-    unserved = [c for c in load if not any(c in s for s in out.values())]
-    for k, c in enumerate(unserved):  # fewer windows than services: share the rest out
-        out[k % windows + 1][c] = 1
-    return out
-
-
-def redirect_of(skill):
-    """Where a window redirects to: its other service (the plan's redirects go elsewhere)."""
-    others = [c for c, w in skill.items() if w < MAIN_WEIGHT]
-    return others[0] if others else None
-
-
-def queue_config(options, services):
-    by_window = skills(options.windows, services)
-    return {
-        "services": {s.letter: s.name for s in services},
-        "windows": [{"n": n, "services": skill, "redirect_to": redirect_of(skill),
-                     "operator": f"operator-{n}"} for n, skill in by_window.items()],
-        "tz": "UTC",
-        # The day as planned: the report flags a last visit past closing (the overrun).
-        "closes": _closing(options.hours),
-        # Hall time: the visitor votes while the operator waits (hall time stands still
-        # meanwhile); the next call closes voting sooner.
-        "vote_timeout_s": 120,
-        "blink_s": 3,  # real seconds on the firmware: long enough to see
-    }
-
-
-def _closing(hours):
-    """The local closing time ("HH:MM") of a day of `hours` opening at OPENING_HOUR.
-
-    >>> _closing(10), _closing(8.5), _closing(16)
-    ('18:00', '16:30', '23:59')
-    """
-    end = min(OPENING_HOUR * 60 + round(hours * 60), 24 * 60 - 1)
-    return f"{end // 60:02d}:{end % 60:02d}"
-
-
-def gateway_config(path, options, broker_url, protocol, hub_path, outbox):
-    devices = "".join(
-        f'\n  [[buses.devices]]\n  address = {a}\n  role = "{role}"\n  window = {n}\n'
-        for n in range(1, options.windows + 1)
-        for a, role in ((n, "call-panel"), (DISPLAY_BASE + n, "window-display")))
-    windows = "".join(
-        "\n[[windows]]\nnumber = {}\nlike_pin = {}\ndislike_pin = {}\n".format(n, *button_pins(n))
-        for n in range(1, options.windows + 1))
-    path.write_text(f"""# written by hallgate sim
-[gateway]
-site = "{SITE}"
-id = "{GATEWAY}"
-
-[mqtt]
-urls = ["{broker_url}"]
-protocol = "{protocol}"
-
-[outbox]
-path = "{outbox}"
-
-[timings]
-poll_timeout_ms = 200
-
-[[buses]]
-name = "hall"
-port = "{hub_path}"
-baud = {options.baud}
-{devices}{windows}""")
-    return path
 
 
 def _percentiles(seconds):
@@ -219,172 +111,24 @@ def _percentiles(seconds):
             "max": round(1000 * s[-1])}
 
 
-class Observer:
-    """An MQTT client that logs the hall's topics: the last retained state of each window,
-    the tickets issued, the events, the central's stats. Thread-safe reads; `wait(pred)`."""
-
-    def __init__(self, host, port, protocol, site=SITE):
-        self.prefix = f"hall/v1/{site}/"
-        self.cond = threading.Condition()
-        self.issued = {}  # request id -> ticket number
-        self.windows = {}  # n -> {"display": ..., "panel": ..., "vote": ...}
-        self.events = {}  # event id -> event payload (first delivery)
-        self.keys_seen = []  # (monotonic, window, key) of each key event's first delivery
-        self.rejected = []  # (monotonic, window, reason) of events the central rejected
-        self.deliveries = 0
-        self.stats = None
-        self.central_errors = 0
-        v5 = protocol == "5"
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hallgate-sim-observer-"
-                        f"{uuid.uuid4().hex[:8]}",
-                        protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
-        c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.prefix + "#", qos=1)
-        c.on_message = self._on_message
-        c.connect(host, port)
-        c.loop_start()
-        self.client = c
-
-    def _on_message(self, client, userdata, msg):
-        rest = msg.topic[len(self.prefix):].split("/")
-        try:
-            body = json.loads(msg.payload) if msg.payload else None
-        except ValueError:
-            return
-        with self.cond:
-            if rest[0] == "window" and len(rest) == 3:
-                if rest[2] == "event":
-                    self.deliveries += 1
-                    if body.get("id") not in self.events and body.get("type") == "key":
-                        self.keys_seen.append((time.monotonic(), body.get("window"),
-                                               body.get("key")))
-                    self.events.setdefault(body.get("id"), body)
-                else:
-                    self.windows.setdefault(int(rest[1]), {})[rest[2]] = body
-            elif rest == ["ticket", "issued"] and body:
-                self.issued[body.get("request_id")] = body.get("ticket")
-            elif rest == ["ticket", "refused"] and body:  # answered, with no ticket
-                self.issued.setdefault(body.get("request_id"), None)
-            elif rest == ["central", "stats"]:
-                self.stats = body
-            elif rest == ["central", "errors"]:
-                self.central_errors += 1
-                where = (body or {}).get("topic", "").split("/")
-                if (body or {}).get("kind") == "event-rejected" and len(where) == 6:
-                    self.rejected.append((time.monotonic(), int(where[4]), body["reason"]))
-            self.cond.notify_all()
-
-    def wait(self, predicate, timeout):
-        with self.cond:
-            return self.cond.wait_for(predicate, timeout)
-
-    def key_seen(self, window, key, since):
-        """When (monotonic) the first `key` event of `window` after `since` reached the
-        broker; None if none has."""
-        with self.cond:
-            return next((t for t, w, k in self.keys_seen
-                         if t >= since and w == window and k == key), None)
-
-    def rejection(self, window, since):
-        """The central's reason for rejecting an event of `window` since `since`, or None."""
-        with self.cond:
-            return next((r for t, w, r in self.rejected if t >= since and w == window), None)
-
-    def votes_at(self, window):
-        """Vote events (distinct ids) seen from `window`."""
-        return sum(1 for e in self.events.values()
-                   if e.get("type") == "vote" and e.get("window") == window)
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class GatewayHost:
-    """The `hallgate sim gateway` child: start, kill (SIGKILL), press a button, and the
-    voting state it reports (`ballots`: window -> ticket open, or None)."""
-
-    def __init__(self, config, log_path, on_error=None):
-        self.config = config
-        self.on_error = on_error
-        self.log_path = log_path
-        self.proc = None
-        self.starts = 0
-        self.started_at = 0.0  # time.monotonic() of the last start
-        self.cond = threading.Condition()
-        self.ballots = {}
-
-    def start(self, timeout=READY_TIMEOUT):
-        cmd = [sys.executable, "-m", "hallgate.cli", "sim", "gateway", "--config",
-               str(self.config)]
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
-                                                                 "WATCHDOG_USEC")}
-        with open(self.log_path, "ab") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=err, env=env, text=True, bufsize=1)
-        self.starts += 1
-        self.started_at = time.monotonic()
-        ready = threading.Event()
-        threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
-        if not ready.wait(timeout):
-            raise SimError(f"the gateway did not start within {timeout:.0f} s; its log: "
-                           f"{self.log_path}")
-        return self
-
-    def _read(self, proc, ready):
-        for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if "ready" in msg:
-                ready.set()
-            elif "ballot" in msg:
-                with self.cond:
-                    self.ballots[msg["ballot"]["window"]] = msg["ballot"]["ticket"]
-                    self.cond.notify_all()
-            elif "error" in msg and self.on_error is not None:
-                self.on_error(f"gateway host: {msg['error']}")
-
-    def press(self, pin, ms):
-        try:
-            self.proc.stdin.write(f"press {pin} {int(ms)}\n")
-            self.proc.stdin.flush()
-            return True
-        except (OSError, ValueError):  # the gateway is down: the visitor's press is lost
-            return False
-
-    def wait_ballot(self, window, ticket, timeout):
-        with self.cond:
-            return self.cond.wait_for(lambda: self.ballots.get(window) == ticket, timeout)
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(10)
-        with self.cond:
-            self.ballots.clear()
-
-    def stop(self, timeout=15):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 class Hall:
-    def __init__(self, options, workdir, *, services=dayplan.DEFAULT_SERVICES):
+    """One site: its central, its gateways with their buses and devices, its people.
+    `plan` (visitors) and `by_window` (window -> {service: weight}) come from a profile
+    (sim/profile.py), else from `options`."""
+
+    def __init__(self, options, workdir, *, services=dayplan.DEFAULT_SERVICES, plan=None,
+                 by_window=None):
         self.options = options
+        self.site = options.site
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.services = services
-        self.plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed,
-                                          services=services)
+        self.plan = plan if plan is not None else dayplan.plan_visitors(
+            options.visitors, options.hours, seed=options.seed, services=services)
         self.breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
                                           seed=options.seed)
-        config = queue_config(options, services)
+        self.skills = by_window or skills(options.windows, services)
+        config = queue_config(options, services, self.skills)
         self.load = offered_load(self.plan, [(w["n"], w["services"])
                                              for w in config["windows"]])
         today = datetime.now(UTC).replace(hour=OPENING_HOUR, minute=0, second=0,
@@ -393,13 +137,14 @@ class Hall:
         self.day = local_day(self.opening, "UTC")
         self.queue_config = QueueConfig.from_dict(config)
         self.db = self.dir / "central.sqlite"
+        self.layout = gateway_plans(options.windows, options.gateways)
         self.clock = None
         self.broker = None
-        self.hub = None
-        self.panels, self.displays = {}, {}
+        self.hubs = []  # one bus per gateway
+        self.gateways = []  # GatewayHost, as `layout`
+        self.panels, self.displays, self.pads = {}, {}, {}  # window -> FirmwareDevice
         self.central = self.service = None
         self.central_starts = 0
-        self.gateway = None
         self.observer = None
         self.lock = threading.Lock()
         self.requests = {}  # request id -> visitor
@@ -412,6 +157,16 @@ class Hall:
         self.latency = {"press_to_broker": [], "press_to_panel": [], "call_to_display": []}
         self.rejected = []  # (window, key, the central's reason)
         self.redirected = set()  # tickets redirected once already
+
+    @property
+    def devices(self):
+        """Every firmware device of the site."""
+        return [*self.panels.values(), *self.displays.values(), *self.pads.values()]
+
+    def gateway_of(self, window):
+        """(GatewayPlan, GatewayHost) of the gateway serving `window`."""
+        k = next(k for k, g in enumerate(self.layout) if window in g.windows)
+        return self.layout[k], self.gateways[k]
 
     # ---- parts ----------------------------------------------------------------------------
 
@@ -428,27 +183,37 @@ class Hall:
             protocol = opts.protocol or self.broker.protocol
         self.url, self.protocol = url, protocol
         host, port = url.split("://", 1)[1].rsplit(":", 1)
-        self.observer = Observer(host, int(port), protocol)
+        self.observer = Observer(host, int(port), protocol, self.site)
         compile_firmware()
-        self.hub = BusHub(baud=opts.baud).start()
-        for n in range(1, opts.windows + 1):
-            self.panels[n] = FirmwareDevice(self.dir / f"panel-{n}", n, "call-panel", n,
-                                            self.hub.add_port(f"panel-{n}"),
-                                            ready_timeout=READY_TIMEOUT, start=False,
-                                            **self.panel_timings())
-            self.displays[n] = FirmwareDevice(self.dir / f"display-{n}", DISPLAY_BASE + n,
-                                              "window-display", n,
-                                              self.hub.add_port(f"display-{n}"),
-                                              ready_timeout=READY_TIMEOUT, start=False)
-        for dev in [*self.panels.values(), *self.displays.values()]:
+        for g in self.layout:
+            hub = BusHub(baud=opts.baud).start()
+            self.hubs.append(hub)
+            for n in g.windows:
+                i = g.local(n)
+                self.panels[n] = self._device(hub, f"panel-{n}", i, "call-panel", n,
+                                              **self.panel_timings())
+                self.displays[n] = self._device(hub, f"display-{n}", DISPLAY_BASE + i,
+                                                "window-display", n)
+                if not g.on_gpio(n):
+                    self.pads[n] = self._device(hub, f"pad-{n}", PAD_BASE + i,
+                                                "feedback-pad", n)
+        for dev in self.devices:
             dev.start(READY_TIMEOUT)
         self.clock = HallClock(self.opening, max_speed=opts.speed)
         self.start_central()
-        config = gateway_config(self.dir / "hall.toml", opts, url, protocol,
-                                self.hub.master_path, self.dir / "outbox.sqlite")
-        self.gateway = GatewayHost(config, self.dir / "gateway.log",
-                                   on_error=self.problem).start()
+        for g, hub in zip(self.layout, self.hubs, strict=True):
+            config = gateway_config(self.dir / f"{g.id}.toml", self.site, g, broker_url=url,
+                                    protocol=protocol, bus_path=hub.master_path,
+                                    baud=opts.baud, outbox=self.dir / f"{g.id}.outbox.sqlite")
+            self.gateways.append(GatewayHost(config, self.dir / f"{g.id}.log",
+                                             on_error=self.problem))
+        for gw in self.gateways:
+            gw.start(READY_TIMEOUT)
         return self
+
+    def _device(self, hub, name, address, role, window, **timings):
+        return FirmwareDevice(self.dir / name, address, role, window, hub.add_port(name),
+                              ready_timeout=READY_TIMEOUT, start=False, **timings)
 
     def panel_timings(self):
         """The panel's human-scale times, made short: the simulated operator presses as
@@ -458,9 +223,9 @@ class Hall:
 
     def start_central(self):
         self.central = Central(self.queue_config, self.db, self.clock)
-        self.service = CentralService(self.central, SITE, self.url, protocol=self.protocol,
-                                      tick_s=0.1, stats_s=0.5,
-                                      client_id="hallgate-sim-central").start()
+        self.service = CentralService(self.central, self.site, self.url,
+                                      protocol=self.protocol, tick_s=0.1, stats_s=0.5,
+                                      client_id=f"hallgate-sim-central-{self.site}").start()
         self.central_starts += 1
         if not self.service.wait_connected(READY_TIMEOUT):
             raise SimError(f"the central service could not connect to {self.url}")
@@ -477,27 +242,28 @@ class Hall:
         with self.lock:
             self.start_central()
 
-    def kill_gateway(self, down_s=0.5):
-        """SIGKILL the gateway mid-day (a power cut), restart it after `down_s`."""
-        self.gateway.kill()
+    def kill_gateway(self, down_s=0.5, k=0):
+        """SIGKILL gateway `k` mid-day (a power cut), restart it after `down_s`."""
+        gw = self.gateways[k]
+        gw.kill()
         time.sleep(down_s)
-        self.gateway.start()
+        gw.start(READY_TIMEOUT)
 
     def close(self):
         self.stopping.set()
         if self.clock is not None:
             self.clock.stop()
-        if self.gateway is not None:
-            self.gateway.stop()
+        for gw in self.gateways:
+            gw.stop()
         with self.lock:
             if self.service is not None:
                 self.service.stop()
                 self.central.close()
                 self.service = None
-        for dev in [*self.panels.values(), *self.displays.values()]:
+        for dev in self.devices:
             dev.close()
-        if self.hub is not None:
-            self.hub.close()
+        for hub in self.hubs:
+            hub.close()
         if self.observer is not None:
             self.observer.close()
         if self.broker is not None:
@@ -585,7 +351,7 @@ class Hall:
                 self.requests[rid] = v
             body = {"id": rid, "service": v.service, "appointment": v.appointment,
                     "priority": v.priority, "ts": utc_ts()}
-            client.publish(f"hall/v1/{SITE}/ticket/request", json.dumps(body), qos=1)
+            client.publish(f"hall/v1/{self.site}/ticket/request", json.dumps(body), qos=1)
             if not obs.wait(lambda r=rid: r in obs.issued or self.stopping.is_set(),
                             ANSWER_S):
                 self.problem(f"the kiosk had no ticket for request {rid} within "
@@ -678,6 +444,7 @@ class Hall:
         calls = [j for j in journal if j["what"] == "call"]
         pressed = [j for j in journal if j["what"] == "vote"]
         return {
+            "site": self.site,
             "day": self.day,
             "finished": finished,
             "options": dataclasses.asdict(self.options),
@@ -695,7 +462,7 @@ class Hall:
             "pressed_again": sum(1 for j in journal if j["what"] == "pressed-again"),
             "people": dict(collections.Counter(j["what"] for j in journal)),
             "voters": len(pressed),
-            "gateway_starts": self.gateway.starts if self.gateway else 0,
+            "gateway_starts": sum(gw.starts for gw in self.gateways),
             "central_starts": self.central_starts,
             "observer": {"events": len(self.observer.events),
                          "deliveries": self.observer.deliveries,
@@ -712,14 +479,13 @@ class Hall:
         them, and the central's live figures (its retained stats)."""
         stats = self.observer.stats or {}
         by_window = stats.get("by_window", {})
-        skills_now = skills(len(self.panels), self.services)
         windows = []
         for n in self.panels:
             d = self.displays[n].shown() or {}
             p = self.panels[n].shown() or {}
             w = by_window.get(str(n), {})
             windows.append({
-                "n": n, "services": sorted(skills_now[n], key=lambda c: -skills_now[n][c]),
+                "n": n, "services": sorted(self.skills[n], key=lambda c: -self.skills[n][c]),
                 "display": d.get("text", ""), "blink": bool(d.get("blink")),
                 "mode": p.get("mode", "?"), "ticket": p.get("text", ""),
                 "queue": p.get("queue", 0), "wait_s": p.get("wait_s", 0),
@@ -730,10 +496,12 @@ class Hall:
         return {
             "clock": self.clock.now() if self.clock else self.opening,
             "day": self.day,
+            "site": self.site,
+            "gateways": len(self.layout),
             "all": stats.get("all", {}),
             "now": stats.get("now", {}),
             "windows": windows,
-            "gateway_starts": self.gateway.starts if self.gateway else 0,
+            "gateway_starts": sum(gw.starts for gw in self.gateways),
             "central_starts": self.central_starts,
             "problems": len(self.problems),
         }

@@ -33,12 +33,31 @@ from hallgate.central.service import Central
 
 from .dayplan import Break, Visitor
 
-__all__ = ["Ledger", "model_day", "run_model"]
+__all__ = ["Ledger", "may_take_break", "model_day", "run_model"]
 
 WALK_S = (20, 90)  # as sim/people.py: call to the visitor at the window
 RECALL_AFTER_S = 60
 LOOK_AGAIN_S = 30  # nothing to call: look at the panel again
 LIMIT_S = 3 * 86400  # a day that has not ended by then is a bug, not a long day
+BREAK_WAIT_S = 600  # no break while the panel shows a visitor waiting this long (the
+# central's warning, 10 minutes: the 15-minute norm is near)
+MAX_BREAK_DELAY_S = 3600  # a break put off this long is taken anyway (staff rest)
+
+
+def may_take_break(panel: dict, late_s: float) -> bool:
+    """An operator due a break (`late_s` past its planned start) takes it when the panel
+    shows nobody waiting, or nobody waiting near the norm; a break put off an hour is
+    taken whatever the queue. The full simulation's operators (sim/people.py) and the
+    model's follow this one rule.
+
+    >>> long, short = {"queue": 3, "wait_s": 900}, {"queue": 3, "wait_s": 120}
+    >>> may_take_break({"queue": 0}, 0), may_take_break(long, 60)
+    (True, False)
+    >>> may_take_break(short, 0), may_take_break(long, 3600)
+    (True, True)
+    """
+    return (not panel.get("queue") or (panel.get("wait_s") or 0) < BREAK_WAIT_S
+            or late_s >= MAX_BREAK_DELAY_S)
 
 
 @dataclass
@@ -147,14 +166,16 @@ class _Hall:
                 self.press(window, KEYS[int(digit) - 1])
                 yield 1.0
         while not self.day_over() or w.mode == "paused":
-            if w.mode == "idle" and breaks and self.now_s() >= breaks[0].start_s:
+            panel = self.q.desired(window, "panel")
+            if (w.mode == "idle" and breaks and self.now_s() >= breaks[0].start_s
+                    and may_take_break(panel, self.now_s() - breaks[0].start_s)):
                 brk = breaks.pop(0)
                 if self.press(window, "pause"):
                     yield brk.duration_s
                     self.press(window, "resume")
             elif w.mode == "paused":
                 self.press(window, "resume")
-            elif (w.mode == "idle" and self.q.desired(window, "panel")["queue"]
+            elif (w.mode == "idle" and panel["queue"]
                   and self.press(window, "call")):  # the panel shows someone waiting
                 yield from self.serve(window, rng)
             else:
@@ -235,27 +256,32 @@ def run_model(visitors: list[Visitor], breaks: Iterable[Break], config: QueueCon
                  logins=logins or {}).run()
 
 
-def model_day(options, workdir: str | Path) -> dict:
+def model_day(options, workdir: str | Path, *, services=None, plan=None,
+              by_window=None) -> dict:
     """`hallgate sim --model-only`: the plan `options` (sim.hall.Options) gives the full
-    run, through the central alone; the report (the central's figures, the hall's ledger,
-    where they disagree)."""
+    run (or `plan`, `services` and `by_window` from a profile, as sim.hall.Hall takes
+    them), through the central alone; the report (the central's figures, the hall's
+    ledger, where they disagree)."""
     from hallgate.sim import dayplan
-    from hallgate.sim.hall import queue_config
+    from hallgate.sim.hallconfig import queue_config
     from hallgate.sim.load import offered_load
 
     real0 = time.monotonic()
-    plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed)
+    services = services or dayplan.DEFAULT_SERVICES
+    if plan is None:
+        plan = dayplan.plan_visitors(options.visitors, options.hours, seed=options.seed,
+                                     services=services)
     breaks = dayplan.plan_breaks(range(1, options.windows + 1), options.hours,
                                  seed=options.seed)
-    qc = queue_config(options, dayplan.DEFAULT_SERVICES)
+    qc = queue_config(options, services, by_window)
     config = QueueConfig.from_dict(qc)
     ledger = run_model(plan, breaks, config, Path(workdir) / "model.sqlite",
                        seed=options.seed)
     problems = ledger.check() + [f"window {w}: {key} rejected at {t} s: {why}"
                                  for t, w, key, why in ledger.keys_rejected]
-    return {"model": True, "options": {"windows": options.windows,
-                                       "visitors": options.visitors,
-                                       "hours": options.hours, "seed": options.seed},
+    return {"model": True, "site": options.site,
+            "options": {"windows": options.windows, "visitors": options.visitors,
+                        "hours": options.hours, "seed": options.seed},
             "real_s": round(time.monotonic() - real0, 2),
             "sim_hours": round(ledger.ended_s / 3600, 2),
             "plan": dayplan.summary(plan),

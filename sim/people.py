@@ -14,7 +14,8 @@ import random
 import time
 
 from hallgate.sim.device import DeviceError
-from hallgate.sim.hall import button_pins
+from hallgate.sim.hallconfig import button_pins
+from hallgate.sim.model import may_take_break
 
 WAIT_S = 45.0  # real seconds for the hall to answer a key (outages included)
 KEY_MS = 80  # a brisk press
@@ -27,12 +28,46 @@ ANSWER_SLICE_S = 0.2  # real seconds between looks for the central's rejection
 RELEASE_MS = 40  # after a key's hold, before it is pressed again: the firmware sees it up
 
 
+class VoteButtons:
+    """A window's like / dislike buttons as its visitor meets them: on the gateway's GPIO
+    (pressed through the gateway child's mock pins) or on a feedback pad on the bus (the
+    firmware's keys). `gateway` is the GatewayHost serving the window: its `ballots` say
+    what voting is open for, and it may be restarted under the visitor's hand."""
+
+    def __init__(self, hall, window):
+        plan, self.gateway = hall.gateway_of(window)
+        self.window = window
+        self.pad = hall.pads.get(window)
+        self.pins = None if self.pad else button_pins(plan.local(window))
+
+    def wait_invite(self, ticket, timeout):
+        """Until the buttons invite a vote for `ticket` (the gateway opened its ballot and,
+        on a pad, the firmware lights the LEDs)."""
+        if not self.gateway.wait_ballot(self.window, ticket, timeout):
+            return False
+        if self.pad is None:
+            return True
+        try:
+            self.pad.wait_for(lambda m: "feedback" in m and m["feedback"].get("open"),
+                              timeout)
+            return True
+        except DeviceError:
+            return False
+
+    def press(self, vote):
+        if self.pad is not None:
+            self.pad.press(vote, KEY_MS)
+        else:
+            self.gateway.press(self.pins[0 if vote == "like" else 1], KEY_MS)
+
+
 class Operator:
     def __init__(self, hall, window, breaks):
         self.hall = hall
         self.window = window
         self.panel = hall.panels[window]
         self.display = hall.displays[window]
+        self.buttons = VoteButtons(hall, window)
         self.breaks = list(breaks)
         self.doing = "starting"  # what the operator is waiting for: said if the day stalls
         self.seen = 0  # the display's messages from here on follow the last call
@@ -102,7 +137,8 @@ class Operator:
             s = self.shown()
             mode = s.get("mode")
             self.doing = f"looking at the panel: {s}"
-            if mode == "idle" and self.breaks and hall.sim_now() >= self.breaks[0].start_s:
+            late = hall.sim_now() - self.breaks[0].start_s if self.breaks else -1
+            if mode == "idle" and late >= 0 and may_take_break(s, late):
                 self.take_break(self.breaks.pop(0))
             elif mode == "called":
                 self.serve(s["text"])
@@ -189,18 +225,17 @@ class Operator:
         """The visitor waits for the buttons to invite a vote, presses; the operator waits
         until the press has reached the broker before calling the next visitor."""
         hall = self.hall
-        gw = hall.gateway
+        gw, buttons = self.buttons.gateway, self.buttons
         self.doing = f"visitor of {ticket} waiting for the buttons to invite a vote"
-        if not gw.wait_ballot(self.window, ticket, WAIT_S):
+        if not buttons.wait_invite(ticket, WAIT_S):
             hall.problem(f"window {self.window}: voting never opened for {ticket}")
             return
-        pin = button_pins(self.window)[0 if vote == "like" else 1]
         obs = hall.observer
         before, starts = obs.votes_at(self.window), gw.starts
         for i in range(presses):
             if i:
                 hall.stopping.wait(VOTE_GAP_S)
-            gw.press(pin, KEY_MS)
+            buttons.press(vote)
         hall.record("vote", window=self.window, ticket=ticket, vote=vote, presses=presses)
         self.doing = f"waiting for {presses} vote press(es) of {ticket} at the broker"
         # (the presses after the vote may name no ticket: voting closes on the vote)
@@ -226,7 +261,7 @@ class Operator:
                 hall.record("pressed-again", window=self.window, ticket=ticket,
                             gateway_restarted=restarted)
                 starts, presses, pressed_at = gw.starts, 1, time.monotonic()
-                gw.press(pin, KEY_MS)
+                buttons.press(vote)
         if hall.stopping.is_set():
             return
         hall.problem(f"window {self.window}: {presses} vote press(es) for {ticket} did "

@@ -49,9 +49,10 @@ def render(snap):
                       Text(w["mode"], style=MODE_STYLE.get(w["mode"], "")), w["ticket"],
                       str(w["queue"]), wait, str(w["served"]), str(w["likes"]),
                       str(w["dislikes"]), str(w["misuse"]))
-    foot = Text(f"gateway starts {snap['gateway_starts']}  central starts "
+    foot = Text(f"gateways {snap.get('gateways', 1)} (starts {snap['gateway_starts']})"
+                f"  central starts "
                 f"{snap['central_starts']}  problems {snap['problems']}", style="dim")
-    return Panel(Group(head, table, foot), title="hallgate sim: the hall",
+    return Panel(Group(head, table, foot), title=f"hallgate sim: {snap.get('site', 'the hall')}",
                  subtitle="displays and panels as the firmware shows them")
 
 
@@ -94,6 +95,21 @@ def report_text(r):
                      f" satisfaction {_pct(w['satisfaction'])}")
     for p in r["problems"]:
         lines.append(f"  problem: {p}")
+    return "\n".join(lines)
+
+
+def town_text(r):
+    """The town's report: each site's, then the totals."""
+    a = r["all"]
+    lines = []
+    for site, sr in r["sites"].items():
+        lines += [f"== {site} ==", report_text(sr), ""]
+    done = "finished" if r["finished"] else "NOT FINISHED"
+    lines.append(f"Town: {len(r['sites'])} sites, {done} in {r['real_s']} s real: "
+                 f"issued {a['issued']}, served "
+                 f"{a['served']}, no-show {a['noshow']}, wait avg {_mmss(a['wait_avg_s'])}, "
+                 f"over 15 min {_pct(a['over_norm_share'])}, votes {a['votes']} (likes "
+                 f"{a['likes']}, dislikes {a['dislikes']})")
     return "\n".join(lines)
 
 

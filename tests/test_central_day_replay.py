@@ -80,8 +80,8 @@ def test_hallgate_sim_model_only_answers_what_if_in_seconds():
     four, five = run("--windows", "4"), run("--windows", "5")
     assert four["finished"] and four["central"]["all"]["issued"] == 150
     assert five["central"]["all"]["wait_avg_s"] < four["central"]["all"]["wait_avg_s"]
-    many = run("--windows", "40")  # past the GPIO's 12: the model has no GPIO
-    assert many["problems"] == [] and many["options"]["windows"] == 40
-    full = subprocess.run([sys.executable, "-m", "hallgate.cli", "sim", "--windows", "40"],
+    many = run("--windows", "60")  # past one gateway's 47: the model has no hardware
+    assert many["problems"] == [] and many["options"]["windows"] == 60
+    full = subprocess.run([sys.executable, "-m", "hallgate.cli", "sim", "--windows", "60"],
                           capture_output=True, text=True, timeout=60)
-    assert full.returncode == 2 and "windows: 1 to 12" in full.stderr
+    assert full.returncode == 2 and "more windows need --gateways" in full.stderr

@@ -34,7 +34,7 @@ def test_the_live_view_shows_each_window_as_the_firmware_shows_it():
     assert "called" in row1 and "16:40 tea" in row1
     row2 = next(line for line in out.splitlines() if "B,C" in line)
     assert "paused" in row2 and " 18 " in row2
-    assert "served 30" in out and "satisfaction 80%" in out and "gateway starts 2" in out
+    assert "served 30" in out and "satisfaction 80%" in out and "(starts 2)" in out
 
 
 def test_the_report_text_names_the_figures_and_every_problem():

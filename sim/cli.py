@@ -1,0 +1,266 @@
+"""`hallgate sim`: a simulated site (or a town of them) on the real parts, and its
+subcommands. Only the standard library is imported here: the sim extra (rich, amqtt) is
+needed when a day runs, not to build the `hallgate` parser."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+
+DEFAULTS = {"windows": 10, "visitors": 200, "duration": 10.0}
+
+
+def add_sim_parser(sub):
+    sim_p = sub.add_parser(
+        "sim", help="a simulated hall: broker, central service, gateways, the real firmware on "
+        "MicroPython, operators and visitors; a day in about a minute",
+        description="Without a subcommand: a whole day in a simulated hall (or in several "
+        "sites, --sites or --profile), shown live, then the end-of-day report.")
+    sim_p.add_argument("--profile", metavar="NAME|FILE.toml",
+                       help="a calibrated day: its sites, windows and their services, "
+                       "gateways, visitors, arrivals by hour (bundled: syzran, "
+                       "moscow-centre; or a TOML file of the same form)")
+    sim_p.add_argument("--windows", type=int, help="windows per site (default 10)")
+    sim_p.add_argument("--visitors", type=int, help="visitors per site (default 200: "
+                       "below the 10 windows' capacity in every hour)")
+    sim_p.add_argument("--duration", type=_duration_hours, metavar="HOURS",
+                       help="opening hours, simulated: 10h (default), 90m")
+    sim_p.add_argument("--gateways", type=int, default=1, help="gateways per site, each "
+                       "with its own bus and devices, the windows shared out in ranges "
+                       "(default 1; at most 47 windows per gateway)")
+    sim_p.add_argument("--sites", type=int, default=1, help="sites alike, each with its own "
+                       "central, gateways and people, on one broker (default 1)")
+    sim_p.add_argument("--speed", type=_speed, default=600,
+                       help="at most this many hall seconds per real second, or max (default "
+                       "600: 10 h in a minute or more); the chain's latency is never hall time")
+    sim_p.add_argument("--seed", type=int, default=1, help="seed of the day's plan")
+    sim_p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) "
+                       "instead of starting one, to watch with your own MQTT client")
+    sim_p.add_argument("--broker-kind", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                       help="the broker to start: mosquitto when installed, else the embedded "
+                       "amqtt (MQTT 3.1.1) (default auto)")
+    sim_p.add_argument("--workdir", help="keep the databases and logs (sim.log, gw-*.log) "
+                       "here (default: a temporary folder, removed at the end)")
+    sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim_p.add_argument("--model-only", action="store_true",
+                       help="the same day through the real central queue alone (no "
+                       "hardware, no broker), in seconds: what if one more window opened? "
+                       "(any number of windows)")
+    sim_p.set_defaults(func=cmd_sim_hall)
+    sim_sub = sim_p.add_subparsers(dest="sim_command", required=False, metavar="SUBCOMMAND")
+    p = sim_sub.add_parser(
+        "gateway", help="the gateway daemon on gpiozero mock pins, its buttons pressed on "
+        "stdin (what `hallgate sim` runs as its gateway)")
+    p.add_argument("--config", required=True, help="hall config (TOML)")
+    p.set_defaults(func=cmd_sim_gateway)
+    p = sim_sub.add_parser(
+        "bus",
+        help="a call panel and a window display per window on one simulated RS-485 line, "
+        "polled by the real bus master while simulated operators press keys",
+    )
+    p.add_argument("--windows", type=int, default=3, help="windows (default 3)")
+    p.add_argument("--seconds", type=float, default=20, help="how long to run (default 20)")
+    p.add_argument("--baud", type=int, default=115200, help="line speed the hub paces at")
+    p.add_argument("--seed", type=int, default=1, help="seed of the operators' choices")
+    p.set_defaults(func=cmd_sim_bus)
+    return sim_p
+
+
+def _duration_hours(text):
+    """'10h', '90m', '7.5' (hours) -> hours."""
+    text = text.strip().lower()
+    try:
+        if text.endswith("m"):
+            return float(text[:-1]) / 60
+        return float(text.removesuffix("h"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: hours like 10h, or minutes like 90m") \
+            from None
+
+
+def _speed(text):
+    """``--speed``: a number > 0, or ``max`` (None: as fast as the chain answers)."""
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a number of times real time, or max") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 0, or max")
+    return value
+
+
+def cmd_sim_bus(args):
+    from hallgate.sim import busdemo
+
+    busdemo.run(windows=args.windows, seconds=args.seconds, baud=args.baud, seed=args.seed)
+    return 0
+
+
+def cmd_sim_gateway(args):
+    from hallgate.gateway.config import ConfigError, load_config
+    from hallgate.sim import gwhost
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return gwhost.main(config)
+
+
+def _sites(args):
+    """The sites to run, as Hall keyword arguments, and the profile (or None); ValueError
+    (the message for the user) on a bad option or profile."""
+    from hallgate.sim.hall import Options
+    from hallgate.sim.town import copies, profile_sites
+
+    given = [f"--{k}" for k in DEFAULTS if getattr(args, k) is not None]
+    if args.profile:
+        from hallgate.sim.profile import load_profile
+
+        if given or args.sites != 1 or args.gateways != 1:
+            raise ValueError(f"--profile sets the sites, windows, gateways, visitors and "
+                             f"hours: drop {', '.join(given) or '--sites/--gateways'}")
+        profile = load_profile(args.profile)
+        first = profile.sites[0]
+        options = Options(windows=first.windows, visitors=first.visitors,
+                          hours=profile.hours, gateways=first.gateways, speed=args.speed,
+                          seed=args.seed, broker=args.broker, broker_kind=args.broker_kind,
+                          model_only=args.model_only)
+        return profile_sites(profile, options), profile
+    v = {k: getattr(args, k) if getattr(args, k) is not None else d
+         for k, d in DEFAULTS.items()}
+    if args.sites < 1:
+        raise ValueError(f"sites: at least 1, got {args.sites}")
+    options = Options(windows=v["windows"], visitors=v["visitors"], hours=v["duration"],
+                      gateways=args.gateways, speed=args.speed, seed=args.seed,
+                      broker=args.broker, broker_kind=args.broker_kind,
+                      model_only=args.model_only)
+    return copies(options, args.sites), None
+
+
+def cmd_sim_hall(args):
+    """A whole simulated day: broker, central, gateways, firmware devices, people."""
+    try:
+        from hallgate.sim.load import load_text
+        from hallgate.sim.view import model_text, render, report_text, town_text
+        from rich.console import Console, Group
+        from rich.live import Live
+    except ImportError as e:
+        print(f"hallgate sim needs the sim extra ({e.name} is missing): "
+              "pip install 'hallgate[sim]'", file=sys.stderr)
+        return 1
+    try:
+        sites, profile = _sites(args)
+    except ValueError as e:  # a bad option, or a profile's ProfileError
+        print(f"hallgate sim: {e}", file=sys.stderr)
+        return 2
+    from hallgate.sim.hall import SimError
+    from hallgate.sim.town import Town
+
+    console = Console(file=sys.stderr if args.json else sys.stdout)
+    if profile is not None and not args.json:
+        console.print(f"Profile {profile.name}: {profile.about}", markup=False,
+                      highlight=False)
+    if args.model_only:
+        return _model_only(args, sites, console, load_text, model_text)
+    # The parts' logs would tear up the live view: with --workdir they go to sim.log
+    # there (the gateways' to gw-*.log), else only errors are shown.
+    root = logging.getLogger()
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+        log_file = logging.FileHandler(os.path.join(args.workdir, "sim.log"))
+        log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                "%(message)s"))
+        root.handlers = [log_file]
+        root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    elif not args.verbose:
+        root.setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="hallgate-sim-") as tmp:
+        try:
+            town = Town(sites, args.workdir or tmp)
+        except ValueError as e:  # a site the simulator cannot build (too many windows...)
+            print(f"hallgate sim: {e}", file=sys.stderr)
+            return 2
+        result = {}
+
+        def day():
+            try:
+                result["report"] = town.run_day()
+            except BaseException as e:  # handed to the main thread below
+                result["error"] = e
+
+        if not args.json:
+            for hall in town.halls:
+                title = f"{hall.site}: " if len(town.halls) > 1 else ""
+                console.print(title + load_text(hall.load), markup=False, highlight=False)
+        devices = sum(2 + (not g.on_gpio(n)) for h in town.halls for g in h.layout
+                      for n in g.windows)
+        try:
+            with console.status(f"starting the broker, {len(town.halls)} central service(s), "
+                                f"{sum(len(h.layout) for h in town.halls)} gateway(s) and "
+                                f"{devices} firmware devices..."):
+                town.start()
+            runner = threading.Thread(target=day, name="sim-day", daemon=True)
+            runner.start()
+
+            def view():
+                return Group(*(render(s) for s in town.snapshots()))
+
+            with Live(view(), console=console, refresh_per_second=2 if len(town.halls) > 1
+                      else 4, transient=args.json, redirect_stderr=False) as live:
+                while runner.is_alive():
+                    runner.join(0.25)
+                    live.update(view())
+            if "error" in result:
+                raise result["error"]
+        except SimError as e:
+            print(f"hallgate sim: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            town.close()
+    report = result.get("report")
+    if report is None:
+        return 1
+    single = len(report["sites"]) == 1
+    if single:
+        report = next(iter(report["sites"].values()))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        console.print()
+        console.print(report_text(report) if single else town_text(report), markup=False,
+                      highlight=False)
+    return 0 if report["finished"] and not report["problems"] else 1
+
+
+def _model_only(args, sites, console, load_text, model_text):
+    from hallgate.sim.model import model_day
+
+    reports = {}
+    with tempfile.TemporaryDirectory(prefix="hallgate-model-") as tmp:
+        for s in sites:
+            site = s["options"].site
+            work = os.path.join(args.workdir or tmp, site)
+            os.makedirs(work, exist_ok=True)
+            reports[site] = model_day(s["options"], work, services=s.get("services"),
+                                      plan=s.get("plan"), by_window=s.get("by_window"))
+    if args.json:
+        out = next(iter(reports.values())) if len(reports) == 1 else {"sites": reports}
+        print(json.dumps(out, indent=1))
+    else:
+        for site, r in reports.items():
+            if len(reports) > 1:
+                console.print(f"\n== {site} ==", markup=False, highlight=False)
+            console.print(load_text(r["offered_load"]) + "\n", markup=False,
+                          highlight=False)
+            console.print(model_text(r), markup=False, highlight=False)
+    return 0 if all(r["finished"] for r in reports.values()) else 1
