@@ -4,7 +4,10 @@ Design note
 -----------
 Operations: `plan_visitors` draws the day's visitors (exactly `count` of them, in arrival
 order), `plan_breaks` the operators' breaks, `summary` counts a plan for a report; `rate` is
-the arrival profile of the day and `issue_until_s` the last moment a ticket is issued.
+the built-in arrival profile of the day and `issue_until_s` the last moment a ticket is
+issued. A calibrated day (sim/profile.py) gives `plan_visitors` its own services, arrivals
+by hour (`arrivals`) and probabilities (`Mix`); left out, the day is the built-in one, draw
+for draw (the same seed gives the same plan as before these options existed).
 Goals: the same seed gives the same day, in a test, in the simulator and on another machine,
 so a failure seen once can be replayed; nothing in here reads a clock, sleeps or does I/O.
 Times are simulated seconds since the hall opens.
@@ -22,6 +25,16 @@ by rejection sampling (thinning: a uniform time is kept with probability
 ``rate(t) / RATE_BOUND``) and sorted. Tickets are issued until `issue_until_s`: 30 minutes
 before closing, but never earlier than 80 % of the day, so a late visitor can still be served.
 
+Arrivals by hour (``arrivals=``): a measured day is given as relative weights, one per
+opening hour (``ceil(hours)`` of them; the last covers what is left of a partial hour). A
+weight is an intensity, arrivals per hour relative to the other hours: the intensity is
+piecewise constant, so a half hour of weight 2 gets as many visitors as a full hour of
+weight 1, and the part of an hour after `issue_until_s` gets none. The times are drawn by
+inverse CDF, one uniform each: the uniform picks an hour by its mass (weight times the
+length of the hour inside the issuing window) and its place inside the hour linearly. A
+weight of 0 closes an hour (no visitor arrives in it); at least one hour before the last
+ticket needs a weight above 0. Still exactly `count` visitors, sorted.
+
 The figures (sources in ``/work/shared/DOMAIN.md`` and its seeds)
 -----------------------------------------------------------------
 * Service mix: the passport service is "about 30 % of all requests" at the Syzran MFC; the
@@ -31,7 +44,8 @@ The figures (sources in ``/work/shared/DOMAIN.md`` and its seeds)
   headline figure is 97 %, the buttons see the less happy ones too).
 * Pre-registration 12 %, priority groups 5 %, no-shows 5 %, redirects 3 % of those who come,
   18 % of those served do not vote, 5 % of voters press 2-4 times (buttons that are pressed
-  again and again are a known complaint): plausible figures, none published.
+  again and again are a known complaint): plausible figures, none published. They are the
+  defaults of `Mix`; a profile may give its own.
 * Breaks: Moscow centres work "without a lunch break", so the operators' lunches are
   staggered in groups, and at no moment is every window on a break (with two windows or more).
 """
@@ -40,14 +54,17 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 
 __all__ = [
+    "DEFAULT_MIX",
     "DEFAULT_SERVICES",
     "RATE_BOUND",
     "Break",
+    "Mix",
     "Service",
     "Visitor",
     "issue_until_s",
@@ -134,6 +151,38 @@ CLOSING_MARGIN_S = 30 * MIN
 MIN_ISSUING_FRACTION = 0.8
 MIN_SERVICE_S = 60.0
 
+
+@dataclass(frozen=True)
+class Mix:
+    """The probabilities of what a visitor does (the module's figures are the defaults).
+
+    >>> Mix().no_show == P_NO_SHOW, Mix(no_show=1.0).no_show
+    (True, 1.0)
+    >>> Mix(like=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: Mix.like: a probability from 0 to 1 expected, got 1.5
+    """
+
+    appointments: float = P_APPOINTMENT  # pre-registered, of all visitors
+    priority: float = P_PRIORITY  # in a priority group, of all visitors
+    no_show: float = P_NO_SHOW  # never come to the window, of all visitors
+    redirect: float = P_REDIRECT  # redirected to another service, of those who come
+    no_vote: float = P_NO_VOTE  # do not vote, of those served
+    like: float = P_LIKE  # like (else dislike), of the voters
+    multi_press: float = P_MULTI_PRESS  # press 2-4 times, of the voters
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            p = getattr(self, f.name)
+            if (isinstance(p, bool) or not isinstance(p, (int, float))
+                    or not 0.0 <= p <= 1.0):  # NaN fails the comparison too
+                raise ValueError(f"Mix.{f.name}: a probability from 0 to 1 expected, "
+                                 f"got {p!r}")
+
+
+DEFAULT_MIX = Mix()
+
 # ---- the arrival profile ------------------------------------------------------------------
 
 _BASE = 0.40  # all day
@@ -195,20 +244,25 @@ def _day_s(hours: float) -> float:
 
 
 def plan_visitors(
-    count: int, hours: float, *, seed: int, services: Sequence[Service] = DEFAULT_SERVICES
+    count: int, hours: float, *, seed: int, services: Sequence[Service] = DEFAULT_SERVICES,
+    arrivals: Sequence[float] | None = None, mix: Mix | None = None,
 ) -> list[Visitor]:
     """Exactly `count` visitors of a day of `hours` hours, in arrival order.
 
     The arrival times are a non-homogeneous Poisson process with intensity proportional to
-    `rate`, conditioned on `count` arrivals: `count` i.i.d. draws from the density
-    proportional to `rate` over the issuing window [0, `issue_until_s`), drawn by rejection
-    sampling (thinning), then sorted. Everything else about each visitor is drawn from the
-    module's probabilities; the same seed gives the same list.
+    `rate` (or, given `arrivals`, to the weight of each opening hour: see the module's note),
+    conditioned on `count` arrivals: `count` i.i.d. draws from the density proportional to
+    the intensity over the issuing window [0, `issue_until_s`), then sorted. Everything else
+    about each visitor is drawn with the probabilities of `mix` (default: the module's
+    figures); the same seed gives the same list.
 
     >>> day = plan_visitors(3, 10, seed=7)
     >>> [v.n for v in day], day == plan_visitors(3, 10, seed=7)
     ([0, 1, 2], True)
     >>> all(0 <= v.arrive_s < issue_until_s(10) for v in day)
+    True
+    >>> late = plan_visitors(50, 3, seed=7, arrivals=[0, 0, 1], mix=Mix(no_show=1.0))
+    >>> all(2 * 3600 <= v.arrive_s < issue_until_s(3) and not v.shows_up for v in late)
     True
     """
     if count < 0:
@@ -219,13 +273,22 @@ def plan_visitors(
     letters = [s.letter for s in services]
     if len(set(letters)) != len(letters):
         raise ValueError(f"service letters repeat: {letters}")
+    if mix is None:
+        mix = DEFAULT_MIX
+    elif not isinstance(mix, Mix):
+        raise ValueError(f"mix: a dayplan.Mix expected, got {mix!r}")
     day_s = _day_s(hours)
-    end_frac = issue_until_s(hours) / day_s
     rng = random.Random(seed)
-    times = sorted(_arrival_fraction(rng, end_frac) * day_s for _ in range(count))
+    if arrivals is None:  # the built-in day, draw for draw as it always was
+        end_frac = issue_until_s(hours) / day_s
+        times = sorted(_arrival_fraction(rng, end_frac) * day_s for _ in range(count))
+    else:
+        draw = _hourly_arrivals(arrivals, hours)
+        times = sorted(draw(rng) for _ in range(count))
     weights = [s.share for s in services]
     return [
-        _visitor(rng, n, t, rng.choices(services, weights)[0]) for n, t in enumerate(times)
+        _visitor(rng, n, t, rng.choices(services, weights)[0], mix)
+        for n, t in enumerate(times)
     ]
 
 
@@ -237,6 +300,47 @@ def _arrival_fraction(rng: random.Random, end_frac: float) -> float:
             return t
 
 
+def _hourly_arrivals(arrivals: Sequence[float], hours: float,
+                     ) -> Callable[[random.Random], float]:
+    """A draw (one uniform of the rng) of an arrival second from the piecewise-constant
+    intensity `arrivals` (one weight per opening hour), cut at `issue_until_s(hours)`.
+
+    >>> draw = _hourly_arrivals([1, 0, 3], 3)
+    >>> sorted({int(draw(r) // 3600) for r in map(random.Random, range(200))})
+    [0, 2]
+    """
+    weights = list(arrivals)
+    expected = math.ceil(hours)
+    if len(weights) != expected:
+        raise ValueError(f"arrivals: {expected} weights expected (one per opening hour of a "
+                         f"{hours:g}-hour day), got {len(weights)}")
+    for h, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+            raise ValueError(f"arrivals[{h}]: a weight >= 0 expected, got {w!r}")
+    end_s = issue_until_s(hours)
+    spans = []  # (start_s, end_s, weight) of the hours that get visitors
+    for h, w in enumerate(weights):
+        a, b = h * HOUR, min((h + 1) * HOUR, end_s)
+        if b > a and w > 0:
+            spans.append((a, b, float(w)))
+    if not spans:
+        raise ValueError(f"arrivals: every hour before the last ticket "
+                         f"({end_s / HOUR:g} h after opening) has weight 0")
+    cum, total = [], 0.0
+    for a, b, w in spans:
+        total += w * (b - a)
+        cum.append(total)
+
+    def draw(rng: random.Random) -> float:
+        x = rng.random() * total
+        k = min(bisect_right(cum, x), len(spans) - 1)
+        a, b, w = spans[k]
+        t = a + (x - (cum[k - 1] if k else 0.0)) / w
+        return min(max(t, a), math.nextafter(b, a))  # rounding never leaves the hour
+
+    return draw
+
+
 def _service_time(rng: random.Random, service: Service) -> float:
     """A lognormal time with the service's mean and sd, clipped to [60 s, 4 * mean] (the lower
     bound drops to 4 * mean for a service shorter than 15 s on average)."""
@@ -246,18 +350,20 @@ def _service_time(rng: random.Random, service: Service) -> float:
     return min(max(rng.lognormvariate(mu, math.sqrt(sigma2)), min(MIN_SERVICE_S, high)), high)
 
 
-def _visitor(rng: random.Random, n: int, arrive_s: float, service: Service) -> Visitor:
-    appointment = rng.random() < P_APPOINTMENT
-    priority = 1 if rng.random() < P_PRIORITY else 0
-    shows_up = rng.random() >= P_NO_SHOW
+def _visitor(rng: random.Random, n: int, arrive_s: float, service: Service,
+             mix: Mix) -> Visitor:
+    # The draws and their order are those of the built-in day: do not reorder them.
+    appointment = rng.random() < mix.appointments
+    priority = 1 if rng.random() < mix.priority else 0
+    shows_up = rng.random() >= mix.no_show
     recalls = rng.choices(*(RECALLS if shows_up else NO_SHOW_RECALLS))[0]
     service_s = _service_time(rng, service)
     redirect, vote, presses = False, None, 0
     if shows_up:
-        redirect = rng.random() < P_REDIRECT
-        if rng.random() >= P_NO_VOTE:
-            vote = "like" if rng.random() < P_LIKE else "dislike"
-            presses = rng.randint(2, 4) if rng.random() < P_MULTI_PRESS else 1
+        redirect = rng.random() < mix.redirect
+        if rng.random() >= mix.no_vote:
+            vote = "like" if rng.random() < mix.like else "dislike"
+            presses = rng.randint(2, 4) if rng.random() < mix.multi_press else 1
     return Visitor(n=n, arrive_s=arrive_s, service=service.letter, appointment=appointment,
                    priority=priority, shows_up=shows_up, recalls=recalls, service_s=service_s,
                    redirect=redirect, vote=vote, presses=presses)

@@ -6,6 +6,7 @@ count, so they would pass at almost any seed (p < 1e-6 per check) and never flak
 
 import json
 import math
+import re
 from itertools import pairwise
 
 import pytest
@@ -21,6 +22,7 @@ from hallgate.sim.dayplan import (
     P_REDIRECT,
     SHORT_S,
     Break,
+    Mix,
     Service,
     issue_until_s,
     plan_breaks,
@@ -197,6 +199,151 @@ def test_bad_arguments_are_refused():
         Service("A", "No share", 0, 600, 60)
     with pytest.raises(ValueError):
         plan_breaks([1, 1], 10, seed=1)
+
+
+# ---- the defaults, pinned ----------------------------------------------------------------
+
+# Drawn before `arrivals` and `mix` existed: the options left out must give these, draw for
+# draw (other tests and the simulator's reports compare against the built-in day).
+PINNED = [
+    (0, 2389.1, "D", False, 0, True, 0, 506.6, False, "like", 1),
+    (1, 4234.0, "A", True, 0, True, 0, 488.5, False, "like", 1),
+    (2, 11075.1, "A", False, 0, True, 0, 423.5, False, None, 0),
+    (3, 22262.0, "B", True, 0, True, 0, 1199.7, False, "like", 1),
+    (4, 33387.9, "C", False, 0, True, 0, 1089.2, False, "like", 1),
+]
+PINNED_SUMMARY = {"visitors": 500, "services": {"A": 163, "B": 144, "C": 126, "D": 67},
+                  "no_shows": 19, "redirects": 20, "voters": 380, "likes": 294,
+                  "dislikes": 86, "multi_press": 20, "appointments": 57, "priority": 19}
+
+
+def pinned(day):
+    return [(v.n, round(v.arrive_s, 1), v.service, v.appointment, v.priority, v.shows_up,
+             v.recalls, round(v.service_s, 1), v.redirect, v.vote, v.presses) for v in day]
+
+
+def test_the_built_in_day_is_unchanged():
+    assert pinned(plan_visitors(5, 10, seed=7)) == PINNED
+    assert summary(plan_visitors(500, 10, seed=1)) == PINNED_SUMMARY
+    assert [round(v.arrive_s) for v in plan_visitors(6, 3, seed=3)] == [
+        2142, 2334, 5631, 5752, 6043, 7528]
+
+
+@pytest.mark.parametrize("seed", [1, 7, SEED])
+def test_the_default_options_are_the_built_in_day(seed):
+    day = plan_visitors(300, 10, seed=seed)
+    assert plan_visitors(300, 10, seed=seed, arrivals=None, mix=None) == day
+    assert plan_visitors(300, 10, seed=seed, mix=Mix()) == day
+    assert Mix() == Mix(P_APPOINTMENT, P_PRIORITY, P_NO_SHOW, P_REDIRECT, P_NO_VOTE, P_LIKE,
+                        P_MULTI_PRESS)
+
+
+# ---- arrivals by hour ---------------------------------------------------------------------
+
+
+def hour_counts(day, hours):
+    counts = [0] * math.ceil(hours)
+    for v in day:
+        counts[int(v.arrive_s // HOUR)] += 1
+    return counts
+
+
+def test_all_the_weight_in_one_hour_puts_every_arrival_in_it():
+    day = plan_visitors(400, 10, seed=SEED, arrivals=[0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    assert len(day) == 400 and [v.n for v in day] == list(range(400))
+    assert all(3 * HOUR <= v.arrive_s < 4 * HOUR for v in day)
+    times = [v.arrive_s for v in day]
+    assert times == sorted(times)
+    # uniform inside the hour: a quarter of them in each quarter of it
+    quarters = [sum(3 * HOUR + q * 900 <= t < 3 * HOUR + (q + 1) * 900 for t in times)
+                for q in range(4)]
+    assert all(near(k, 400, 0.25) for k in quarters), quarters
+
+
+def test_the_hours_get_visitors_in_proportion_to_their_weights():
+    weights = [1, 4, 2, 0, 1, 3, 1, 1, 2, 1]  # 10 h: tickets until 9.5 h
+    counts = hour_counts(plan_visitors(BIG, 10, seed=SEED, arrivals=weights), 10)
+    mass = [*weights[:9], weights[9] / 2]  # the last hour: half of it before the last ticket
+    assert counts[3] == 0
+    for h, m in enumerate(mass):
+        assert near(counts[h], BIG, m / sum(mass)), (h, counts)
+    last = max(v.arrive_s for v in plan_visitors(BIG, 10, seed=SEED, arrivals=weights))
+    assert 9 * HOUR < last < issue_until_s(10)
+
+
+def test_a_partial_last_hour_and_the_end_of_issuing():
+    # 1.5 h: tickets until 1.2 h (80 % of the day), so the last hour is 0.2 h long
+    day = plan_visitors(300, 1.5, seed=SEED, arrivals=[0, 1])
+    assert all(HOUR <= v.arrive_s < issue_until_s(1.5) for v in day)
+    day = plan_visitors(3000, 1.5, seed=SEED, arrivals=[1, 1])
+    assert near(sum(v.arrive_s >= HOUR for v in day), 3000, 0.2 / 1.2)
+
+
+def test_arrivals_by_hour_are_seeded_and_leave_the_rest_of_the_day_alone():
+    weights = [5, 8, 9, 9, 8, 7, 7, 7, 8, 9, 8, 5]
+    day = plan_visitors(500, 12, seed=3, arrivals=weights)
+    assert day == plan_visitors(500, 12, seed=3, arrivals=tuple(weights))
+    assert day != plan_visitors(500, 12, seed=4, arrivals=weights)
+    assert [v.arrive_s for v in day] != [v.arrive_s for v in plan_visitors(500, 12, seed=3)]
+    counts = summary(day)["services"]
+    assert all(near(counts[s.letter], 500, s.share) for s in DEFAULT_SERVICES)
+
+
+@pytest.mark.parametrize(("hours", "arrivals", "says"), [
+    (10, [1] * 9, "10 weights expected"),
+    (10, [1] * 11, "10 weights expected"),
+    (8.5, [1] * 8, "9 weights expected"),
+    (3, [1, -1, 1], "arrivals[1]"),
+    (3, [1, math.nan, 1], "arrivals[1]"),
+    (3, [1, math.inf, 1], "arrivals[1]"),
+    (3, [1, True, 1], "arrivals[1]"),
+    (3, [1, "2", 1], "arrivals[1]"),
+    (3, [0, 0, 0], "weight 0"),
+    (3.5, [0, 0, 0, 1], "weight 0"),  # the last half hour is after the last ticket
+])
+def test_bad_arrivals_are_refused(hours, arrivals, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        plan_visitors(10, hours, seed=1, arrivals=arrivals)
+    with pytest.raises(ValueError, match=re.escape(says)):  # whatever the count
+        plan_visitors(0, hours, seed=1, arrivals=arrivals)
+
+
+# ---- the mix ------------------------------------------------------------------------------
+
+
+def test_the_mix_is_honoured():
+    def day(**mix):
+        return plan_visitors(400, 10, seed=SEED, mix=Mix(**mix))
+
+    assert all(not v.shows_up and v.vote is None for v in day(no_show=1.0))
+    assert all(v.shows_up for v in day(no_show=0.0))
+    assert all(v.vote is None and v.presses == 0 for v in day(no_vote=1.0))
+    assert all(v.vote is not None for v in day(no_vote=0.0, no_show=0.0))
+    assert {v.vote for v in day(no_vote=0.0, like=0.0)} == {"dislike", None}
+    assert {v.vote for v in day(no_vote=0.0, like=1.0)} == {"like", None}
+    assert all(v.presses >= 2 for v in day(multi_press=1.0) if v.vote)
+    assert all(v.appointment for v in day(appointments=1.0))
+    assert not any(v.priority for v in day(priority=0.0))
+    assert all(v.redirect for v in day(redirect=1.0) if v.shows_up)
+    # the arrivals come first and never depend on the mix
+    times = [v.arrive_s for v in day()]
+    assert [v.arrive_s for v in day(no_show=1.0, like=0.0)] == times
+
+
+@pytest.mark.parametrize("field", ["appointments", "priority", "no_show", "redirect",
+                                   "no_vote", "like", "multi_press"])
+@pytest.mark.parametrize("bad", [-0.01, 1.01, math.nan, True, "0.5", None])
+def test_a_bad_probability_is_refused_naming_it(field, bad):
+    with pytest.raises(ValueError, match=rf"Mix\.{field}: a probability from 0 to 1"):
+        Mix(**{field: bad})
+
+
+def test_the_mix_is_frozen_and_takes_the_edges():
+    mix = Mix(no_show=0, like=1)
+    with pytest.raises(AttributeError):
+        mix.no_show = 0.5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="mix"):
+        plan_visitors(3, 10, seed=1, mix={"no_show": 0.5})  # type: ignore[arg-type]
 
 
 # ---- breaks -------------------------------------------------------------------------------
