@@ -45,6 +45,8 @@ def add_sim_parser(sub):
     sim_p.add_argument("--workdir", help="keep the databases and logs (sim.log, gw-*.log) "
                        "here (default: a temporary folder, removed at the end)")
     sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim_p.add_argument("--stay", action="store_true", help="after the day, keep the hall up "
+                       "for technician commands (as `hallgate sim lab`) until Ctrl-C")
     sim_p.add_argument("--model-only", action="store_true",
                        help="the same day through the real central queue alone (no "
                        "hardware, no broker), in seconds: what if one more window opened? "
@@ -55,6 +57,8 @@ def add_sim_parser(sub):
         "gateway", help="the gateway daemon on gpiozero mock pins, its buttons pressed on "
         "stdin (what `hallgate sim` runs as its gateway)")
     p.add_argument("--config", required=True, help="hall config (TOML)")
+    p.add_argument("--status-file", help="keep the status here, and the control socket "
+                   "beside it, as `hallgate run` does")
     p.set_defaults(func=cmd_sim_gateway)
     p = sim_sub.add_parser(
         "bus",
@@ -66,6 +70,15 @@ def add_sim_parser(sub):
     p.add_argument("--baud", type=int, default=115200, help="line speed the hub paces at")
     p.add_argument("--seed", type=int, default=1, help="seed of the operators' choices")
     p.set_defaults(func=cmd_sim_bus)
+    p = sim_sub.add_parser(
+        "lab", help="a simulated hall that stays up, no day played, to practise every "
+        "technician command on: devices, identify, bus stats, sniff, ota, flash of a spare "
+        "board; it prints the commands with its paths")
+    p.add_argument("--windows", type=int, default=4, help="windows (default 4)")
+    p.add_argument("--gateways", type=int, default=1, help="gateways (default 1)")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--workdir", help="keep its files here (default: a temporary folder)")
+    p.set_defaults(func=cmd_sim_lab)
     return sim_p
 
 
@@ -111,7 +124,50 @@ def cmd_sim_gateway(args):
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
-    return gwhost.main(config)
+    return gwhost.main(config, args.status_file)
+
+
+def _stay(seconds=None):
+    """Until Ctrl-C, SIGTERM or `seconds`."""
+    import signal
+    import time
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    end = None if seconds is None else time.monotonic() + seconds
+    try:
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_sim_lab(args):
+    """A hall that stays up for technician commands, with no day played."""
+    from hallgate.sim.hall import Hall, Options, SimError
+
+    try:
+        options = Options(windows=args.windows, gateways=args.gateways, lab=True)
+    except ValueError as e:
+        print(f"hallgate sim lab: {e}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="hallgate-lab-") as tmp:
+        hall = Hall(options, args.workdir or tmp)
+        try:
+            print("starting the lab: a broker, the central, "
+                  f"{len(hall.layout)} gateway(s), signed firmware on every device and a "
+                  "spare board...", file=sys.stderr, flush=True)
+            hall.start()
+            print(hall.lab.text(hall), flush=True)
+            _stay(args.seconds)
+        except SimError as e:
+            print(f"hallgate sim lab: {e}", file=sys.stderr)
+            return 1
+        finally:
+            hall.close()
+    return 0
 
 
 def _sites(args):
@@ -132,7 +188,7 @@ def _sites(args):
         options = Options(windows=first.windows, visitors=first.visitors,
                           hours=profile.hours, gateways=first.gateways, speed=args.speed,
                           seed=args.seed, broker=args.broker, broker_kind=args.broker_kind,
-                          model_only=args.model_only)
+                          model_only=args.model_only, lab=args.stay)
         return profile_sites(profile, options), profile
     v = {k: getattr(args, k) if getattr(args, k) is not None else d
          for k, d in DEFAULTS.items()}
@@ -141,7 +197,7 @@ def _sites(args):
     options = Options(windows=v["windows"], visitors=v["visitors"], hours=v["duration"],
                       gateways=args.gateways, speed=args.speed, seed=args.seed,
                       broker=args.broker, broker_kind=args.broker_kind,
-                      model_only=args.model_only)
+                      model_only=args.model_only, lab=args.stay)
     return copies(options, args.sites), None
 
 
@@ -220,6 +276,11 @@ def cmd_sim_hall(args):
                     live.update(view())
             if "error" in result:
                 raise result["error"]
+            if args.stay:  # the report now, then the hall for the technician
+                _print_report(result["report"], args, console, report_text, town_text)
+                for hall in town.halls:
+                    console.print("\n" + hall.lab.text(hall), markup=False, highlight=False)
+                _stay()
         except SimError as e:
             print(f"hallgate sim: {e}", file=sys.stderr)
             return 1
@@ -230,16 +291,20 @@ def cmd_sim_hall(args):
     report = result.get("report")
     if report is None:
         return 1
-    single = len(report["sites"]) == 1
-    if single:
+    if not args.stay:
+        _print_report(report, args, console, report_text, town_text)
+    return 0 if report["finished"] and not report["problems"] else 1
+
+
+def _print_report(report, args, console, report_text, town_text):
+    if len(report["sites"]) == 1:  # one site: its own report, as it always was
         report = next(iter(report["sites"].values()))
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1), flush=True)
     else:
         console.print()
-        console.print(report_text(report) if single else town_text(report), markup=False,
-                      highlight=False)
-    return 0 if report["finished"] and not report["problems"] else 1
+        console.print(report_text(report) if "sites" not in report else town_text(report),
+                      markup=False, highlight=False)
 
 
 def _model_only(args, sites, console, load_text, model_text):

@@ -38,12 +38,12 @@ HOLD_MAX_S = 2.0  # a press held this long and still not taken is let go (and re
 
 
 class Host:
-    def __init__(self, config, out=sys.stdout):
+    def __init__(self, config, out=sys.stdout, status_file=None):
         from gpiozero.pins.mock import MockFactory  # the child's imports: not the parent's
         from hallgate.gateway.daemon import Gateway
 
         self.factory = MockFactory()
-        self.gateway = Gateway(config, pin_factory=self.factory)
+        self.gateway = Gateway(config, pin_factory=self.factory, status_file=status_file)
         self._out = out
         self._out_lock = threading.Lock()
         self._stop = threading.Event()
@@ -119,8 +119,9 @@ class GatewayHost:
     """The `hallgate sim gateway` child: start, kill (SIGKILL), press a button, and the
     voting state it reports (`ballots`: window -> ticket open, or None)."""
 
-    def __init__(self, config, log_path, on_error=None):
+    def __init__(self, config, log_path, on_error=None, status_file=None):
         self.config = config
+        self.status_file = status_file  # and its control socket beside it
         self.on_error = on_error
         self.log_path = log_path
         self.proc = None
@@ -132,6 +133,8 @@ class GatewayHost:
     def start(self, timeout):
         cmd = [sys.executable, "-m", "hallgate.cli", "sim", "gateway", "--config",
                str(self.config)]
+        if self.status_file is not None:
+            cmd += ["--status-file", str(self.status_file)]
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
                                                                  "WATCHDOG_USEC")}
         with open(self.log_path, "ab") as err:
@@ -190,5 +193,5 @@ class GatewayHost:
             self.proc.wait(5)
 
 
-def main(config):
-    return Host(config).run()
+def main(config, status_file=None):
+    return Host(config, status_file=status_file).run()

@@ -83,6 +83,7 @@ class Options:
     real_limit_s: float | None = None  # give up after this long; None: from the day's size
     baud: int = 921600  # the bus: the fastest BUS.md allows
     model_only: bool = False  # the plan through the central alone (sim/model.py)
+    lab: bool = False  # signed firmware on the devices, a key for updates, a spare board
 
     def __post_init__(self):
         most = 999 if self.model_only else MAX_GATEWAY_WINDOWS * self.gateways
@@ -146,6 +147,7 @@ class Hall:
         self.central = self.service = None
         self.central_starts = 0
         self.observer = None
+        self.lab = None  # sim/lab.py, with Options.lab
         self.lock = threading.Lock()
         self.requests = {}  # request id -> visitor
         self.kiosk_done = threading.Event()
@@ -185,6 +187,11 @@ class Hall:
         host, port = url.split("://", 1)[1].rsplit(":", 1)
         self.observer = Observer(host, int(port), protocol, self.site)
         compile_firmware()
+        if opts.lab:
+            from hallgate.sim.lab import Lab
+
+            self.lab = Lab(self.dir / "lab").prepare()
+            self.lab.start_spare(READY_TIMEOUT)
         for g in self.layout:
             hub = BusHub(baud=opts.baud).start()
             self.hubs.append(hub)
@@ -202,18 +209,25 @@ class Hall:
         self.clock = HallClock(self.opening, max_speed=opts.speed)
         self.start_central()
         for g, hub in zip(self.layout, self.hubs, strict=True):
-            config = gateway_config(self.dir / f"{g.id}.toml", self.site, g, broker_url=url,
-                                    protocol=protocol, bus_path=hub.master_path,
-                                    baud=opts.baud, outbox=self.dir / f"{g.id}.outbox.sqlite")
+            config = gateway_config(
+                self.dir / f"{g.id}.toml", self.site, g, broker_url=url, protocol=protocol,
+                bus_path=hub.master_path, baud=opts.baud,
+                outbox=self.dir / f"{g.id}.outbox.sqlite",
+                public_key=self.lab.public if self.lab else None)
+            run = self.dir / g.id  # its status file, and its control socket beside it
+            run.mkdir(exist_ok=True)
             self.gateways.append(GatewayHost(config, self.dir / f"{g.id}.log",
-                                             on_error=self.problem))
+                                             on_error=self.problem,
+                                             status_file=run / "status.json"))
         for gw in self.gateways:
             gw.start(READY_TIMEOUT)
         return self
 
     def _device(self, hub, name, address, role, window, **timings):
+        flash = self.lab.flash_dir(name, role) if self.lab else None
         return FirmwareDevice(self.dir / name, address, role, window, hub.add_port(name),
-                              ready_timeout=READY_TIMEOUT, start=False, **timings)
+                              ready_timeout=READY_TIMEOUT, start=False, flash_dir=flash,
+                              **timings)
 
     def panel_timings(self):
         """The panel's human-scale times, made short: the simulated operator presses as
@@ -266,6 +280,8 @@ class Hall:
             hub.close()
         if self.observer is not None:
             self.observer.close()
+        if self.lab is not None:
+            self.lab.close()
         if self.broker is not None:
             self.broker.stop()
 

@@ -155,10 +155,11 @@ def closing(hours):
     return f"{end // 60:02d}:{end % 60:02d}"
 
 
-def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, outbox):
+def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, outbox,
+                   public_key=None):
     """Write the hall config of gateway `plan` of `site` to `path`: its bus with a panel
     and a display per window (and a feedback pad past the GPIO pairs), its windows' like /
-    dislike pins on the GPIO."""
+    dislike pins on the GPIO; `public_key`: updates over the bus signed with its pair."""
     devices, windows = [], []
     for n in plan.windows:
         i = plan.local(n)
@@ -171,6 +172,7 @@ def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, ou
             like, dislike = button_pins(i)
             windows.append(f"\n[[windows]]\nnumber = {n}\nlike_pin = {like}\n"
                            f"dislike_pin = {dislike}\n")
+    firmware = f'\n[firmware]\npublic_key = "{public_key}"\n' if public_key else ""
     path.write_text(f"""# written by hallgate sim
 [gateway]
 site = "{site}"
@@ -182,7 +184,7 @@ protocol = "{protocol}"
 
 [outbox]
 path = "{outbox}"
-
+{firmware}
 [timings]
 poll_timeout_ms = 200
 
