@@ -61,6 +61,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hallgate.nodelay import no_delay
+
 from .clock import utc_ts
 from .messages import (
     GATEWAY_NAME,
@@ -137,6 +139,7 @@ class CentralService:
                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
                         clean_session=None if v5 else False)
         c.enable_logger(logging.getLogger(__name__ + ".paho"))
+        no_delay(c)  # a window's states go out together, not 40 ms apart (hallgate/nodelay.py)
         c.reconnect_delay_set(reconnect_min, reconnect_max)  # type: ignore[arg-type]
         c.max_queued_messages_set(0)
         c.max_inflight_messages_set(100)

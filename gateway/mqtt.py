@@ -102,6 +102,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from hallgate import __version__
+from hallgate.nodelay import no_delay
 
 log = logging.getLogger(__name__)
 
@@ -598,6 +599,7 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        no_delay(client)  # events of a burst go out at once (hallgate/nodelay.py)
         client.connect_timeout = self.connect_timeout
         client.max_inflight_messages_set(0)  # no limit in paho: _pump keeps to self._gate
         client.max_queued_messages_set(0)

@@ -189,6 +189,10 @@ class Mosquitto(_Broker):
             f"autosave_interval {self.autosave_interval}",
             f"autosave_on_changes {'true' if self.autosave_on_changes else 'false'}",
             f"max_queued_messages {self.max_queued_messages}",
+            # Without it a burst of small messages to one client (a window's display,
+            # panel and vote states) waits on Nagle for that client's delayed ACK: ~40 ms
+            # (measured: a key's answer in 46 ms at p50 without, see README's figures).
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",

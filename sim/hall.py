@@ -54,7 +54,7 @@ from hallgate.sim.hallconfig import (
     queue_config,
     skills,
 )
-from hallgate.sim.hub import BusHub
+from hallgate.sim.hubproc import HubProcess
 from hallgate.sim.load import offered_load
 from hallgate.sim.observer import Observer
 
@@ -156,7 +156,8 @@ class Hall:
         self.problems = []  # what went wrong that a person would notice
         # The chain's real latencies, seconds: key press to the event at the broker, to the
         # panel's answer (through the central and back), a call to the display showing it.
-        self.latency = {"press_to_broker": [], "press_to_panel": [], "call_to_display": []}
+        self.latency = {"press_to_broker": [], "press_to_central": [], "press_to_panel": [],
+                        "call_to_display": []}
         self.rejected = []  # (window, key, the central's reason)
         self.redirected = set()  # tickets redirected once already
 
@@ -193,17 +194,21 @@ class Hall:
             self.lab = Lab(self.dir / "lab").prepare()
             self.lab.start_spare(READY_TIMEOUT)
         for g in self.layout:
-            hub = BusHub(baud=opts.baud).start()
-            self.hubs.append(hub)
+            roles = {}  # port name -> (address, role, window) on this gateway's line
             for n in g.windows:
                 i = g.local(n)
-                self.panels[n] = self._device(hub, f"panel-{n}", i, "call-panel", n,
-                                              **self.panel_timings())
-                self.displays[n] = self._device(hub, f"display-{n}", DISPLAY_BASE + i,
-                                                "window-display", n)
+                roles[f"panel-{n}"] = (i, "call-panel", n)
+                roles[f"display-{n}"] = (DISPLAY_BASE + i, "window-display", n)
                 if not g.on_gpio(n):
-                    self.pads[n] = self._device(hub, f"pad-{n}", PAD_BASE + i,
-                                                "feedback-pad", n)
+                    roles[f"pad-{n}"] = (PAD_BASE + i, "feedback-pad", n)
+            hub = HubProcess(list(roles), opts.baud, READY_TIMEOUT)
+            self.hubs.append(hub)
+            kinds = {"call-panel": self.panels, "window-display": self.displays,
+                     "feedback-pad": self.pads}
+            for name, (address, role, n) in roles.items():
+                timings = self.panel_timings() if role == "call-panel" else {}
+                kinds[role][n] = self._device(hub.port(name), name, address, role, n,
+                                              **timings)
         for dev in self.devices:
             dev.start(READY_TIMEOUT)
         self.clock = HallClock(self.opening, max_speed=opts.speed)
@@ -223,9 +228,9 @@ class Hall:
             gw.start(READY_TIMEOUT)
         return self
 
-    def _device(self, hub, name, address, role, window, **timings):
+    def _device(self, path, name, address, role, window, **timings):
         flash = self.lab.flash_dir(name, role) if self.lab else None
-        return FirmwareDevice(self.dir / name, address, role, window, hub.add_port(name),
+        return FirmwareDevice(self.dir / name, address, role, window, path,
                               ready_timeout=READY_TIMEOUT, start=False, flash_dir=flash,
                               **timings)
 
@@ -372,22 +377,16 @@ class Hall:
                             ANSWER_S):
                 self.problem(f"the kiosk had no ticket for request {rid} within "
                              f"{ANSWER_S:.0f} s")
-            self.panels_settle()
         self.kiosk_done.set()
 
-    def panels_settle(self, timeout=5.0):
-        """Wait (real time, hall time standing still) until every call panel shows the
-        panel state the central last published for it: the new queue length reaches the
-        operators before they look again."""
-        deadline = time.monotonic() + timeout
-        for n, panel in self.panels.items():
-            while time.monotonic() < deadline and not self.stopping.is_set():
-                with self.observer.cond:  # the device counts its own versions: compare
-                    want = self.observer.windows.get(n, {}).get("panel") or {}  # content
-                shown = panel.shown() or {}
-                if all(shown.get(k) == want.get(k) for k in ("mode", "queue")):
-                    break
-                time.sleep(0.005)
+    def desired_panel(self, window):
+        """What the central has decided the panel of `window` shows (None while the
+        central is away): what an operator's look waits for (sim/people.py)."""
+        with self.lock:
+            if self.service is None:
+                return None
+            with self.service.lock:
+                return self.central.queue.desired(window, "panel")
 
     def _faults(self, faults):
         """Each fault at its hall time; hall time stands still while it runs."""

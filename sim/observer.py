@@ -14,6 +14,8 @@ import uuid
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hallgate.nodelay import no_delay
+
 
 class Observer:
     """An MQTT client that logs the hall's topics: the last retained state of each window,
@@ -34,6 +36,7 @@ class Observer:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"hallgate-sim-observer-"
                         f"{uuid.uuid4().hex[:8]}",
                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+        no_delay(c)  # the kiosk's requests go out at once
         c.on_connect = lambda c, u, f, rc, p: c.subscribe(self.prefix + "#", qos=1)
         c.on_message = self._on_message
         c.connect(host, port)
@@ -72,6 +75,11 @@ class Observer:
     def wait(self, predicate, timeout):
         with self.cond:
             return self.cond.wait_for(predicate, timeout)
+
+    def desired(self, window, kind):
+        """The central's last published state of `kind` for `window` ({} before any)."""
+        with self.cond:
+            return dict(self.windows.get(window, {}).get(kind) or {})
 
     def key_seen(self, window, key, since):
         """When (monotonic) the first `key` event of `window` after `since` reached the

@@ -61,6 +61,13 @@ class VoteButtons:
             self.gateway.press(self.pins[0 if vote == "like" else 1], KEY_MS)
 
 
+def _same(shown, want):
+    """Does the firmware's panel show the central's state `want` (the panel's own version
+    numbers are the gateway's, so the content is compared)?"""
+    return (shown.get("mode") == want.get("mode") and shown.get("queue") == want.get("queue")
+            and (not want.get("text") or shown.get("text") == want.get("text")))
+
+
 class Operator:
     def __init__(self, hall, window, breaks):
         self.hall = hall
@@ -75,6 +82,8 @@ class Operator:
         self.rng = random.Random(hall.options.seed * 1000 + window)
         self.long_ms = hall.panel_timings()["long_ms"] + 200  # no-show is a long press
         self.pressed_at = None  # when (monotonic) the last answered key was pressed
+        self._answered = None  # (t0, panel mark, until) of that press, until look() sees it
+        self._called = None  # a ticket called whose visitor has not looked up yet
         self._free_at = 0.0  # when (monotonic) the last pressed key is up again
 
     # ---- the panel ------------------------------------------------------------------------
@@ -82,46 +91,81 @@ class Operator:
     def shown(self):
         return self.panel.shown() or {}
 
-    def press(self, key, hold_ms=KEY_MS, *, until):
-        """Press `key`; wait until the panel shows `until(shown)` (True), the central
-        rejects the press (False: the operator looks at the panel again), or WAIT_S passes
-        (False). Hall time stands still meanwhile (this operator is awake)."""
+    def look(self):
+        """What the panel shows, once it shows what the central has decided for this
+        window (a person reads a panel that is current; one still on its way through the
+        gateway and the bus is a moment from current, and hall time stands still
+        meanwhile). Bounded by WAIT_S: through an outage the operator reads what is there."""
         hall = self.hall
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            mark = self.panel.mark()
+            s = self.shown()
+            want = hall.desired_panel(self.window)
+            if want is None or _same(s, want) or hall.stopping.is_set():
+                break
+            self.doing = f"waiting for the panel to show {want} (it shows {s})"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                self.panel.wait_for(lambda m: "panel" in m, min(ANSWER_SLICE_S, left), mark)
+            except DeviceError:
+                pass
+        self._measure_panel()
+        return s
+
+    def _measure_panel(self):
+        """The chain's press -> panel latency of the last answered press: when the first
+        panel state answering it came from the firmware."""
+        if self._answered is None:
+            return
+        t0, mark, until = self._answered
+        self._answered = None
+        for m in self.panel.messages[mark:]:
+            if "panel" in m and until(m["panel"]):
+                self.hall.measured("press_to_panel", self.panel.arrival(m) - t0)
+                return
+
+    def press(self, key, hold_ms=KEY_MS, *, until):
+        """Press `key`; wait until the central has answered: it published a new state for
+        this window's panel and `until(state)` holds (True), or it rejected the press
+        (False: the operator looks at the panel again), or WAIT_S passed (False). Hall
+        time stands still meanwhile (this operator is awake); the way back to the panel
+        through the gateway and the bus need not: `look()` waits for it when it matters."""
+        hall, obs = self.hall, self.hall.observer
         # A key still held from the last press cannot be pressed again: hall time does not
         # pass while the chain answers, so the next press can come sooner than a release.
         time.sleep(max(0.0, self._free_at - time.monotonic()))
+        v0 = obs.desired(self.window, "panel").get("version", 0)
         mark = self.panel.mark()
         t0 = time.monotonic()
         self._free_at = t0 + (hold_ms + RELEASE_MS) / 1000
         self.panel.press(key, hold_ms)
-        self.doing = f"pressed {key}, waiting for the panel to answer"
-        deadline = t0 + WAIT_S
-        while True:
-            try:
-                self.panel.wait_for(lambda m: "panel" in m and until(m["panel"]),
-                                    min(ANSWER_SLICE_S, max(0.0, deadline - time.monotonic())),
-                                    mark)
-                break
-            except DeviceError:
-                reason = hall.observer.rejection(self.window, t0)
-                if reason is not None:
-                    hall.press_rejected(self.window, key, reason)
-                    return False
-                if time.monotonic() < deadline:
-                    continue
-            if not self.hall.stopping.is_set():
-                said = self.panel.messages[mark:]
-                other = [m for m in said if "panel" not in m]
-                last = [m["panel"] for m in said if "panel" in m][-1:]
-                self.hall.problem(f"window {self.window}: {key} not answered "
-                                  f"within {WAIT_S:.0f} s (the panel said {other}, and "
-                                  f"{len(said) - len(other)} panel updates, the last {last})")
+        self.doing = f"pressed {key}, waiting for the central to answer"
+
+        def answered():
+            p = obs.desired(self.window, "panel")
+            return (p.get("version", 0) > v0 and until(p)) or (
+                obs.rejection(self.window, t0) is not None) or hall.stopping.is_set()
+
+        ok = obs.wait(answered, WAIT_S)
+        reason = obs.rejection(self.window, t0)
+        if reason is not None:
+            hall.press_rejected(self.window, key, reason)
             return False
-        hall.measured("press_to_panel", time.monotonic() - t0)
-        seen = hall.observer.key_seen(self.window, key, t0)
+        if not ok or hall.stopping.is_set():
+            if not hall.stopping.is_set():
+                hall.problem(f"window {self.window}: {key} not answered within {WAIT_S:.0f} s"
+                             f" (the central's panel state: {obs.desired(self.window, 'panel')};"
+                             f" the panel shows {self.shown()})")
+            return False
+        hall.measured("press_to_central", time.monotonic() - t0)
+        seen = obs.key_seen(self.window, key, t0)
         if seen is not None:
             hall.measured("press_to_broker", seen - t0)
         self.pressed_at = t0
+        self._answered = (t0, mark, until)
         return True
 
     def mode_is(self, mode):
@@ -134,7 +178,7 @@ class Operator:
         the truth: a call that was answered late (an outage) is served when it shows."""
         hall = self.hall
         while not hall.stopping.is_set() and not hall.day_over():
-            s = self.shown()
+            s = self.look()
             mode = s.get("mode")
             self.doing = f"looking at the panel: {s}"
             late = hall.sim_now() - self.breaks[0].start_s if self.breaks else -1
@@ -156,7 +200,7 @@ class Operator:
         hall = self.hall
         # A call still on its way may win over the pause: the panel then shows the visitor.
         if self.press("pause", until=lambda p: p["mode"] != "idle") and (
-                self.shown().get("mode") == "paused"):
+                self.look().get("mode") == "paused"):
             hall.record("break", window=self.window, minutes=round(brk.duration_s / 60))
             hall.sleep_sim(brk.duration_s)
             self.press("resume", until=self.mode_is("idle"))
@@ -170,33 +214,44 @@ class Operator:
 
     def _serve(self, ticket):
         hall = self.hall
-        shown = self.display_shows(ticket, self.seen)
-        hall.record("call", window=self.window, ticket=ticket, shown=shown)
+        self._called = ticket
         v = hall.visitor_for(ticket)
         if v is None:
+            self.visitor_looks()
             hall.problem(f"window {self.window}: called {ticket}, which no kiosk issued")
             self.press("noshow", self.long_ms, until=self.mode_is("idle"))
             return
         for _ in range(v.recalls if v.shows_up else max(1, v.recalls)):
             hall.sleep_sim(RECALL_AFTER_S)
-            version = self.shown().get("version")
-            self.press("recall", until=lambda p, old=version: p["version"] != old)
+            self.visitor_looks()
+            self.press("recall", until=lambda p: True)  # a new state: the call again
         if not v.shows_up:
             hall.sleep_sim(RECALL_AFTER_S)
+            self.visitor_looks()
             if self.press("noshow", self.long_ms, until=self.mode_is("idle")):
                 hall.record("noshow", window=self.window, ticket=ticket)
             return
         hall.sleep_sim(self.rng.uniform(*WALK_S))
+        self.visitor_looks()
         if not self.press("start", until=self.mode_is("serving")):
             return
         if v.redirect and hall.first_redirect(self.window, ticket, v.service):
             hall.sleep_sim(v.service_s / 3)
             if self.press("redirect", until=self.mode_is("idle")):
                 hall.record("redirect", window=self.window, ticket=ticket)
-                hall.panels_settle()  # the visitor now waits elsewhere: their panels say so
             return
         hall.sleep_sim(v.service_s)
         self.finish(ticket, v.vote, v.presses)
+
+    def visitor_looks(self):
+        """The called visitor has looked up at the display by the operator's next step:
+        did it show their ticket (since the call)? Checked then, not at the call, so the
+        way to the display never holds hall time unless nothing else is going on."""
+        if self._called is None:
+            return
+        ticket, self._called = self._called, None
+        shown = self.display_shows(ticket, self.seen)
+        self.hall.record("call", window=self.window, ticket=ticket, shown=shown)
 
     def finish(self, ticket, vote, presses):
         if not self.press("finish", until=self.mode_is("idle")):
