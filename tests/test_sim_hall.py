@@ -106,25 +106,22 @@ def test_a_day_of_160_visitors_balances_and_its_waits_are_the_model_runs(tmp_pat
     hall, report, log, tickets, votes = play(tmp_path, options)
     assert_day_balances(hall, report, log, tickets, votes)
     assert report["pressed_again"] == 0  # without faults no press is lost
-    # A call can meet a queue emptied by another window a moment before (its panel still
-    # showed one waiting): rejected, counted, and the operator looks again. Nothing else.
-    assert all(r["key"] == "call" and "nothing waiting" in r["reason"]
-               for r in report["rejected"]), report["rejected"]
+    # An operator reads the panel once it shows what the central decided, so no press
+    # meets a stale panel: the central rejects none.
+    assert report["rejected"] == []
     plan = report["plan"]
     assert report["central"]["all"]["noshow"] == plan["no_shows"]
     chain = report["chain_ms"]
-    assert chain["press_to_panel"]["n"] >= report["calls"] and chain["call_to_display"]["n"]
+    assert chain["press_to_central"]["n"] >= report["calls"] and chain["call_to_display"]["n"]
+    assert chain["press_to_panel"]["n"] and chain["press_to_broker"]["n"]
     # The same plan through the central alone (sim/model.py): hall time is the hall's, not
     # the chain's, so the waits agree.
     ledger = run_model(hall.plan, hall.breaks, hall.queue_config, tmp_path / "model.db",
                        seed=SEED, start=hall.opening)
     assert ledger.check() == []
     full, model = report["central"]["all"], ledger.report["all"]
-    assert close_enough(full["wait_avg_s"], model["wait_avg_s"]), (full, model)
-    # The p95 of 160 waits is the 8th longest: one visitor served by another window (a
-    # call that met a panel not yet updated) moves it; measured 500-571 s against 571 s.
-    assert abs(full["wait_p95_s"] - model["wait_p95_s"]) <= max(
-        60.0, 0.15 * model["wait_p95_s"]), (full, model)
+    for figure in ("wait_avg_s", "wait_p95_s"):
+        assert close_enough(full[figure], model[figure]), (figure, full, model)
     assert abs(full["over_norm_share"] - model["over_norm_share"]) <= max(
         0.1 * model["over_norm_share"], 0.02)
     print(f"{len(tickets)} tickets, {report['calls']} calls, {len(votes)} vote records, "
