@@ -144,9 +144,14 @@ class GatewayHost:
         self.started_at = time.monotonic()
         ready = threading.Event()
         threading.Thread(target=self._read, args=(self.proc, ready), daemon=True).start()
-        if not ready.wait(timeout):
-            raise SimError(f"the gateway did not start within {timeout:.0f} s; its log: "
-                           f"{self.log_path}")
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = (f"exited ({self.proc.returncode})" if self.proc.poll() is not None
+                       else f"did not start within {timeout:.0f} s")
+                tail = self.log_path.read_text(errors="replace").splitlines()[-5:]
+                raise SimError(f"the gateway {why}; the end of its log {self.log_path}:\n"
+                               + "\n".join(tail))
         return self
 
     def _read(self, proc, ready):

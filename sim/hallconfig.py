@@ -172,6 +172,8 @@ def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, ou
             like, dislike = button_pins(i)
             windows.append(f"\n[[windows]]\nnumber = {n}\nlike_pin = {like}\n"
                            f"dislike_pin = {dislike}\n")
+        else:  # its buttons are on the pad
+            windows.append(f"\n[[windows]]\nnumber = {n}\n")
     firmware = f'\n[firmware]\npublic_key = "{public_key}"\n' if public_key else ""
     path.write_text(f"""# written by hallgate sim
 [gateway]
