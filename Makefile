@@ -64,7 +64,7 @@ bench: setup
 firmware: setup
 	@test -n "$(KEY)" || { echo "make firmware KEY=PRIVATE.pem  (make one: $(BIN)/hallgate keygen --private PRIVATE.pem --public PUBLIC.pub)"; exit 2; }
 	mkdir -p build/firmware
-	for role in call-panel window-display; do \
+	for role in call-panel window-display feedback-pad; do \
 	  $(BIN)/hallgate firmware build --role $$role --key "$(KEY)" --out build/firmware/$$role.zip || exit 1; \
 	done
 

@@ -10,7 +10,7 @@
 #   uart_write(data)      send one reply (an RS-485 HAL drives DE around it)
 #   key_level(i, now)     1 while contact i (role.KEYS[i]) is closed
 #   display               .show(text) .light(on) .intensity(level)
-#   led(on), buzzer(on)   panel outputs
+#   led(on), buzzer(on)   panel outputs; led(on, i): the LED in key i (a feedback pad's)
 #   emit(kind, value)     observer channel: what a test or simulator may watch
 #                         (JSON lines on the unix HAL; nothing on a board)
 
@@ -47,7 +47,7 @@ class Core:
         long_keys = cfg["long_keys"]
         self.keys = [
             keypad.Key(
-                bus.KEYS.index(name) + 1,
+                (bus.KEYS + bus.VOTE_KEYS).index(name) + 1,  # the key's code
                 long=name in long_keys,
                 debounce_ms=cfg["debounce_ms"],
                 long_ms=cfg["long_ms"],

@@ -10,7 +10,9 @@ import json
 import bus
 
 # Board pins a HAL may use, by name (values are GPIO numbers); keys by their key names.
-PIN_NAMES = ("tx", "rx", "sck", "mosi", "cs", "led", "buzzer") + bus.KEYS
+KEY_NAMES = bus.KEYS + bus.VOTE_KEYS
+PIN_NAMES = ("tx", "rx", "sck", "mosi", "cs", "led", "buzzer", "like_led", "dislike_led")
+PIN_NAMES += KEY_NAMES
 
 # Integer fields: name -> (default, lowest, highest); a default of None means required.
 _INTS = {
@@ -21,11 +23,11 @@ _INTS = {
     "de_pin": (2, 0, 47),
     "spi_id": (0, 0, 9),
     "debounce_ms": (20, 1, 500),
-    "lockout_ms": (1000, 0, 60000),
+    "lockout_ms": (1000, 0, 60000),  # 0 on a feedback pad, see check()
     "long_ms": (800, 100, 10000),
     "queue_len": (32, 1, 1000),
     "brightness": (8, 0, 15),
-    "digits": (0, 0, 8),  # 0: the role's default (8 for a display, 4 for a panel)
+    "digits": (0, 0, 8),  # 0: the role's default (8 display, 4 panel, none on a pad)
     "rotate_ms": (3000, 500, 60000),
 }
 _OTHERS = ("role", "uart", "pins", "long_keys", "idle_text", "state_file")
@@ -59,9 +61,16 @@ def check(raw, state_file="state.json"):
     for name in raw:
         if name not in _INTS and name not in _OTHERS:
             raise ConfigError("config field %r is unknown" % (name,))
-    cfg = {}
+    role = raw.get("role")
+    if role not in bus.ROLES:
+        _fail("role", "one of %s" % ", ".join(bus.ROLES), role)
+    cfg = {"role": role}
     for name in _INTS:
         default, low, high = _INTS[name]
+        if name == "lockout_ms" and role == "feedback-pad":
+            # A pad passes every press on: the gateway keeps a too-fast one as misuse,
+            # as it does for its GPIO buttons; a lockout here would hide it.
+            default = 0
         value = raw.get(name, default)
         if value is None:
             raise ConfigError("config field %r is required" % name)
@@ -70,11 +79,7 @@ def check(raw, state_file="state.json"):
             _fail(name, "an integer %d-%d" % (low, high), value)
         cfg[name] = value
 
-    role = raw.get("role")
-    if role not in bus.ROLES:
-        _fail("role", "one of %s" % ", ".join(bus.ROLES), role)
-    cfg["role"] = role
-    if not cfg["digits"]:
+    if not cfg["digits"] and role != "feedback-pad":
         cfg["digits"] = 8 if role == "window-display" else 4
 
     uart = raw.get("uart")
@@ -96,8 +101,8 @@ def check(raw, state_file="state.json"):
     if not isinstance(long_keys, list):
         _fail("long_keys", "a list of key names", long_keys)
     for key in long_keys:
-        if key not in bus.KEYS:
-            _fail("long_keys", "key names from %s" % ", ".join(bus.KEYS), key)
+        if key not in KEY_NAMES:
+            _fail("long_keys", "key names from %s" % ", ".join(KEY_NAMES), key)
     cfg["long_keys"] = long_keys
 
     idle = raw.get("idle_text", "----")

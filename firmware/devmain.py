@@ -32,6 +32,8 @@ def start(path, boot=None):
     hal = board.Board(cfg)
     if cfg["role"] == "call-panel":
         from role_panel import CallPanel as Role
+    elif cfg["role"] == "feedback-pad":
+        from role_feedback import FeedbackPad as Role
     else:
         from role_display import WindowDisplay as Role
     from appcore import FIRMWARE, Core

@@ -4,8 +4,10 @@
 # high only while sending a reply, and low again the moment the last stop bit is out:
 # the master starts its next request right after our reply, and a transceiver still
 # driving the line would garble it. Keys: contacts to ground on pull-up inputs (active
-# low: a broken wire reads "open", never a stuck press). Display: MAX7219 on SPI.
-# Panel outputs: status LED on a GPIO, piezo buzzer on PWM.
+# low: a broken wire reads "open", never a stuck press). Display: MAX7219 on SPI (none
+# when the config's digits is 0, as on a feedback pad). Panel outputs: status LED on a
+# GPIO, piezo buzzer on PWM. Feedback pad outputs: an LED in each key ("like_led",
+# "dislike_led"), active high.
 #
 # An ESP32 HAL is this file with other default pins (and UART ids): the core and the
 # roles only see the methods below.
@@ -15,8 +17,6 @@ import time
 
 from machine import PWM, SPI, UART, Pin
 from micropython import const
-
-from max7219 import Max7219
 
 # Default GPIOs (see hardware/ for the wiring); the config's "pins" overrides any of them.
 PINS = {
@@ -35,6 +35,12 @@ PINS = {
     "pause": 11,
     "resume": 12,
     "redirect": 13,
+    # a feedback pad: its keys where a panel has call and recall, its key LEDs where a
+    # panel has its LED and buzzer (a pad has no display: sck, mosi and cs stay free)
+    "like": 6,
+    "dislike": 7,
+    "like_led": 14,
+    "dislike_led": 15,
 }
 _BUZZ_HZ = const(2700)  # the resonance of common piezo discs: loudest for the current
 _TX_DONE_MS = const(20)  # a reply (<= 134 bytes) takes 12 ms at 115200 baud; more is a fault
@@ -56,15 +62,21 @@ class Board:
             timeout=0,  # never wait inside read: the loop waits in poll
         )
         self._de = Pin(cfg["de_pin"], Pin.OUT, value=0)  # listen until we reply
-        spi = SPI(
-            cfg["spi_id"], baudrate=1_000_000, sck=Pin(pins["sck"]), mosi=Pin(pins["mosi"])
-        )
-        self.display = Max7219(spi, Pin(pins["cs"], Pin.OUT, value=1), cfg["digits"])
+        self.display = None
+        if cfg["digits"]:
+            from max7219 import Max7219  # only a board with digits pays for the driver
+
+            spi = SPI(
+                cfg["spi_id"], baudrate=1_000_000, sck=Pin(pins["sck"]), mosi=Pin(pins["mosi"])
+            )
+            self.display = Max7219(spi, Pin(pins["cs"], Pin.OUT, value=1), cfg["digits"])
         self._poll = select.poll()
         self._poll.register(self._uart, select.POLLIN)
+        self._names = ()
         self._keys = []
         self._led = None  # created on first use: a display board may use these GPIOs
         self._buzzer = None
+        self._key_leds = None
 
     # ---- bus ----------------------------------------------------------------------
 
@@ -90,15 +102,27 @@ class Board:
         self._uart.deinit()  # the boot loader resets the board next
 
     def setup_keys(self, names):
+        self._names = names
         self._keys = [Pin(self._pins[name], Pin.IN, Pin.PULL_UP) for name in names]
 
     def key_level(self, i, now):
         return 0 if self._keys[i].value() else 1  # active low: closed contact reads 0
 
-    def led(self, on):
-        if self._led is None:
-            self._led = Pin(self._pins["led"], Pin.OUT, value=0)
-        self._led.value(1 if on else 0)
+    def led(self, on, key=-1):
+        """The status LED (pin "led"), or the LED in key `key`, an index into the role's
+        KEYS (pin "<key name>_led"). Pins are made on first use."""
+        if key < 0:
+            if self._led is None:
+                self._led = Pin(self._pins["led"], Pin.OUT, value=0)
+            pin = self._led
+        else:
+            leds = self._key_leds
+            if leds is None:
+                leds = self._key_leds = [
+                    Pin(self._pins[name + "_led"], Pin.OUT, value=0) for name in self._names
+                ]
+            pin = leds[key]
+        pin.value(1 if on else 0)
 
     def buzzer(self, on):
         if self._buzzer is None:

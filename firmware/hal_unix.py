@@ -9,8 +9,9 @@
 #        state                          -> {"state": {...what is shown now...}}
 #        info                           -> {"info": {...counters, mem_free...}}
 #        quit                           stop (as does end of input)
-#   out: one JSON object per line, flushed: {"display"|"panel": ...} (the applied state,
-#        at start and whenever it changes), {"ready": ...} (the last line of start-up),
+#   out: one JSON object per line, flushed: {"display"|"panel"|"feedback": ...} (the
+#        applied state, at start and whenever it changes; a feedback pad's says what each
+#        key LED does: "on", "blink" or "off"), {"ready": ...} (the last line of start-up),
 #        {"event": ...}, {"dropped": ...}, {"ignored": ...}, {"identify": N},
 #        {"beep": MS}, {"fault": ...} (an exception the loop survived), {"error": ...}
 #        (a bad command line, or the bus gone).
@@ -158,8 +159,8 @@ class Board:
             pending = True
             prev = ms
 
-    def led(self, on):
-        pass  # the role reports the LED in `state`; a blinking LED would flood the channel
+    def led(self, on, key=-1):
+        pass  # the role reports its LEDs in `state`; a blinking LED would flood the channel
 
     def buzzer(self, on):
         pass  # beeps are reported by the role as {"beep": ms}

@@ -3,9 +3,10 @@
 Design note
 -----------
 Operations: whoever builds firmware runs `keygen` once and keeps the private key;
-`build` makes a bundle for a device role ("call-panel" or "window-display"); the
-gateway, USB flashing and OTA call `verify` (or `load`, which also hands out the
-files) with the public key from the gateway's config before using a byte of it.
+`build` makes a bundle for a device role ("call-panel", "window-display" or
+"feedback-pad"); the gateway, USB flashing and OTA call `verify` (or `load`, which also
+hands out the files) with the public key from the gateway's config before using a byte
+of it.
 Goals: nothing in a bundle is trusted before its signature checks; any change to a
 file, an added or a missing file, or an edited manifest is refused with a message
 naming the bundle and what is wrong; the bundle holds exactly the files the role's
@@ -82,6 +83,7 @@ BOARD_MODULES = {
 ROLE_MODULES = {
     "call-panel": ("role_panel",),
     "window-display": ("role_display",),
+    "feedback-pad": ("role_feedback",),
 }
 PROTOCOL_MODULES = ("bus", "otawire")  # from protocols/, the rest from firmware/
 # The boot loader: in the root of the board's flash, written by USB flashing only; every

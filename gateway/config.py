@@ -271,8 +271,8 @@ class GpioPanel:
 class Window:
     number: int = key(int, doc="window number (per site), unique in the file", lo=WINDOWS[0],
                       hi=WINDOWS[1])
-    like_pin: int | None = pin("like button; needs dislike_pin")
-    dislike_pin: int | None = pin("dislike button; needs like_pin")
+    like_pin: int | None = pin("like button; needs dislike_pin; not with a feedback-pad")
+    dislike_pin: int | None = pin("dislike button; needs like_pin; not with a feedback-pad")
     like_led_pin: int | None = pin("LED in/at the like button; needs like_pin")
     dislike_led_pin: int | None = pin("LED in/at the dislike button; needs dislike_pin")
     panel: GpioPanel | None = key(GpioPanel, None, "call panel on GPIO")
@@ -745,6 +745,7 @@ def _cross_check(top, ctx):
         for p in more:
             ctx.problem(p, f"window {n} already has a call panel: {ctx.at(first)}; "
                            f"one call panel per window")
+    _check_vote_sources(devices, windows, ctx)
 
     if "windows" not in top or any("number" not in w for w in windows):
         return
@@ -764,6 +765,31 @@ def _cross_check(top, ctx):
         if not ctx.has_failed(("windows", j)):
             ctx.problem(("windows", j), f"window {w['number']} has no device: no bus device "
                                         f"serves it, no like/dislike buttons, no [windows.panel]")
+
+
+def _check_vote_sources(devices, windows, ctx):
+    """A window's votes come from one source: its like / dislike pair on GPIO, or one
+    feedback pad on a bus. Two would judge the same visitor's presses twice, and only one
+    set of LEDs would say which vote counted."""
+    pads = defaultdict(list)  # window -> key paths of its feedback pads
+    for path, d in devices:
+        if d.get("role") == "feedback-pad" and "window" in d:
+            pads[d["window"]].append(path)
+    gpio = {}  # window -> key path of its like (or dislike) pin
+    for j, w in enumerate(windows):
+        pin = next((k for k in ("like_pin", "dislike_pin") if k in w), None)
+        if pin and "number" in w:
+            gpio[w["number"]] = ("windows", j, pin)
+    for n, paths in pads.items():
+        first, *more = sorted(paths, key=lambda p: ctx.line(p) or 0)
+        if n in gpio:
+            more = [first, *more]
+            first = gpio[n]
+        what = ("has like / dislike buttons on GPIO" if first[0] == "windows"
+                else "already has a feedback pad")
+        for p in more:
+            ctx.problem(p, f"window {n} {what}: {ctx.at(first)}; a window's votes come "
+                           f"from one source: its like_pin / dislike_pin or one feedback-pad")
 
 
 def _check_mqtt(m, ctx):

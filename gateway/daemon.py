@@ -65,6 +65,13 @@ def _str(path):
     return None if path is None else str(path)
 
 
+def _bus_keys(bus_name, addr, boot, seq):
+    """The outbox's dedupe keys of a bus device's event: a copy the device sends again
+    (after a lost ack, or a gateway restart) is stored once."""
+    stream = f"bus:{bus_name}:{addr}"
+    return {"source": f"{stream}:b{boot}:s{seq}", "stream": stream}
+
+
 def sd_notify(message):
     """systemd's notify protocol: one datagram to $NOTIFY_SOCKET; a no-op outside systemd."""
     path = os.environ.get("NOTIFY_SOCKET")
@@ -181,18 +188,10 @@ class Gateway:
             )
         return masters
 
-    def _make_feedback(self, pin_factory):
-        from hallgate.gateway.feedback import FeedbackButtons, FeedbackPanel, Timings
+    def _make_feedback(self, pin_factory):  # GPIO buttons and feedback pads, by window
+        from hallgate.gateway.feedback import make_feedback
 
-        timings = Timings.from_config(self.config.timings)
-        panels = [
-            FeedbackPanel(w.number, w.like_pin, w.dislike_pin, w.like_led_pin,
-                          w.dislike_led_pin, on_vote=self.on_gpio_press, timings=timings,
-                          pin_factory=pin_factory)
-            for w in self.config.windows
-            if w.like_pin is not None
-        ]
-        return FeedbackButtons(panels) if panels else None
+        return make_feedback(self.config, self.masters, self.on_gpio_press, pin_factory)
 
     def _make_gpio_panels(self, pin_factory):
         from hallgate.gateway.gpio import Sampler
@@ -228,12 +227,17 @@ class Gateway:
     def on_bus_event(self, bus_name, addr, ev):
         """Called by the bus master; returning means taken (the device gets its ack)."""
         dev = self.devices.get((bus_name, addr))
-        if dev is None or not 1 <= ev.key <= len(bus.KEYS) or ev.action not in (1, 2):
-            # Not an operator key we know: reported, and taken so it does not block the
+        pad = dev is not None and dev.role == "feedback-pad"
+        if dev is None or ev.key_name not in (bus.VOTE_KEYS if pad else bus.KEYS) or (
+                ev.action not in (1, 2)):
+            # Not a key this device has: reported, and taken so it does not block the
             # device's queue forever.
             self.event_rejects += 1
             self.link.publish_error("device-event", f"bus {bus_name} device {addr}: {ev!r} "
                                     "is not a known key event; dropped")
+            return
+        if pad:  # a vote: judged by the window's feedback rules, stored by on_gpio_press
+            self.feedback[dev.window].take(ev)
             return
         pressed = time.time() - ev.age_ds / 10
         fields = {
@@ -241,13 +245,18 @@ class Gateway:
             "ts": utc_ts(pressed),
             "source": {"bus": bus_name, "address": addr, "boot": ev.boot, "seq": ev.seq},
         }
-        self._store(dev.window, fields, source=f"bus:{bus_name}:{addr}:b{ev.boot}:s{ev.seq}",
-                    stream=f"bus:{bus_name}:{addr}")
+        self._store(dev.window, fields, **_bus_keys(bus_name, addr, ev.boot, ev.seq))
 
     def on_gpio_press(self, window, record):
-        """Called for feedback buttons and GPIO call panels; returning means taken."""
+        """Called for votes (GPIO buttons, feedback pads) and GPIO call panels; returning
+        means taken."""
         fields = {k: v for k, v in record.items() if k != "window"}
-        self._store(window, fields)
+        src = fields.get("source") or {}
+        if "bus" in src:  # a feedback pad's press: kept once per device event, as keys are
+            self._store(window, fields, **_bus_keys(src["bus"], src["address"], src["boot"],
+                                                    src["seq"]))
+        else:
+            self._store(window, fields)
 
     def _store(self, window, fields, **kw):
         try:

@@ -1,29 +1,47 @@
-"""Like / dislike feedback buttons at each window, wired to the Pi's GPIO.
+"""Like / dislike feedback buttons at each window: on the Pi's GPIO, or on a feedback pad
+on the RS-485 bus.
 
 Design note
 -----------
 Operations: the central service opens voting on a window for a ticket (retained `vote`
 topic, with a version) and closes it; the MQTT side calls `open_vote` / `close_vote` on that
-window's `FeedbackPanel`. Visitors press like or dislike. Every press is handed to
+window's `FeedbackPanel` (buttons on GPIO) or `FeedbackPad` (a feedback-pad device on a
+bus: firmware/role_feedback.py). Visitors press like or dislike. Every press is handed to
 `on_vote(window, record)`, the gateway's way to the durable outbox.
 Goals: the rules of the best rating keypads - a vote only while voting is open; the buffer
 cleared when it opens; the first press is THE vote for the ticket; later and too-fast presses
-kept but flagged `misuse`, never dropped; an LED that invites and one that thanks. No press
-lost when the outbox refuses one for a while (full disk). Our own debounce (gateway/gpio.py),
+kept but flagged `misuse`, never dropped; an LED that invites and one that thanks. The same
+rules, records and LED looks whichever way a window's buttons are wired. No press lost
+when the outbox refuses one for a while (full disk). Our own debounce (gateway/gpio.py),
 the same on every pin factory.
 Plan: a ladder of small pieces, each one concern.
   `Timings`        the tunables, in the units of the hall config.
   `Ballot`         the voting rules of one window: pure, no pins, no clock of its own.
   `Delivery`       hands records to `on_vote` in order; keeps a bounded retry list.
-  `FeedbackLights` the LEDs: blink to invite, a short light to thank.
-  `FeedbackPanel`  one window: two `SampledButton`s + the three above; `poll()` samples it.
-  `FeedbackButtons` every panel of the gateway and the one `Sampler` thread polling them.
+  `FeedbackLights` the GPIO LEDs: blink to invite, a short light to thank.
+  `PadLights`      the same looks as a pad's desired state (bus.FeedbackState).
+  `FeedbackWindow` one window's rules, counters and records: the three above, no inputs.
+  `FeedbackPanel`  a FeedbackWindow whose buttons are two `SampledButton`s on GPIO;
+                   `poll()` samples them.
+  `FeedbackPad`    a FeedbackWindow whose buttons are a pad on the bus: the bus master
+                   hands its events to `take()`; `poll()` sends the LED state down.
+  `FeedbackButtons` every window of the gateway and the one `Sampler` thread polling them.
+
+Only the input and the output differ. A GPIO press is dated by its first sample and
+delivered through the retry list (the button cannot press again). A pad's press is dated
+by its bus event's age, and handed to `on_vote` at once, inside the bus master's callback:
+the master acks the event only when `on_vote` has returned (the outbox committed it), so
+if it raises the pad keeps the event and sends it again - the pad's own queue is its retry
+list - and the record judged the first time is handed again, never judged twice.
 
 Threads: `poll()` runs in the sampler thread and calls `on_vote` there, outside the
 panel's lock, so `open_vote`, `close_vote` and `state` (from the MQTT thread or anywhere)
 never wait for the outbox. But `on_vote` holds up sampling of every window while it runs:
 one taking a few ms (an SQLite WAL commit) costs only timestamp resolution; one that
 blocks longer than a quick jab lasts (~80 ms) can miss that jab. Keep it short.
+A pad's `take()` runs in the bus master's thread, under the master's lock; so nothing
+here calls the master while holding a window's lock (the MQTT thread holds that one in
+`open_vote`): the LED state is handed to the master by `poll()`, in the sampler thread.
 
 The record handed to `on_vote` is the event of the MQTT contract (protocols/MQTT.md,
 schemas/event.schema.json) without the fields the outbox adds (`id`, `gateway`, `seq`):
@@ -33,10 +51,13 @@ schemas/event.schema.json) without the fields the outbox adds (`id`, `gateway`, 
      "misuse": True,
      "misuse_reason": "too-fast",     # only with misuse: "closed", "too-fast", "already-voted"
      "ts": "2026-11-23T18:11:58.123Z",  # UTC, ms: when the contact first closed
-     "source": {"gpio": 17}}          # BCM number of the button's pin
+     "source": {"gpio": 17}}          # BCM number of the button's pin; from a pad:
+                                      # {"bus", "address", "boot", "seq"} of its event
 `ts` is the first sample that saw the contact closed (so within one sample period of the
 real edge), not the moment the debounce window ended; a bouncing press is dated by its
-first bounce. A record handed again after `on_vote` raised is the same dict, unchanged.
+first bounce. A pad's press is dated by the age its event carries (tenths of a second,
+counted from when the pad's debounce took it). A record handed again after `on_vote`
+raised is the same dict, unchanged.
 """
 
 import collections
@@ -48,12 +69,13 @@ import time
 from gpiozero import LED
 from hallgate.gateway.commands import utc_ts
 from hallgate.gateway.gpio import SampledButton, Sampler
+from hallgate.protocols import bus
 
 log = logging.getLogger(__name__)
 
-LIKE = "like"
-DISLIKE = "dislike"
+LIKE, DISLIKE = bus.VOTE_KEYS  # "like", "dislike": the pad's key names too
 VOTES = (LIKE, DISLIKE)
+PAD_ROLE = bus.ROLES[bus.ROLE_FEEDBACK_PAD - 1]  # "feedback-pad", as the hall config says
 
 # Why a press is flagged misuse (the record's "misuse_reason").
 CLOSED = "closed"  # voting is not open on this window (never opened, closed, timed out)
@@ -255,6 +277,17 @@ class Delivery:
                 log.info("window %s: on_vote works again", self.window)
                 self._retry_at = None
 
+    def hand(self, record):
+        """Hand one record at once, past the retry line: for a bus device's press, which
+        the device keeps (and sends again) until it is taken, so the retrying is the
+        device's. Returns once taken; raises what `on_vote` raised."""
+        try:
+            self.on_vote(self.window, record)
+        except Exception:
+            self.callback_errors += 1
+            raise
+        self.delivered += 1
+
     def drain(self):
         """Last attempt (at close): try each waiting record once more; drop what fails."""
         self._retry_at = None
@@ -333,34 +366,76 @@ class FeedbackLights:
         self._mode = "off"
 
 
-class FeedbackPanel:
-    """One window's like / dislike buttons and their LEDs, with the voting rules.
+class PadLights:
+    """The LEDs in a feedback pad's keys, with the calls and modes of `FeedbackLights`:
+    each call sets the pad's desired state (`state`, a bus.FeedbackState) and counts a
+    change; the pad's owner hands the state to the bus master, which sends it with SET.
+    The pad blinks and times the thank-you itself (firmware/role_feedback.py), as the GPIO
+    LEDs look: both blink (0.5 s on, 0.5 s off) to invite, the voted key's LED steady for
+    ack_s to thank. `clock` is the owner's: a thank-you ends on it.
 
-    Buttons between their pin and ground (the Pi's pull-ups are used); LEDs optional.
-    `poll()` samples the buttons once and delivers what came of it; `FeedbackButtons`
-    calls it from its sampler thread, tests may call it directly with a fake clock.
-    `open_vote` / `close_vote` / `state` may be called from any thread.
-
-    >>> from gpiozero import Device
-    >>> from gpiozero.pins.mock import MockFactory
-    >>> Device.pin_factory = MockFactory()
-    >>> got = []
-    >>> now = [0.0]
-    >>> panel = FeedbackPanel(5, like_pin=17, dislike_pin=27,
-    ...                       on_vote=lambda w, r: got.append(r), clock=lambda: now[0])
-    >>> panel.open_vote("A042", version=1)
-    True
-    >>> Device.pin_factory.pin(17).drive_low()       # like, held
-    >>> for t in (0.01, 0.02, 0.03, 0.04):
-    ...     now[0] = t; panel.poll()
-    >>> [(r["vote"], r["ticket"], r["misuse"]) for r in got]
-    [('like', 'A042', False)]
-    >>> panel.close()
+    >>> lights = PadLights(ack_s=1.5, clock=lambda: 0.0)
+    >>> lights.invite(); lights.state            # (invite, thank, ack_ds)
+    (True, None, 0)
+    >>> lights.thank(LIKE); lights.mode, lights.state
+    ('thanking', (False, 'like', 15))
     """
 
-    def __init__(self, window, like_pin, dislike_pin, like_led_pin=None, dislike_led_pin=None,
-                 *, on_vote, timings=None, clock=time.monotonic, wallclock=time.time,
-                 pin_factory=None):
+    def __init__(self, *, ack_s=1.5, clock=time.monotonic):
+        self.ack_s = ack_s
+        self._clock = clock
+        self.state = bus.FeedbackState()
+        self.changes = 1  # bumped by every call that sets a state (the first: off)
+        self._mode = "off"
+        self._thank_until = 0.0
+
+    @property
+    def mode(self):
+        """What the LEDs are doing: "inviting", "thanking" or "off"."""
+        if self._mode == "thanking" and self._clock() >= self._thank_until:
+            self._set("off", bus.FeedbackState())  # the pad went dark by itself; so do we
+        return self._mode
+
+    def tick(self):
+        """End a thank-you whose time is up (the desired state then says off, so a pad
+        that restarts later does not thank again)."""
+        return self.mode
+
+    def _set(self, mode, state):
+        self._mode = mode
+        self.state = state
+        self.changes += 1
+
+    def invite(self):
+        self._set("inviting", bus.FeedbackState(invite=True))
+
+    def thank(self, vote):
+        """Stop inviting; the pressed key's LED steady for ack_s, then off."""
+        ack_ds = min(round(self.ack_s * 10), 255)
+        if ack_ds <= 0:
+            self.off()
+            return
+        self._set("thanking", bus.FeedbackState(thank=vote, ack_ds=ack_ds))
+        self._thank_until = self._clock() + self.ack_s
+
+    def off(self):
+        self._set("off", bus.FeedbackState())
+
+    def close(self):
+        self.off()
+
+
+class FeedbackWindow:
+    """One window's votes: the rules (`Ballot`), the records and their hand-over
+    (`Delivery`), the counters and the LEDs (`lights`), whatever the wiring. Subclasses
+    say where presses come from (`FeedbackPanel`: GPIO; `FeedbackPad`: a bus device) and
+    make `lights`; both are polled by `FeedbackButtons`' sampler.
+
+    `open_vote` / `close_vote` / `state` may be called from any thread.
+    """
+
+    def __init__(self, window, *, on_vote, timings=None, clock=time.monotonic,
+                 wallclock=time.time):
         if not callable(on_vote):
             raise TypeError("on_vote must be callable(window, record)")
         self.window = window
@@ -374,25 +449,13 @@ class FeedbackPanel:
                              window_s=t.vote_window_s)
         self.delivery = Delivery(on_vote, window, retry_s=t.retry_ms / 1000,
                                  max_pending=t.retry_max)
-        self.buttons = {}
-        self.lights = None
-        try:
-            for vote, pin in ((LIKE, like_pin), (DISLIKE, dislike_pin)):
-                self.buttons[vote] = SampledButton(pin, debounce_s=t.debounce_ms / 1000,
-                                                   pin_factory=pin_factory)
-            self.lights = FeedbackLights(
-                like_led_pin, dislike_led_pin, invite_on_s=t.invite_on_ms / 1000,
-                invite_off_s=t.invite_off_ms / 1000, ack_s=t.vote_ack_ms / 1000,
-                pin_factory=pin_factory)
-        except BaseException:
-            self._close_devices()
-            raise
+        self.lights = None  # made by the subclass: FeedbackLights or PadLights
         self.presses = 0
         self.votes = 0
         self.misuse = dict.fromkeys(REASONS, 0)
 
     def __repr__(self):
-        return f"<FeedbackPanel window={self.window!r}>"
+        return f"<{type(self).__name__} window={self.window!r}>"
 
     def open_vote(self, ticket, version, timeout_s=None):
         """Open voting for `ticket` (clears the buffer, LEDs invite). Returns False, and
@@ -421,25 +484,7 @@ class FeedbackPanel:
             return True
 
     def poll(self):
-        """Sample both buttons once, judge any press, deliver what is waiting."""
-        with self._poll_lock:
-            if self._closed:
-                return
-            now = self._clock()
-            with self._lock:
-                if self.ballot.expire(now):
-                    log.info("window %s: voting for %s timed out", self.window,
-                             self.ballot.ticket)
-                    if self.lights.mode == "inviting":
-                        self.lights.off()
-                pressed = []
-                for vote, button in self.buttons.items():
-                    onset = button.poll(now)
-                    if onset is not None:
-                        pressed.append((onset, vote))
-                for onset, vote in sorted(pressed):
-                    self.delivery.add(self._judge(vote, onset, now))
-            self.delivery.flush(now)
+        raise NotImplementedError
 
     def state(self):
         """A snapshot for status and debugging (a plain dict)."""
@@ -459,13 +504,16 @@ class FeedbackPanel:
                 "misuse": sum(self.misuse.values()),
                 "misuse_by_reason": dict(self.misuse),
                 "delivered": self.delivery.delivered,
-                "pending": self.delivery.pending,
+                "pending": self._pending(),
                 "callback_errors": self.delivery.callback_errors,
                 "dropped": self.delivery.dropped,
             }
 
+    def _pending(self):
+        return self.delivery.pending
+
     def close(self, timeout=5.0):
-        """Stop sampling this panel, make a last delivery attempt (what still fails is
+        """Stop polling this window, make a last delivery attempt (what still fails is
         dropped, counted and logged), LEDs off, pins released. Idempotent.
 
         Bounded: if a poll is still inside `on_vote` after `timeout` seconds, the pins are
@@ -489,7 +537,16 @@ class FeedbackPanel:
         finally:
             self._poll_lock.release()
 
-    def _judge(self, vote, onset, now):
+    def _expire(self, now):
+        """Close voting if its time is up (call with the lock held)."""
+        if self.ballot.expire(now):
+            log.info("window %s: voting for %s timed out", self.window, self.ballot.ticket)
+            if self.lights.mode == "inviting":
+                self.lights.off()
+
+    def _judge(self, vote, onset, now, source):
+        """The record of one press whose contact closed at `onset` (call with the lock
+        held): judged by the ballot, counted, thanked if it is the vote."""
         misuse, reason = self.ballot.press(vote, onset)
         self.presses += 1
         if misuse:
@@ -505,22 +562,178 @@ class FeedbackPanel:
             "ticket": None if reason == CLOSED else self.ballot.ticket,
             "misuse": misuse,
             "ts": utc_ts(self._wallclock() - (now - onset)),
-            "source": {"gpio": self.buttons[vote].gpio},
+            "source": source,
         }
         if misuse:
             record["misuse_reason"] = reason
         return record
 
     def _close_devices(self):
-        for button in self.buttons.values():
-            button.close()
         if self.lights is not None:
             self.lights.off()
             self.lights.close()
 
 
+class FeedbackPanel(FeedbackWindow):
+    """One window's like / dislike buttons on GPIO and their LEDs, with the voting rules.
+
+    Buttons between their pin and ground (the Pi's pull-ups are used); LEDs optional.
+    `poll()` samples the buttons once and delivers what came of it; `FeedbackButtons`
+    calls it from its sampler thread, tests may call it directly with a fake clock.
+
+    >>> from gpiozero import Device
+    >>> from gpiozero.pins.mock import MockFactory
+    >>> Device.pin_factory = MockFactory()
+    >>> got = []
+    >>> now = [0.0]
+    >>> panel = FeedbackPanel(5, like_pin=17, dislike_pin=27,
+    ...                       on_vote=lambda w, r: got.append(r), clock=lambda: now[0])
+    >>> panel.open_vote("A042", version=1)
+    True
+    >>> Device.pin_factory.pin(17).drive_low()       # like, held
+    >>> for t in (0.01, 0.02, 0.03, 0.04):
+    ...     now[0] = t; panel.poll()
+    >>> [(r["vote"], r["ticket"], r["misuse"]) for r in got]
+    [('like', 'A042', False)]
+    >>> panel.close()
+    """
+
+    def __init__(self, window, like_pin, dislike_pin, like_led_pin=None, dislike_led_pin=None,
+                 *, on_vote, timings=None, clock=time.monotonic, wallclock=time.time,
+                 pin_factory=None):
+        super().__init__(window, on_vote=on_vote, timings=timings, clock=clock,
+                         wallclock=wallclock)
+        t = self.timings
+        self.buttons = {}
+        try:
+            for vote, pin in ((LIKE, like_pin), (DISLIKE, dislike_pin)):
+                self.buttons[vote] = SampledButton(pin, debounce_s=t.debounce_ms / 1000,
+                                                   pin_factory=pin_factory)
+            self.lights = FeedbackLights(
+                like_led_pin, dislike_led_pin, invite_on_s=t.invite_on_ms / 1000,
+                invite_off_s=t.invite_off_ms / 1000, ack_s=t.vote_ack_ms / 1000,
+                pin_factory=pin_factory)
+        except BaseException:
+            self._close_devices()
+            raise
+
+    def poll(self):
+        """Sample both buttons once, judge any press, deliver what is waiting."""
+        with self._poll_lock:
+            if self._closed:
+                return
+            now = self._clock()
+            with self._lock:
+                self._expire(now)
+                pressed = []
+                for vote, button in self.buttons.items():
+                    onset = button.poll(now)
+                    if onset is not None:
+                        pressed.append((onset, vote))
+                for onset, vote in sorted(pressed):
+                    source = {"gpio": self.buttons[vote].gpio}
+                    self.delivery.add(self._judge(vote, onset, now, source))
+            self.delivery.flush(now)
+
+    def _close_devices(self):
+        for button in self.buttons.values():
+            button.close()
+        super()._close_devices()
+
+
+class FeedbackPad(FeedbackWindow):
+    """One window's like / dislike keys on a feedback pad on the bus (role "feedback-pad",
+    firmware/role_feedback.py), with the voting rules.
+
+    `master` is the BusMaster of the pad's bus, `bus_name` and `address` where the pad is.
+    The master hands the pad's key events to `take()` (the gateway's on_event does);
+    `poll()`, from FeedbackButtons' sampler, closes voting when its time is up and hands
+    the LEDs' state to the master, which sends it to the pad with SET.
+
+    >>> from hallgate.gateway.master import Book
+    >>> book, got, now = Book(), [], [10.0]
+    >>> pad = FeedbackPad(41, book, "hall", 21, on_vote=lambda w, r: got.append(r),
+    ...                   clock=lambda: now[0])
+    >>> pad.open_vote("A042", version=1); pad.poll()
+    True
+    >>> book.devices[21].desired                 # bus.FeedbackState(invite=True)
+    (True, None, 0)
+    >>> now[0] = 12.0
+    >>> pad.take(bus.Event(boot=1, seq=1, key=9, age_ds=5))   # like, pressed 0.5 s ago
+    >>> [(r["vote"], r["ticket"], r["misuse"], r["source"]["address"]) for r in got]
+    [('like', 'A042', False, 21)]
+    >>> pad.poll(); book.devices[21].desired     # thanks for the like, 1.5 s
+    (False, 'like', 15)
+    """
+
+    def __init__(self, window, master, bus_name, address, *, on_vote, timings=None,
+                 clock=time.monotonic, wallclock=time.time):
+        super().__init__(window, on_vote=on_vote, timings=timings, clock=clock,
+                         wallclock=wallclock)
+        self.master = master  # BusMaster (or a Book): its set_state(address, state, renew)
+        self.bus = bus_name
+        self.address = address
+        self.lights = PadLights(ack_s=self.timings.vote_ack_ms / 1000, clock=clock)
+        self._sent = 0  # lights.changes last handed to the master
+        self._held = None  # (event ident, record): judged, not yet taken by on_vote
+
+    def __repr__(self):
+        return f"<FeedbackPad window={self.window!r} bus={self.bus!r} address={self.address}>"
+
+    def take(self, ev):
+        """A press on the pad: its bus.Event (key like or dislike). Judged by the rules as
+        a GPIO press is, dated by the event's age, and handed to on_vote at once; returns
+        once on_vote took it, and the master then acks the event. If on_vote raises, so
+        does this: the pad keeps the event and sends it again, and the record judged the
+        first time is handed again (the same dict), not judged a second time."""
+        vote = ev.key_name
+        if vote not in VOTES:
+            raise ValueError(f"{ev!r} is not a like or dislike key event")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"window {self.window}: feedback pad closed")
+            held = self._held
+            if held is None or held[0] != ev.ident:
+                now = self._clock()
+                self._expire(now)
+                source = {"bus": self.bus, "address": self.address, "boot": ev.boot,
+                          "seq": ev.seq}
+                held = self._held = (ev.ident, self._judge(vote, now - ev.age_ds / 10, now,
+                                                           source))
+        self.delivery.hand(held[1])
+        with self._lock:
+            if self._held is held:
+                self._held = None
+
+    def poll(self):
+        """Close voting when its time is up, end a thank-you, and hand the LEDs' state to
+        the bus master when it changed (a new version even for the same state: a new
+        invitation starts its blink afresh)."""
+        with self._poll_lock:
+            if self._closed:
+                return
+            with self._lock:
+                self._expire(self._clock())
+                self.lights.tick()
+                changes, state = self.lights.changes, self.lights.state
+            if changes != self._sent:
+                # Outside the window's lock: the master's thread holds the master's lock
+                # when it calls take(), which takes the window's.
+                self.master.set_state(self.address, state, renew=True)
+                self._sent = changes
+
+    def state(self):
+        out = super().state()
+        out["source"] = {"bus": self.bus, "address": self.address}
+        return out
+
+    def _pending(self):
+        return self.delivery.pending + (self._held is not None)
+
+
 class FeedbackButtons:
-    """Every feedback panel of the gateway, sampled by one thread.
+    """Every feedback window of the gateway (FeedbackPanel or FeedbackPad, one a window),
+    polled by one thread.
 
     >>> from gpiozero import Device
     >>> from gpiozero.pins.mock import MockFactory
@@ -558,7 +771,7 @@ class FeedbackButtons:
         return self.panels[window].close_vote(version)
 
     def state(self):
-        """{window: FeedbackPanel.state()} for every panel."""
+        """{window: FeedbackPanel.state() or FeedbackPad.state()} for every window."""
         return {w: p.state() for w, p in self.panels.items()}
 
     def start(self):
@@ -577,3 +790,27 @@ class FeedbackButtons:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def make_feedback(config, masters, on_vote, pin_factory=None):
+    """FeedbackButtons for the windows of a hall config (gateway/config.py) that take
+    votes: a like / dislike pair on GPIO (FeedbackPanel), or a feedback pad on a bus
+    (FeedbackPad, driven through `masters`, {bus name: BusMaster}); None if none does.
+    The config's check makes sure a window has at most one of them."""
+    timings = Timings.from_config(config.timings)
+    windows = []
+    try:
+        for w in config.windows:
+            if w.like_pin is not None:
+                windows.append(FeedbackPanel(
+                    w.number, w.like_pin, w.dislike_pin, w.like_led_pin, w.dislike_led_pin,
+                    on_vote=on_vote, timings=timings, pin_factory=pin_factory))
+        for b, d in config.bus_devices():
+            if d.role == PAD_ROLE:
+                windows.append(FeedbackPad(d.window, masters[b.name], b.name, d.address,
+                                           on_vote=on_vote, timings=timings))
+        return FeedbackButtons(windows) if windows else None
+    except BaseException:
+        for w in windows:
+            w.close()
+        raise

@@ -113,7 +113,7 @@ class Device:
         self.misses = 0  # failed exchanges in a row
         self.info = None  # bus.Info from the last GET_INFO
         self.need_info = False  # a reboot was seen: fetch INFO again
-        self.desired = None  # DisplayState / PanelState to show
+        self.desired = None  # DisplayState / PanelState / FeedbackState to show
         self.version = 0  # its version (1-65535; 0: nothing desired yet)
         self.applied = None  # the version the device last reported (None: unknown)
         self.confirmed = False  # the device answered a SET of `version` in this session
@@ -519,9 +519,9 @@ class BusMaster:
             self.book.remove(addr)
 
     def set_state(self, addr, state, renew=False):
-        """Desire `state` (bus.DisplayState or bus.PanelState) on `addr`; returns its bus
-        version (a new one for a new state, or when `renew`). Raises ValueError if the state
-        cannot be sent. The next cycle sends it."""
+        """Desire `state` (a bus.DisplayState, PanelState or FeedbackState) on `addr`;
+        returns its bus version (a new one for a new state, or when `renew`). Raises
+        ValueError if the state cannot be sent. The next cycle sends it."""
         with self._lock:
             return self.book.set_state(addr, state, renew)
 

@@ -55,7 +55,12 @@ def _empty(p):
 
 def _set(p):
     role, version, state = bus.decode_set(p)
-    fields = {"role": bus.ROLES[role - 1], "version": version, "text": state.text}
+    fields = {"role": bus.ROLES[role - 1], "version": version}
+    if isinstance(state, tuple):  # a bus.FeedbackState
+        invite, thank, ack_ds = state
+        fields.update(invite=invite, thank=thank, ack_ds=ack_ds)
+        return fields
+    fields["text"] = state.text
     if isinstance(state, bus.DisplayState):
         fields.update(blink_s=state.blink_s, brightness=state.brightness)
     else:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hallgate import __version__
+from hallgate.protocols import bus
 from hallgate.sim.cli import add_sim_parser
 from hallgate.tools import (
     DEFAULT_STATUS,
@@ -377,7 +378,7 @@ def build_parser():
     p.add_argument("targets", nargs="*", type=int, metavar="ADDR",
                    help="device addresses (or --role)")
     p.add_argument("bundle", help="the signed bundle (.zip)")
-    p.add_argument("--role", choices=("call-panel", "window-display"),
+    p.add_argument("--role", choices=bus.ROLES,
                    help="every online device of this role")
     p.add_argument("--key", metavar="PUBLIC", help="public key to check the bundle with, "
                    "directly (the daemon uses its config's)")
@@ -441,7 +442,7 @@ def build_parser():
     fw_p = sub.add_parser("firmware", help="signed device firmware bundles: build, verify")
     fw_sub = fw_p.add_subparsers(dest="firmware_command", required=True, metavar="SUBCOMMAND")
     p = fw_sub.add_parser("build", help="build and sign the firmware bundle of a device role")
-    p.add_argument("--role", required=True, choices=("call-panel", "window-display"),
+    p.add_argument("--role", required=True, choices=bus.ROLES,
                    help="the device role the bundle is for")
     p.add_argument("--key", required=True, metavar="PRIVATE",
                    help="private key to sign with (from `hallgate keygen`)")

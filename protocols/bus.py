@@ -66,12 +66,16 @@ NAK_BAD_VALUE = 3
 NAK_WRONG_ROLE = 4
 
 # Roles; a role's code is its index + 1.
-ROLES = ("call-panel", "window-display")
+ROLES = ("call-panel", "window-display", "feedback-pad")
 ROLE_CALL_PANEL = 1
 ROLE_WINDOW_DISPLAY = 2
+ROLE_FEEDBACK_PAD = 3
 
-# Operator keys; a key's code is its index + 1.
+# Keys; a key's code is its index in KEYS + VOTE_KEYS, plus 1: a call panel's operator
+# keys (1-8), then a feedback pad's vote keys (9 like, 10 dislike). (No global for the
+# joined tuple: bus.py's globals sit just under a step where their table grows.)
 KEYS = ("call", "recall", "start", "finish", "noshow", "pause", "resume", "redirect")
+VOTE_KEYS = ("like", "dislike")
 
 # Key actions
 PRESS = 1
@@ -296,7 +300,20 @@ def decode_nak(payload):
     return payload[0], payload[1]
 
 
-class Event:
+class _State:
+    """A record equal to another of its class with the same fields (its astuple): one
+    __eq__ and __repr__ for the messages and states below, as each method costs every
+    device RAM. (astuple is each subclass's: a stub here would cost RAM too.)"""
+
+    def __eq__(self, other):
+        return type(other) is type(self) and (
+            self.astuple() == other.astuple())  # pyright: ignore[reportAttributeAccessIssue]
+
+    def __repr__(self):
+        return "%s%r" % (type(self).__name__, self.astuple())  # pyright: ignore
+
+
+class Event(_State):
     """A key event as a device reports it.
 
     boot: the device's boot counter (low 8 bits), so sequence numbers restarted by a
@@ -319,14 +336,13 @@ class Event:
 
     @property
     def key_name(self):
-        return KEYS[self.key - 1] if 1 <= self.key <= len(KEYS) else "key%d" % self.key
+        names = KEYS + VOTE_KEYS
+        n = self.key
+        return names[n - 1] if 1 <= n <= len(names) else "key%d" % n
 
     @property
     def action_name(self):
         return ACTIONS[self.action - 1] if 1 <= self.action <= len(ACTIONS) else "?"
-
-    def __eq__(self, other):
-        return isinstance(other, Event) and self.astuple() == other.astuple()
 
     def astuple(self):
         return (self.boot, self.seq, self.key, self.action, self.age_ds, self.pending)
@@ -366,7 +382,7 @@ def decode_event(payload):
     return Event(*struct.unpack(_EVENT, payload))
 
 
-class Info:
+class Info(_State):
     """What a device says of itself in reply to GET_INFO."""
 
     FIELDS = (
@@ -419,8 +435,7 @@ class Info:
         d["firmware"] = self.firmware_text
         return d
 
-    def __eq__(self, other):
-        return isinstance(other, Info) and self.asdict() == other.asdict()
+    astuple = asdict  # what _State compares (its repr is the one below)
 
     def __repr__(self):
         return "Info(%r)" % self.asdict()
@@ -466,10 +481,7 @@ def decode_info(payload):
 # stores it with what it shows and reports it in every STATUS, so the master resends the
 # state whenever the two differ (after a reboot the device reports 0).
 
-DISPLAY_BLINK = 1  # flag: blink the text for blink_s seconds after it is applied
-
-
-class DisplayState:
+class DisplayState(_State):
     """What a window display shows: text (empty = the device's idle text), blink, brightness."""
 
     def __init__(self, text="", blink_s=0, brightness=8):
@@ -480,18 +492,12 @@ class DisplayState:
     def astuple(self):
         return (self.text, self.blink_s, self.brightness)
 
-    def __eq__(self, other):
-        return isinstance(other, DisplayState) and self.astuple() == other.astuple()
-
-    def __repr__(self):
-        return "DisplayState(%r, blink_s=%d, brightness=%d)" % self.astuple()
-
 
 PANEL_TEA = 1  # flag: the called visitor waited over the norm
 PANEL_BEEP = 2  # flag: beep once when this state is applied
 
 
-class PanelState:
+class PanelState(_State):
     """What an operator panel shows: ticket, mode, queue length, the called visitor's wait."""
 
     def __init__(self, text="", mode=0, queue=0, wait_s=0, tea=False, beep=False):
@@ -505,15 +511,31 @@ class PanelState:
     def astuple(self):
         return (self.text, self.mode, self.queue, self.wait_s, self.tea, self.beep)
 
-    def __eq__(self, other):
-        return isinstance(other, PanelState) and self.astuple() == other.astuple()
 
-    def __repr__(self):
-        return "PanelState(%r, mode=%d, queue=%d, wait_s=%d, tea=%r, beep=%r)" % self.astuple()
+# A feedback pad's SET flags: bit 0 invite (both LEDs blink: voting is open), bit 1 thank
+# like, bit 2 thank dislike (that key's LED steady for ack_ds after the state is applied;
+# never both). Bits 3-7 are reserved (0).
+
+
+def FeedbackState(invite=False, thank=None, ack_ds=0):
+    """What a feedback pad's two LEDs show, as the tuple (invite, thank, ack_ds): the
+    invitation while voting is open (invite: both blink), the thank-you after a counted
+    vote (thank: "like" or "dislike", that key's LED steady for ack_ds tenths of a second
+    from when the state is applied, then as invite says), or nothing.
+
+    A plain tuple rather than a class like the other states: a class costs every device
+    about 400 bytes of RAM (on the unix port), most of them not pads, and the heap an
+    update over the bus needs has little more to spare than that.
+
+    >>> FeedbackState(thank="like", ack_ds=15)
+    (False, 'like', 15)
+    """
+    return (invite, thank, ack_ds)
 
 
 def encode_set(addr, version, state):
-    """SET carrying a DisplayState or a PanelState under a version (1-65535)."""
+    """SET carrying a DisplayState, PanelState or FeedbackState (tuple) under a version
+    (1-65535)."""
     if not 1 <= version <= 0xFFFF:
         raise ValueError("state version %d out of range 1-65535" % version)
     if isinstance(state, DisplayState):
@@ -527,13 +549,21 @@ def encode_set(addr, version, state):
         flags = (PANEL_TEA if state.tea else 0) | (PANEL_BEEP if state.beep else 0)
         body = struct.pack("<BHBBHH", ROLE_CALL_PANEL, version, state.mode, flags,
                            _u16(state.queue), _u16(state.wait_s))
+    elif isinstance(state, tuple):
+        invite, thank, ack_ds = state  # a FeedbackState
+        flags = 1 if invite else 0  # (no text: the payload ends here)
+        if thank is not None:
+            flags |= 2 << VOTE_KEYS.index(thank)  # ValueError for another name
+        return encode(addr, SET, struct.pack("<BHBB", ROLE_FEEDBACK_PAD, version, flags,
+                                             min(max(ack_ds, 0), 255)))
     else:
         raise ValueError("unknown state %r" % (state,))
     return encode(addr, SET, body + _text(state.text))
 
 
 def decode_set(payload):
-    """(role code, version, DisplayState or PanelState); ValueError if malformed."""
+    """(role code, version, DisplayState, PanelState or FeedbackState tuple); ValueError
+    if malformed."""
     if len(payload) < 3:
         raise ValueError("SET payload of %d bytes is too short" % len(payload))
     role = payload[0]
@@ -564,4 +594,11 @@ def decode_set(payload):
         return role, version, PanelState(
             text, mode, queue, wait_s, bool(flags & PANEL_TEA), bool(flags & PANEL_BEEP)
         )
+    if role == ROLE_FEEDBACK_PAD:
+        _need(payload, (5,), "pad SET")
+        flags = payload[3]
+        if flags > 5:  # 6 and 7 would thank for both keys, 8 and up are reserved
+            raise ValueError("pad flags %d out of range" % flags)
+        thank = VOTE_KEYS[flags >> 2] if flags & 6 else None
+        return role, version, (bool(flags & 1), thank, payload[4])  # a FeedbackState
     raise ValueError("SET for unknown role %d" % role)

@@ -163,7 +163,7 @@ class FirmwareDevice:
         }
         self.config.update(config)
         self.config_path.write_text(json.dumps(self.config, indent=1))
-        self.kind = "panel" if role == "call-panel" else "display"
+        self.kind = {"call-panel": "panel", "feedback-pad": "feedback"}.get(role, "display")
         self.proc = None
         self.ready = None  # the "ready" message of this run
         self.messages = []

@@ -47,12 +47,18 @@ class VoteButtons:
             return False
         if self.pad is None:
             return True
-        try:
-            self.pad.wait_for(lambda m: "feedback" in m and m["feedback"].get("open"),
-                              timeout)
-            return True
-        except DeviceError:
-            return False
+        deadline = time.monotonic() + timeout
+        while True:  # the pad's LEDs, as its firmware drives them
+            mark = self.pad.mark()
+            if (self.pad.shown() or {}).get("invite"):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self.pad.wait_for(lambda m: "feedback" in m, min(ANSWER_SLICE_S, left), mark)
+            except DeviceError:
+                pass
 
     def press(self, vote):
         if self.pad is not None:

@@ -16,7 +16,8 @@ from harness import hallgate
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 
-ROLE_ONLY = {"call-panel": "role_panel", "window-display": "role_display"}
+ROLE_ONLY = {"call-panel": "role_panel", "window-display": "role_display",
+             "feedback-pad": "role_feedback"}
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,8 @@ def test_build_and_verify_round_trip(built, keys, role):
     assert (manifest.role, manifest.version, manifest.compiled) == (role, "1.2.3", True)
     assert manifest.mpy == {"version": "6.3", "arch": "armv6m"}
     assert set(manifest.files) == set(files) == expected_names(role)
-    other = ROLE_ONLY["window-display" if role == "call-panel" else "call-panel"]
-    assert not {"hal_unix.mpy", "cpython.mpy", other + ".mpy"} & set(files)
+    others = {m + ".mpy" for r, m in ROLE_ONLY.items() if r != role}
+    assert not {"hal_unix.mpy", "cpython.mpy"} & set(files) and not others & set(files)
     for name, data in files.items():
         assert manifest.files[name].sha256 == hashlib.sha256(data).hexdigest()
         assert manifest.files[name].size == len(data)
@@ -126,8 +127,7 @@ def test_role_files_are_what_main_imports_on_a_pico(role):
     modules left out) is exactly the bundle's module list."""
     local = {p.stem: p for p in FIRMWARE.glob("*.py")} | {
         m: ROOT / f"protocols/{m}.py" for m in bundle.PROTOCOL_MODULES}
-    skip = {"hal_unix", "cpython", ROLE_ONLY["window-display" if role == "call-panel"
-                                             else "call-panel"]}
+    skip = {"hal_unix", "cpython"} | {m for r, m in ROLE_ONLY.items() if r != role}
     seen, todo = set(), ["main"]
     while todo:
         mod = todo.pop()

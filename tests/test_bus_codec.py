@@ -121,6 +121,41 @@ def test_malformed_payloads_name_the_problem():
         bus.decode_event(b"\x00\x00\x00")
 
 
+def test_feedback_pad_role_keys_and_state():
+    assert bus.ROLES[bus.ROLE_FEEDBACK_PAD - 1] == "feedback-pad"
+    assert [(bus.KEYS + bus.VOTE_KEYS).index(k) + 1 for k in bus.VOTE_KEYS] == [9, 10]
+    assert [bus.Event(1, 1, k).key_name for k in (1, 5)] == ["call", "noshow"]
+    assert [bus.Event(1, 1, k).key_name for k in (8, 9, 10, 11)] == [
+        "redirect", "like", "dislike", "key11"]
+    info = bus.Info(bus.ROLE_FEEDBACK_PAD, (0, 1, 0), 41)
+    assert info.role_name == "feedback-pad"
+    for state in (bus.FeedbackState(), bus.FeedbackState(invite=True),
+                  bus.FeedbackState(thank="like", ack_ds=15),
+                  bus.FeedbackState(True, "dislike", 255)):
+        frame = bus.encode_set(21, 7, state)
+        assert len(frame) == 11  # 5 payload bytes, no text
+        assert bus.decode_set(frame[bus.HEADER:-2]) == (bus.ROLE_FEEDBACK_PAD, 7, state)
+    assert bus.encode_set(21, 7, bus.FeedbackState(thank="like", ack_ds=999))[-3] == 255
+    assert bus.FeedbackState() == (False, None, 0) != bus.DisplayState()
+    assert repr(bus.DisplayState("A1", 3)) == "DisplayState('A1', 3, 8)"
+    assert bus.Event(1, 2, 3) == bus.Event(1, 2, 3) != bus.Event(1, 2, 4)
+    assert bus.Info(3, (0, 1, 0), 41) == bus.Info(3, (0, 1, 0), 41) != bus.Info(3, (0, 1, 0), 4)
+
+
+def test_malformed_feedback_pad_sets_are_refused():
+    with pytest.raises(ValueError):
+        bus.encode_set(21, 1, bus.FeedbackState(thank="call"))
+    for payload, gist in (
+        (b"\x03\x01\x00\x01", "pad SET payload of 4 bytes"),
+        (b"\x03\x01\x00\x01\x00A", "pad SET payload of 6 bytes"),
+        (b"\x03\x01\x00\x06\x0f", "pad flags 6"),  # a thank-you for both keys
+        (b"\x03\x01\x00\x08\x00", "pad flags 8"),  # a reserved bit
+        (b"\x03\x00\x00\x01\x00", "version 0"),
+    ):
+        with pytest.raises(ValueError, match=gist):
+            bus.decode_set(payload)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=600), st.integers(1, 64))
 def test_random_bytes_never_crash_and_never_yield_a_bad_frame(data, chunk):

@@ -192,6 +192,62 @@ def test_led_without_its_button(tmp_path):
          "dislike_led_pin is set but dislike_pin is not; the LED belongs to that button")]
 
 
+PAD_BUS = """
+[[buses]]
+name = "hall"
+port = "/dev/ttyUSB0"
+
+  [[buses.devices]]
+  address = 41
+  role = "feedback-pad"
+  window = 2
+"""
+
+
+def test_a_feedback_pad_gives_a_window_its_votes(tmp_path):
+    text = BASE + PAD_BUS + WINDOW + "\n[[windows]]\nnumber = 2\n"
+    (tmp_path / "hall.toml").write_text(text)
+    config = load_config(tmp_path / "hall.toml")
+    [(bus, pad)] = config.bus_devices(window=2)
+    assert (bus.name, pad.address, pad.role, pad.window) == ("hall", 41, "feedback-pad", 2)
+    assert config.window(2).buttons == {} and config.window(2).leds == {}
+    assert config.summary() == "2 windows, 1 bus devices, 2 GPIO buttons"
+
+
+@pytest.mark.parametrize(
+    "more, key, line, gist",
+    [
+        # window 1: like / dislike on GPIO, and a pad too
+        ('  [[buses.devices]]\n  address = 42\n  role = "feedback-pad"\n  window = 1\n',
+         "buses[0].devices[1]", 17,
+         "window 1 has like / dislike buttons on GPIO: windows[0].like_pin (line 24); a "
+         "window's votes come from one source: its like_pin / dislike_pin or one "
+         "feedback-pad"),
+        # window 2: two pads
+        ('  [[buses.devices]]\n  address = 42\n  role = "feedback-pad"\n  window = 2\n',
+         "buses[0].devices[1]", 17,
+         "window 2 already has a feedback pad: buses[0].devices[0] (line 12); a window's "
+         "votes come from one source"),
+        # a pad for a window this gateway does not serve
+        ('  [[buses.devices]]\n  address = 42\n  role = "feedback-pad"\n  window = 7\n',
+         "buses[0].devices[1].window", 20,
+         "window 7 has no [[windows]] table; windows declared: 1-2"),
+        ('  [[buses.devices]]\n  address = 42\n  role = "feedback-panel"\n  window = 2\n',
+         "buses[0].devices[1].role", 19,
+         '"feedback-panel" is not allowed; expected one of "call-panel", "window-display", '
+         '"feedback-pad"'),
+    ],
+)
+def test_feedback_pad_problems(tmp_path, more, key, line, gist):
+    text = BASE + PAD_BUS + "\n" + more + WINDOW + "\n[[windows]]\nnumber = 2\n"
+    problems = check_text(tmp_path, text)
+    assert len(problems) == 1, problems
+    assert problems[0][:2] == (key, line), problems
+    assert gist in problems[0][2], problems
+    assert str(check_config(tmp_path / "hall.toml")[0]).startswith(
+        f"{tmp_path / 'hall.toml'}:{line}: {key}: ")
+
+
 def test_syntax_error_at_end_of_file_and_unreadable_files(tmp_path):
     assert check_text(tmp_path, BASE + 'x = "open') == [
         (None, 7, "TOML syntax error at end of file: Unterminated string")]

@@ -51,9 +51,11 @@ display_states = st.builds(bus.DisplayState, texts, st.integers(0, 255), st.inte
 panel_states = st.builds(bus.PanelState, texts, st.integers(0, len(bus.PANEL_MODES) - 1),
                          st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.booleans(),
                          st.booleans())
+feedback_states = st.builds(bus.FeedbackState, st.booleans(),
+                            st.sampled_from((None, *bus.VOTE_KEYS)), st.integers(0, 255))
 u8, u16 = st.integers(0, 0xFF), st.integers(0, 0xFFFF)
 events = st.builds(bus.Event, u8, u16, u8, u8, u16, u8)
-infos = st.builds(bus.Info, st.integers(1, 2), st.tuples(u8, u8, u8), u16,
+infos = st.builds(bus.Info, st.integers(1, len(bus.ROLES)), st.tuples(u8, u8, u8), u16,
                   st.integers(0, 0xFFFFFFFF), u16, u16, u16, u16, u8)
 addresses = st.integers(0, bus.MAX_ADDRESS)
 
@@ -67,10 +69,12 @@ def only_frame(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(addresses, st.integers(1, 0xFFFF), st.one_of(display_states, panel_states))
+@given(addresses, st.integers(1, 0xFFFF), st.one_of(display_states, panel_states,
+                                                     feedback_states))
 def test_set_round_trips(addr, version, state):
     frame = only_frame(bus.encode_set(addr, version, state))
-    role = bus.ROLE_WINDOW_DISPLAY if isinstance(state, bus.DisplayState) else bus.ROLE_CALL_PANEL
+    role = {bus.DisplayState: bus.ROLE_WINDOW_DISPLAY, bus.PanelState: bus.ROLE_CALL_PANEL,
+            tuple: bus.ROLE_FEEDBACK_PAD}[type(state)]
     assert (frame.addr, frame.mtype) == (addr, bus.SET)
     assert bus.decode_set(frame.payload) == (role, version, state)
 

@@ -1,5 +1,6 @@
 # hal_rp2 on the unix port against tests/mp/fake/machine.py: the order of the RS-485
-# direction pin around a reply, active-low keys, the MAX7219 set-up and the panel outputs.
+# direction pin around a reply, active-low keys, the MAX7219 set-up and the panel outputs,
+# a feedback pad's key LEDs.
 # Prints "hal_rp2: N cases ok".
 
 import machine
@@ -75,12 +76,26 @@ def case_led_and_buzzer_made_on_first_use():
     ], LOG
 
 
+def case_feedback_pad_key_leds_and_no_display():
+    del LOG[:]
+    cfg = dict(CFG, digits=0, pins={"like_led": 21})
+    b = Board(cfg)
+    assert b.display is None and not [e for e in LOG if e[0] == "spi"], LOG
+    b.setup_keys(("like", "dislike"))
+    assert b._keys[0].id == 6 and b._keys[1].id == 7  # the defaults
+    del LOG[:]
+    b.led(True, 0)  # the pins are made on first use, dark, then set
+    b.led(False, 1)
+    assert LOG == [("pin", 21, 0), ("pin", 15, 0), ("pin", 21, 1), ("pin", 15, 0)], LOG
+
+
 CASES = [
     case_de_high_only_while_the_reply_is_sent,
     case_de_low_from_the_start,
     case_keys_are_active_low_with_config_pins,
     case_max7219_set_up_then_text_and_blanking,
     case_led_and_buzzer_made_on_first_use,
+    case_feedback_pad_key_leds_and_no_display,
 ]
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ def encode_message(addr, m):
             m["version"],
             bus.PanelState(m["text"], m["mode"], m["queue"], m["wait_s"], m["tea"], m["beep"]),
         )
+    if kind == "set_feedback":
+        return bus.encode_set(
+            addr, m["version"], bus.FeedbackState(m["invite"], m["thank"], m["ack_ds"])
+        )
     if kind == "ota_begin":
         return ow.encode_begin(addr, m["size"], unhex(m["sha256"]))
     if kind == "ota_data":
@@ -98,6 +102,10 @@ def decode_message(frame, m):
             assert role == bus.ROLE_CALL_PANEL
             for name in ("mode", "queue", "wait_s", "tea", "beep"):
                 got[name] = getattr(s, name)
+    elif kind == "set_feedback":
+        role, version, (invite, thank, ack_ds) = bus.decode_set(p)
+        assert role == bus.ROLE_FEEDBACK_PAD
+        got = {"version": version, "invite": invite, "thank": thank, "ack_ds": ack_ds}
     elif kind == "ota_begin":
         size, digest = ow.decode_begin(p)
         got = {"size": size, "sha256": digest.hex()}
