@@ -1,11 +1,12 @@
-"""A whole service hall on one machine: what `hallgate sim` (and `make demo`) runs.
+"""One site of a service hall on one machine: what `hallgate sim` (and `make demo`) runs;
+several sites are several halls on one broker (sim/town.py).
 
 Design note
 -----------
 Operations: `Hall(options, workdir).start()` brings the parts up, `run_day()` plays the
-day's plan (sim/dayplan.py) until every visitor has been served or marked no-show, and
-returns the end-of-day report; `close()` stops everything. `restart_central()` and
-`kill_gateway()` are the faults a test plays mid-day.
+day's plan (sim/dayplan.py, or a profile's: sim/profile.py) until every visitor has been
+served or marked no-show, and returns the end-of-day report; `close()` stops everything.
+`restart_central()` and `kill_gateway()` are the faults a test plays mid-day.
 Parts, each the real component, nothing re-implemented:
 - broker: `sim.broker.start_broker` (mosquitto when installed, else amqtt, which speaks
   MQTT 3.1.1 only, so then every client does), or an existing one (`--broker URL`);
@@ -13,13 +14,16 @@ Parts, each the real component, nothing re-implemented:
   (sim/hallclock.py), so waits, the 15-minute norm and vote timeouts run in hall time
   (the chain's latency never counts); a restart builds new ones on
   the same database and the same clock, as a restarted service would find them;
-- gateway: a `hallgate sim gateway` child (sim/gwhost.py), the real daemon with gpiozero
-  mock pins for the like / dislike buttons; it can be SIGKILLed like a Pi losing power;
-- bus devices: per window a call panel (address n) and a window display (100 + n), the
-  real firmware on MicroPython processes joined by the pty `BusHub`;
+- gateways: each a `hallgate sim gateway` child (sim/gwhost.py), the real daemon with
+  gpiozero mock pins for the like / dislike buttons, serving a range of the windows
+  (sim/hallconfig.py); it can be SIGKILLed like a Pi losing power;
+- bus devices: per window a call panel and a window display (and a feedback pad past the
+  GPIO's pairs), the real firmware on MicroPython processes joined by their gateway's pty
+  line (`BusHub`, in a process of its own: sim/hubproc.py);
 - kiosk: publishes `ticket/request` at each visitor's arrival;
-- observer: one MQTT client logging the hall's topics, for the live view, for the report's
-  cross-check, and as the operators' eye on the vote events of their window.
+- observer: one MQTT client logging the site's topics (sim/observer.py), for the live
+  view, for the report's cross-check, and as the people's eye on the kiosk's answers, the
+  central's answers to a key and the vote events of their window.
 The people (sim/people.py) act only through what a person touches or sees: the panel's
 keys, the feedback buttons, the panel and the display as the firmware shows them.
 """
