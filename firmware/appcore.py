@@ -15,6 +15,7 @@
 #                         (JSON lines on the unix HAL; nothing on a board)
 
 import gc
+import struct
 import sys
 
 import bus
@@ -138,6 +139,9 @@ class Core:
             self.role.identify(seconds, now)
             self.hal.emit("identify", seconds)
             return bus.encode_status(addr, self.role.version)
+        slots = self.slots
+        if mtype == bus.OTA_QUERY and self.ota is None and not payload and slots is not None:
+            return self._last_update(slots)
         if bus.OTA_BEGIN <= mtype <= bus.OTA_QUERY:
             if self.ota is None:
                 gc.collect()  # ~5 KB in one go: from a heap tidied first
@@ -147,6 +151,17 @@ class Core:
             self._ota_at = now
             return self.ota.answer(mtype, payload)
         return self._nak(mtype, bus.NAK_UNKNOWN_TYPE)
+
+    def _last_update(self, slots):
+        """OTA_STATUS when no update is running: how the last one ended, from the slots.
+        The master asks this again and again in a new image's first seconds, the tightest
+        moment for RAM: answered without importing ota and otawire (~5 KB). The layout is
+        otawire.encode_status's: the master reads it with otawire.decode_status after every
+        update in tests/test_ota.py."""
+        last = slots.state.get("last") or (0, "")  # 0: otawire.IDLE
+        state, reason = (3, "") if slots.trial else (last[0], last[1])  # 3: TRIAL
+        head = struct.pack("<BIBBB", state, 0, FIRMWARE[0], FIRMWARE[1], FIRMWARE[2])
+        return bus.encode(self.address, bus.OTA_STATUS, head + reason.encode()[:64])
 
     def _nak(self, mtype, reason):
         self.naks += 1
