@@ -205,7 +205,8 @@ class Hall:
                 roles[f"display-{n}"] = (DISPLAY_BASE + i, "window-display", n)
                 if not g.on_gpio(n):
                     roles[f"pad-{n}"] = (PAD_BASE + i, "feedback-pad", n)
-            hub = HubProcess(list(roles), opts.baud, READY_TIMEOUT)
+            hub = HubProcess({name: r[0] for name, r in roles.items()}, opts.baud,
+                             READY_TIMEOUT)
             self.hubs.append(hub)
             kinds = {"call-panel": self.panels, "window-display": self.displays,
                      "feedback-pad": self.pads}

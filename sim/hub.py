@@ -32,6 +32,14 @@ Plan:
   seconds while bytes waited is flushed (counted), so a restarted device does not answer a
   backlog of stale requests; `reset_port(path)` flushes at once (call it just before
   (re)starting a device process: MicroPython has no tcflush).
+- Routing (`route=True`, the simulated hall's choice): a master write that is exactly one
+  frame to one address goes only to the drop(s) registered with that address (`add_port(
+  name, address=...)`), and a device's bytes only to the master. A correct device ignores
+  frames for other addresses and replies from other devices anyway, so nothing it does
+  changes; what changes is the cost: on a shared line every device process wakes for
+  every frame, N x N wake-ups per poll cycle of N devices (measured: 66 devices on one line
+  took ~5% of a core each). Anything else (broadcasts, noise, a write that is not one
+  whole frame) goes to everyone. Fault tests keep the shared line (the default).
 Cost: per chunk, one read, a few small pieces, and one write per receiver.
 
 Example (makes ptys, so not a doctest)::
@@ -51,6 +59,8 @@ import termios
 import threading
 import time
 import tty
+
+from hallgate.protocols.bus import HEADER, SYNC
 
 PIECE_S = 0.001  # wire time per delivery when paced: 11 bytes at 115200, 1 byte at 9600
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -99,7 +109,7 @@ class HubStats:
 class _Port:
     __slots__ = (
         "name", "fd", "slave_fd", "path", "bytes_in", "bytes_out", "drops",
-        "written", "inq", "deaf_until",
+        "written", "inq", "deaf_until", "address",
     )  # fmt: skip
 
     def __init__(self, name):
@@ -114,6 +124,7 @@ class _Port:
         self.written = 0  # delivered since the last stale check
         self.inq = 0  # unread bytes at the last stale check
         self.deaf_until = 0.0  # not read from before this time (after a read error)
+        self.address = None  # the device's bus address, for routing (None: unknown)
 
     def unread(self):
         """Bytes delivered to this port that its reader has not read yet."""
@@ -132,14 +143,15 @@ class _Port:
 
 
 class _Piece:
-    __slots__ = ("start", "end", "port", "data", "collided")
+    __slots__ = ("start", "end", "port", "data", "collided", "dest")
 
-    def __init__(self, start, end, port, data):
+    def __init__(self, start, end, port, data, dest=None):
         self.start = start
         self.end = end
         self.port = port  # the talker's _Port, or None for noise
         self.data = data  # bytearray: a collision garbles it in place
         self.collided = False
+        self.dest = dest  # routed: the ports it goes to (None: everyone else)
 
 
 class BusHub:
@@ -157,8 +169,9 @@ class BusHub:
 
     POLL_INTERVAL = 0.05  # housekeeping period while the line is idle
 
-    def __init__(self, baud=None, tap=None, stale_after=0.5, mangle=None):
+    def __init__(self, baud=None, tap=None, stale_after=0.5, mangle=None, route=False):
         self.baud = baud
+        self.route = route
         self.mangle = mangle  # mangle(port name, bytearray): a fault on the line, in place
         self._byte_time = BITS_PER_BYTE / baud if baud else 0.0
         self._piece = max(1, int(PIECE_S * baud / BITS_PER_BYTE)) if baud else 0
@@ -184,11 +197,14 @@ class BusHub:
 
     # ---- public face ------------------------------------------------------------------
 
-    def add_port(self, name=None):
-        """A new device drop on the line; returns the pty path the device process opens."""
+    def add_port(self, name=None, address=None):
+        """A new device drop on the line; returns the pty path the device process opens.
+        `address`: the bus address of the device on it, for routing."""
         with self._lock:
             name = name or f"port{len(self._ports)}"
-        return self._add(name).path
+        port = self._add(name)
+        port.address = address
+        return port.path
 
     def reset_port(self, path):
         """Flush what waits unread for the device on `path` (call before (re)starting it)."""
@@ -333,13 +349,26 @@ class BusHub:
             self.mangle(port.name, data)
         self._talk(port, data, now)
 
+    def _destination(self, port, data):
+        """With routing, the ports that need `data` from `port` (None: every other)."""
+        if not self.route or port is None:
+            return None
+        if port is not self._master:
+            return (self._master,)
+        if len(data) >= HEADER and data[0] == SYNC and data[1] != 0 and (
+                len(data) == HEADER + data[3] + 2):
+            with self._lock:
+                return tuple(p for p in self._ports.values() if p.address == data[1])
+        return None
+
     def _talk(self, port, data, now):
         """`port` (None: noise) puts `data` on the line at `now`."""
         if port is None:
             self.stats.injected += len(data)
         bt = self._byte_time
+        dest = self._destination(port, data)
         if not bt:
-            self._send(LineChunk(now, port.name if port else NOISE, bytes(data)), port)
+            self._send(LineChunk(now, port.name if port else NOISE, bytes(data)), port, dest)
             return
         mine = [p for p in self._pieces if p.port is port and p.end > now]
         if port is None:
@@ -362,7 +391,7 @@ class BusHub:
         for i in range(0, len(data), size):
             part = data[i : i + size]
             t0 = start + i * bt
-            piece = _Piece(t0, t0 + len(part) * bt, port, part)
+            piece = _Piece(t0, t0 + len(part) * bt, port, part, dest)
             piece.collided = bool(others) and any(
                 o.start < piece.end and o.end > piece.start for o in others
             )
@@ -390,13 +419,18 @@ class BusHub:
         due.sort(key=lambda p: p.end)
         for p in due:
             name = p.port.name if p.port else NOISE
-            self._send(LineChunk(p.end, name, bytes(p.data), p.collided), p.port)
+            self._send(LineChunk(p.end, name, bytes(p.data), p.collided), p.port,
+                       None if p.collided else p.dest)
 
-    def _send(self, chunk, source):
-        """Write a chunk to every port but its talker's; drop what does not fit."""
+    def _send(self, chunk, source, dest=None):
+        """Write a chunk to every port but its talker's (or to `dest`, routed); drop what
+        does not fit."""
         data = chunk.data
-        with self._lock:
-            targets = [p for p in self._ports.values() if p is not source]
+        if dest is not None:
+            targets = dest
+        else:
+            with self._lock:
+                targets = [p for p in self._ports.values() if p is not source]
         for port in targets:
             try:
                 n = os.write(port.fd, data)

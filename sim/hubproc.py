@@ -3,9 +3,10 @@
 The hub moves every byte of every poll (thousands of exchanges a second on a busy line) in
 Python; in the simulator's process it would take the GIL from the central service, the
 observer and the people, and add its work to their latency. As a child it runs beside them,
-on the other core. `HubProcess(names, baud)` starts `python -m hallgate.sim.hubproc`, which
-makes the line and its ports and prints one JSON line, {"master": path, "ports": {name:
-path}}; the end of its stdin (or SIGTERM) closes the line.
+on the other core. `HubProcess({name: address}, baud)` starts `python -m
+hallgate.sim.hubproc`, which makes the line (routed: a frame goes only to the drop it
+addresses, see sim/hub.py) and its ports and prints one JSON line, {"master": path,
+"ports": {name: path}}; the end of its stdin (or SIGTERM) closes the line.
 """
 
 import argparse
@@ -18,9 +19,10 @@ from hallgate.sim import SimError
 
 
 class HubProcess:
-    def __init__(self, names, baud, timeout=60.0):
+    def __init__(self, addresses, baud, timeout=60.0):
+        ports = [f"{name}={address}" for name, address in addresses.items()]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hallgate.sim.hubproc", "--baud", str(baud), *names],
+            [sys.executable, "-m", "hallgate.sim.hubproc", "--baud", str(baud), *ports],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = _readline(self.proc, timeout)
         try:
@@ -63,12 +65,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m hallgate.sim.hubproc",
                                 description="a simulated RS-485 line until stdin ends")
     p.add_argument("--baud", type=int, required=True)
-    p.add_argument("names", nargs="+", help="the device ports to make")
+    p.add_argument("ports", nargs="+", metavar="NAME=ADDRESS",
+                   help="the device ports to make, with their devices' bus addresses")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.stdin.close())
-    hub = BusHub(baud=args.baud).start()
+    hub = BusHub(baud=args.baud, route=True).start()
     try:
-        ports = {n: hub.add_port(n) for n in args.names}
+        ports = {}
+        for spec in args.ports:
+            name, _, address = spec.rpartition("=")
+            ports[name] = hub.add_port(name, address=int(address))
         print(json.dumps({"master": hub.master_path, "ports": ports}), flush=True)
         try:
             sys.stdin.read()  # until the simulator closes it (or dies)
