@@ -15,6 +15,10 @@ decoder skipped between two good frames (a "gap") can be shown and classified: a
 plausible header and all its bytes is a frame whose CRC failed ("crc"), one whose LEN
 reaches past the end of the gap is a frame cut short ("cut-short"), and anything else is
 "garbage". A gap is closed by the next good frame, by a quiet line or by the end.
+A listener that starts mid-frame sees that frame's tail before the first good frame, and
+one that stops mid-frame sees a frame cut short at the end: neither is a fault of the line,
+so those two pieces (the first, if it starts the capture, and the last, if it ends it) are
+"partial" records, counted apart from the bad ones.
 
 Record (a dict; JSON as is):
     {"t": 12.3456, "kind": "frame", "dir": "request" | "reply", "addr": 5,
@@ -22,6 +26,8 @@ Record (a dict; JSON as is):
     {"t": ..., "kind": "bad", "error": "crc" | "cut-short" | "garbage" | "payload",
      "len": 11, "hex": "...", "detail": "..."}   (a "payload" error is a frame with a good
      CRC whose payload does not decode: it has dir, addr and type too)
+    {"t": ..., "kind": "partial", "where": "start" | "end", "len": 3, "hex": "...",
+     "detail": "..."}   (the capture began or ended inside a frame: not a line fault)
 `t` is the time given with the bytes holding the record's first byte.
 """
 
@@ -136,12 +142,15 @@ class Summary:
         self.replies = 0
         self.bad = collections.Counter()  # error -> records
         self.bad_bytes = 0
+        self.partial = 0  # pieces of frames cut by the capture's start or end
         self.bytes = 0
         self.by_address = {}  # addr -> Counter of type names
 
     def count(self, rec):
         self.bytes += rec["len"]
-        if rec["kind"] == "bad":
+        if rec["kind"] == "partial":
+            self.partial += 1
+        elif rec["kind"] == "bad":
             self.bad[rec["error"]] += 1
             self.bad_bytes += rec["len"]
         else:
@@ -157,7 +166,7 @@ class Summary:
         return {
             "frames": self.frames, "requests": self.requests, "replies": self.replies,
             "bad_frames": sum(self.bad.values()), "bad": dict(self.bad),
-            "bad_bytes": self.bad_bytes, "bytes": self.bytes,
+            "bad_bytes": self.bad_bytes, "partial": self.partial, "bytes": self.bytes,
             "by_address": {str(a): dict(c) for a, c in sorted(self.by_address.items())},
         }
 
@@ -171,6 +180,16 @@ class Sniffer:
     >>> r = s.feed(b"\\xa5\\x05\\x01\\x02garbage" + bus.encode_poll(5), 2.0)
     >>> [(x["kind"], x.get("error")) for x in r]
     [('bad', 'crc'), ('bad', 'garbage'), ('frame', None)]
+
+    Joined and left mid-frame: the edges are partial, not bad.
+
+    >>> s = Sniffer()
+    >>> r = s.feed(bus.encode_poll(5)[3:] + bus.encode_poll(6) + bus.encode_poll(7)[:4], 1.0)
+    >>> r += s.finish()
+    >>> [(x["kind"], x.get("where") or x.get("type")) for x in r]
+    [('partial', 'start'), ('frame', 'POLL'), ('partial', 'end')]
+    >>> s.summary.asdict()["bad_frames"], s.summary.partial
+    (0, 2)
     """
 
     def __init__(self, quiet=QUIET_MIN):
@@ -182,6 +201,7 @@ class Sniffer:
         self._held = bytearray()  # bytes from _done on
         self._times = collections.deque()  # (absolute offset of a chunk's first byte, t)
         self._last_t = None
+        self._framed = False  # a good frame seen: bytes before it are the capture's start
 
     def feed(self, data, t):
         """Bytes read at time `t` (seconds, any clock); the records they complete."""
@@ -205,12 +225,13 @@ class Sniffer:
         return self._extract(True)
 
     def finish(self):
-        """The end of the capture: whatever is held becomes records."""
-        return self._extract(True)
+        """The end of the capture: whatever is held becomes records (a frame it cut short
+        is a partial record)."""
+        return self._extract(True, last=True)
 
     # ---- internals ----------------------------------------------------------------------
 
-    def _extract(self, idle):
+    def _extract(self, idle, last=False):
         out = []
         while True:
             frame = self.decoder.maybe_extract_frame(idle)
@@ -218,7 +239,7 @@ class Sniffer:
             end = self._fed - self.decoder.pending()
             if frame is None:
                 if end > self._done and (idle or end - self._done > MAX_GAP):
-                    out += self._gap(end - self._done)
+                    out += self._gap(end - self._done, last=last and end == self._fed)
                 return out
             size = bus.OVERHEAD + len(frame.payload)
             start = end - size
@@ -250,13 +271,17 @@ class Sniffer:
                 rec["fields"] = decode(frame.payload)
             except (ValueError, IndexError) as e:
                 rec.update(kind="bad", error="payload", detail=str(e))
+        self._framed = True
         self.summary.count(rec)
         return rec
 
-    def _gap(self, n):
-        """Records for n skipped bytes: frames with a bad CRC, a frame cut short, garbage."""
+    def _gap(self, n, last=False):
+        """Records for n skipped bytes: frames with a bad CRC, a frame cut short, garbage;
+        a piece cut by the capture's start (before any good frame) or, when `last`, by its
+        end, is partial."""
         out = []
         base = self._done
+        first = base == 0 and not self._framed
         raw = bytes(self._held[:n])
         i = junk = 0
         pieces = []  # (offset in raw, length, error, detail)
@@ -292,11 +317,18 @@ class Sniffer:
                 break
             i += 1
         flush_junk(n)
-        for offset, length, error, detail in pieces:
+        for k, (offset, length, error, detail) in enumerate(pieces):
             part, t = self._take(length)
             assert self._done - length == base + offset
             rec = {"t": t, "kind": "bad", "error": error, "len": length, "hex": _hex(part),
                    "detail": detail}
+            whole = length <= bus.OVERHEAD + bus.MAX_PAYLOAD  # at most one frame's bytes
+            if first and k == 0 and offset == 0 and error != "crc" and whole:
+                rec = {"t": t, "kind": "partial", "where": "start", "len": length,
+                       "hex": _hex(part), "detail": "the capture began inside a frame"}
+            elif last and k == len(pieces) - 1 and error == "cut-short":
+                rec = {"t": t, "kind": "partial", "where": "end", "len": length,
+                       "hex": _hex(part), "detail": "the capture ended inside a frame"}
             self.summary.count(rec)
             out.append(rec)
         return out
@@ -326,6 +358,8 @@ def format_record(rec, prev_t=None):
         arrow = "->" if rec["dir"] == "request" else "<-"
         return (f"{head}  {where}{arrow} {rec['type']:<10} {rec['addr']:>3}  "
                 f"{format_fields(rec['fields'])}").rstrip()
+    if rec["kind"] == "partial":
+        return f"{head}  {where}~~ PARTIAL: {rec['detail']}  [{rec['hex']}]"
     what = rec["error"].upper()
     if rec["error"] == "payload":
         what += f" {rec['type']} {rec['addr']}"
@@ -338,7 +372,9 @@ def format_summary(summary):
     lines = [f"{s['frames']} frame(s) ({s['requests']} request(s), {s['replies']} "
              f"repl{'y' if s['replies'] == 1 else 'ies'}), {s['bad_frames']} bad "
              f"({', '.join(f'{n} {e}' for e, n in sorted(s['bad'].items())) or 'none'}), "
-             f"{s['bytes']} byte(s)"]
+             f"{s['bytes']} byte(s)"
+             + (f"; {s['partial']} partial frame(s) at the capture's edges (not line faults)"
+                if s.get("partial") else "")]
     for addr, types in s["by_address"].items():
         lines.append(f"  address {addr:>3}: "
                      + ", ".join(f"{n} {t}" for t, n in sorted(types.items())))

@@ -143,6 +143,31 @@ def test_sniff_flags_a_bad_crc_garbage_and_a_frame_cut_short():
     assert "6 bad" in text and "3 cut-short" in text
 
 
+def test_a_clean_line_captured_from_mid_frame_to_mid_frame_has_no_bad_frame():
+    # A listener joins while a STATUS is on the line and stops during an EVENT: what it
+    # sees at both edges are pieces of good frames, reported apart (issue 12).
+    status, poll = bus.encode_status(5, 4), bus.encode_poll(7)
+    event = bus.encode_event(5, bus.Event(3, 17, 1))
+    for start in range(1, len(status)):
+        for end in (1, 3, 9):
+            s = sniff.Sniffer(quiet=0.01)
+            recs = s.feed(status[start:] + poll + event[:end], 1.0) + s.finish()
+            assert [(r["kind"], r.get("where")) for r in recs] == [
+                ("partial", "start"), ("frame", None), ("partial", "end")], (start, end)
+            summary = s.summary.asdict()
+            assert summary["bad_frames"] == 0 and summary["partial"] == 2
+            text = sniff.format_summary(s.summary)
+            assert "0 bad" in text and "2 partial frame(s)" in text
+            assert "PARTIAL" in sniff.format_record(recs[0])
+    # A frame cut short mid-capture (a quiet line after it) stays a line fault.
+    s = sniff.Sniffer(quiet=0.01)
+    s.feed(poll, 1.0)
+    s.feed(event[:6], 1.001)
+    assert [(r["kind"], r.get("error")) for r in s.tick(1.1)] == [("bad", "cut-short")]
+    s.feed(poll, 1.2)
+    assert s.finish() == [] and s.summary.asdict()["bad_frames"] == 1
+
+
 def test_sniff_text_lines():
     s = sniff.Sniffer()
     recs = s.feed(bus.encode_poll(5) + bus.encode_status(5, 4) + NOISE, 1000.0)
