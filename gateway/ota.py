@@ -155,7 +155,12 @@ class Transfer:
             self.phase, self.committed_at = "reboot", now
         elif phase == "reboot":
             if st.state == ow.UPDATED and st.reason == self.image.version:
-                self._finish("updated", f"running {self.image.version}, confirmed healthy")
+                # What runs is what the new code says of itself (its OTA_STATUS, as its
+                # INFO), not the bundle's label: they differ if the manifest's was forced.
+                runs = ".".join(map(str, st.firmware))
+                label = "" if runs == self.image.version else (
+                    f" (the bundle was labelled {self.image.version}: its code says {runs})")
+                self._finish("updated", f"running {runs}, confirmed healthy{label}")
             elif st.state == ow.ROLLED_BACK:
                 self._finish("rolled-back", st.reason)
             elif st.state not in (ow.CHECKING, ow.STAGED, ow.TRIAL):

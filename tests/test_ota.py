@@ -60,6 +60,10 @@ def bundles(tmp_path_factory):
         src = firmware_copy(d, name, version, crash) if name != "old" else ROOT / "firmware"
         made[name] = d / f"{name}.zip"
         bundle.build("call-panel", made[name], d / "key.pem", board="unix", firmware_dir=src)
+    # 0.1.0 code under another label, as `firmware build --version 0.2.1` makes it
+    made["label"] = d / "label.zip"
+    bundle.build("call-panel", made["label"], d / "key.pem", board="unix", version="0.2.1",
+                 firmware_dir=ROOT / "firmware")
     made["pub"] = d / "key.pub"
     made["other.pem"] = d / "other.pem"
     return made
@@ -157,6 +161,14 @@ def test_an_update_ends_on_the_new_version_while_the_other_device_keeps_working(
                              f"{dev.messages[-8:]}") from None
     # The master asked the device who it is again: its table shows the new firmware.
     wait_for(lambda: line.master.device(TARGET)["info"].firmware == (0, 2, 0))
+
+
+def test_the_result_says_the_version_the_new_code_runs_not_the_bundles_label(line, bundles):
+    t = run(line, ota.prepare(bundles["label"], bundles["pub"]))
+    assert t.result == "updated", t.summary()
+    assert t.summary()["firmware"] == "0.1.0"
+    assert t.reason == ("running 0.1.0, confirmed healthy (the bundle was labelled 0.2.1: "
+                        "its code says 0.1.0)")
 
 
 def test_a_bundle_with_a_bad_signature_or_a_changed_file_is_refused_before_a_byte_is_sent(
