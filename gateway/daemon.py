@@ -535,7 +535,8 @@ class Gateway:
             raise ControlError(f"bundle refused, nothing sent: {e}") from None
         rows = [r for r in self.device_rows() if r["bus"] in masters]
         try:
-            targets, skipped = ota.choose_targets(rows, image, addresses, role)
+            targets, skipped = ota.choose_targets(rows, image, addresses, role,
+                                                  force=arg(req, "force", bool, False))
         except ota.OtaError as e:
             raise ControlError(str(e)) from None
         transfers = [(name, masters[name].run_job(ota.Transfer(addr, image)))

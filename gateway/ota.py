@@ -214,11 +214,12 @@ class Transfer:
         }
 
 
-def choose_targets(rows, image, addresses=None, role=None):
+def choose_targets(rows, image, addresses=None, role=None, force=False):
     """The devices to update: ([(bus, address)], [skipped summary]) from device `rows`
-    (dicts with bus, address, role, online: the daemon's table or a direct scan), by
-    `addresses` or by `role`. OtaError names a device that is unknown, ambiguous or of
-    another role than the image's; offline devices are skipped, with the reason."""
+    (dicts with bus, address, role, online, firmware: the daemon's table or a direct
+    scan), by `addresses` or by `role`. OtaError names a device that is unknown, ambiguous
+    or of another role than the image's; offline devices are skipped, and so are those
+    already running the image's version unless `force`, with the reason."""
     if (addresses is None) == (role is None):
         raise OtaError("say which devices: their addresses, or a role")
     if role is not None:
@@ -241,10 +242,17 @@ def choose_targets(rows, image, addresses=None, role=None):
                 raise OtaError(f"device {addr} is a {found[0]['role']}; the bundle is for "
                                f"{image.role}")
             chosen += found
-    targets = [(r["bus"], r["address"]) for r in chosen if r["online"]]
+    def why_not(r):
+        if not r["online"]:
+            return "offline"
+        if not force and r.get("firmware") == image.version:
+            return f"already runs {image.version} (--force sends it again)"
+        return None
+
+    targets = [(r["bus"], r["address"]) for r in chosen if why_not(r) is None]
     skipped = [{"bus": r["bus"], "address": r["address"], "result": "skipped",
-                "reason": "offline", "version": image.version}
-               for r in chosen if not r["online"]]
+                "reason": why_not(r), "version": image.version}
+               for r in chosen if why_not(r) is not None]
     return targets, skipped
 
 

@@ -380,6 +380,8 @@ def build_parser():
     p.add_argument("bundle", help="the signed bundle (.zip)")
     p.add_argument("--role", choices=bus.ROLES,
                    help="every online device of this role")
+    p.add_argument("--force", action="store_true", help="send the bundle also to devices "
+                   "that already run its version (skipped otherwise)")
     p.add_argument("--key", metavar="PUBLIC", help="public key to check the bundle with, "
                    "directly (the daemon uses its config's)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

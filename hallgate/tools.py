@@ -642,7 +642,7 @@ def _ota_directly(args, targets, bundle_path):
             rows = _scan_rows(t, master.scan(wanted, add=False))
             try:
                 chosen, skipped = ota.choose_targets(
-                    rows, image, args.targets or None, args.role)
+                    rows, image, args.targets or None, args.role, force=args.force)
             except ota.OtaError as e:
                 raise ToolError(f"bus {t['name']}: {e}") from None
             master.start()
@@ -673,7 +673,7 @@ def cmd_ota(args):
         with client:
             for rec in client.stream("ota", bundle=bundle_path, bus=args.bus,
                                      addresses=args.targets or None, role=args.role,
-                                     timeout=300):
+                                     force=args.force, timeout=300):
                 if view is None:
                     view = _OtaView(args, rec["progress"][0]["version"]
                                     if rec["progress"] else "?")

@@ -104,8 +104,8 @@ class Lab:
             f"  hallgate identify {g.local(n)} --seconds 5 {status}   # window {n}'s panel",
             f"  hallgate bus stats {status}",
             f"  hallgate bus sniff --seconds 3 {status}",
-            f"  hallgate ota {g.local(n)} {self.bundles['call-panel']} {status}"
-            "   # an update over the bus, beside the polling",
+            f"  hallgate ota {g.local(n)} {self.bundles['call-panel']} --force {status}"
+            "   # an update over the bus, beside the polling (the version it runs: --force)",
             f"  hallgate firmware build --role call-panel --board unix --key {self.private}"
             f" --out {self.dir / 'my-panel.zip'}   # your own signed bundle",
             f"  hallgate flash --port {self.spare_tty} --resume --no-reset --role "

@@ -163,6 +163,19 @@ def test_an_update_ends_on_the_new_version_while_the_other_device_keeps_working(
     wait_for(lambda: line.master.device(TARGET)["info"].firmware == (0, 2, 0))
 
 
+def test_a_device_already_on_the_bundles_version_is_skipped_unless_forced():
+    image = ota.Image("call-panel", "unix", "0.2.0", b"")
+    rows = [{"bus": "hall", "address": a, "role": "call-panel", "online": online,
+             "firmware": fw} for a, online, fw in ((1, True, "0.2.0"), (2, True, "0.1.0"),
+                                                   (3, False, None))]
+    targets, skipped = ota.choose_targets(rows, image, role="call-panel")
+    assert targets == [("hall", 2)]
+    assert {s["address"]: s["reason"] for s in skipped} == {
+        1: "already runs 0.2.0 (--force sends it again)", 3: "offline"}
+    targets, _ = ota.choose_targets(rows, image, addresses=[1, 2], force=True)
+    assert targets == [("hall", 1), ("hall", 2)]
+
+
 def test_the_result_says_the_version_the_new_code_runs_not_the_bundles_label(line, bundles):
     t = run(line, ota.prepare(bundles["label"], bundles["pub"]))
     assert t.result == "updated", t.summary()
