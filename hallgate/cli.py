@@ -138,10 +138,14 @@ def cmd_status(args):
               + (f", oldest {oldest:.0f} s old" if oldest is not None else "")
               + (f" (central {central})" if receipt else
                  " (delivery = \"puback\": a broker crash can lose acknowledged events)"))
-    print(f"devices: {d['online']}/{d['total']} online")
+    # A daemon that is not running polls nobody: its table is what it last saw.
+    was = "" if st["running"] else "was "
+    print(f"devices: {d['online']}/{d['total']} online" + ("" if st["running"] else
+          f" when the daemon last wrote, {age:.0f} s ago: not known now"))
     for r in d["table"]:
+        seen = f"{was}online" if r["online"] else f"{was}OFFLINE"
         print(f"  {r['bus']}:{r['address']:<4} {r['role']:15} window {r['window']!s:>4} "
-              f"{'online' if r['online'] else 'OFFLINE':8} fw {r['firmware'] or '-'}")
+              f"{seen:12} fw {r['firmware'] or '-'}")
     return 0 if st["running"] else 1
 
 
@@ -365,6 +369,8 @@ def build_parser():
                        "beeps)")
     p.add_argument("address", type=int, help="device address (0: every device, directly)")
     p.add_argument("--seconds", type=int, default=10, help="how long (default 10)")
+    p.add_argument("--json", action="store_true", help='print {"ok", "address", "bus", '
+                   '"seconds", "via"} (or the reason it failed)')
     add_target_args(p, addresses=False)
     p.set_defaults(func=cmd_identify)
 

@@ -467,13 +467,18 @@ def _identify_directly(master, addr, seconds):
 def cmd_identify(args):
     """The device shows itself: its display flashes, its panel beeps."""
     way = _via(args)
+    as_json = getattr(args, "json", False)
     if way[0] == "daemon":
         _, client, hello = way
         with client:
             r = client.call("identify", address=args.address, seconds=args.seconds,
                             bus=args.bus, timeout=30)
-        print(f"device {r['address']} on bus {r['bus']}: showing itself for {r['seconds']} s "
-              f"({_via_daemon_text(hello)})")
+        if as_json:
+            print(json.dumps({"ok": True, "address": r["address"], "bus": r["bus"],
+                              "seconds": r["seconds"], "via": "daemon", "pid": hello["pid"]}))
+        else:
+            print(f"device {r['address']} on bus {r['bus']}: showing itself for "
+                  f"{r['seconds']} s ({_via_daemon_text(hello)})")
         return 0
     targets = way[1]
     if len(targets) > 1:
@@ -487,6 +492,11 @@ def cmd_identify(args):
     with _target_master(args, t) as (master, _, _):
         ok = _identify_directly(master, args.address, args.seconds)
     who = "every device" if args.address == 0 else f"device {args.address}"
+    if as_json:
+        print(json.dumps({"ok": ok, "address": args.address, "bus": t["name"],
+                          "seconds": args.seconds, "via": "port", "port": t["port"]}
+                         | ({} if ok else {"error": f"{who} did not acknowledge"})))
+        return 0 if ok else 1
     if not ok:
         print(f"{who} did not acknowledge ({_via_port_text([t])})", file=sys.stderr)
         return 1

@@ -48,6 +48,8 @@ def test_every_technician_command_works_on_the_lab(tmp_path):
         stats = json.loads(hallgate("bus", "stats", *where, "--json"))
         assert "hall" in json.dumps(stats)
         assert "showing itself" in hallgate("identify", "1", "--seconds", "1", *where)
+        shown = json.loads(hallgate("identify", "2", "--seconds", "1", "--json", *where))
+        assert shown["ok"] and shown["address"] == 2 and shown["via"] == "daemon"
         assert "POLL" in hallgate("bus", "sniff", "--seconds", "1", *where)
 
         # An update over the bus with the lab's own signed bundle, and the spare board
@@ -67,3 +69,11 @@ def test_every_technician_command_works_on_the_lab(tmp_path):
             raise
     assert rc == 0
     assert not (work / "gw-sim" / "control.sock").exists()  # the daemon stopped cleanly
+    # Its last status is kept, and says the devices' state is no longer known.
+    done = subprocess.run([sys.executable, "-m", "hallgate.cli", "status", "--status-file",
+                           str(status)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "NOT RUNNING" in done.stdout, done.stdout
+    assert "not known now" in done.stdout and "was online" in done.stdout
+    assert "devices: 4/4 online when the daemon last wrote" in done.stdout, done.stdout
+    rows = [ln for ln in done.stdout.splitlines() if ln.startswith("  hall:")]
+    assert len(rows) == 4 and all("was online" in ln for ln in rows), done.stdout
