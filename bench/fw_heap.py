@@ -40,8 +40,9 @@ def run(events, heap, threshold):
     done = subprocess.run([micropython_command(), "-X", f"heapsize={heap}", str(SCRIPT),
                            str(events), str(threshold)],
                           capture_output=True, text=True, timeout=600, env=env)
-    if done.returncode and "MemoryError" in done.stderr:  # before the first event
-        return {"memory_error": {"event": None, "error": done.stderr.strip().splitlines()[-1]}}
+    said = (done.stderr + done.stdout).strip()  # MicroPython's traceback is on either
+    if done.returncode and "MemoryError" in said:  # before the first event
+        return {"memory_error": {"event": None, "error": said.splitlines()[-1]}}
     if done.returncode:
         raise SystemExit(f"heap soak failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -39,6 +39,7 @@ BENCHES = {
     "device_idle": ("device_idle.py", ["--devices", "72", "--seconds", "10"],
                     ["--devices", "8", "--seconds", "2"], 600),
     "sim_day": ("sim_day.py", [], ["--windows", "3", "--visitors", "30", "--hours", "3"], 900),
+    "sim_town": ("sim_town.py", ["--profile", "syzran"], ["--profile", "moscow-centre"], 1800),
 }
 
 
@@ -216,10 +217,26 @@ def section_sim_day(r):
             + table(("path", "p50", "p95", "p99", "n"), lat) + "\n")
 
 
+def section_sim_town(r):
+    rows = [(name, s["windows"], s["gateways"], s["devices"], s["visitors"],
+             f"{s['wait_avg_s']['full']} / {s['wait_avg_s']['model']}",
+             f"{s['wait_p95_s']['full']} / {s['wait_p95_s']['model']}",
+             s["chain_ms"]["press_to_central"].get("p50"),
+             s["chain_ms"]["press_to_central"].get("p99"))
+            for name, s in r["sites"].items()]
+    return (f"### The {r['profile']} day: {len(r['sites'])} sites, {r['gateways']} gateways, "
+            f"{r['devices']} firmware devices, {r['visitors']} visitors in {r['real_s']} s "
+            f"real (target {r['target_s']})\n\n"
+            + table(("site", "windows", "gateways", "devices", "visitors",
+                     "wait avg s, full / model", "wait p95 s, full / model",
+                     "press to central p50 ms", "p99"), rows) + "\n")
+
+
 SECTIONS = {"latency": section_latency, "mqtt_outbox": section_outbox,
             "bus_cycle": section_bus, "footprint": section_footprint,
             "fw_heap": section_heap, "ota_share": section_ota,
-            "device_idle": section_device_idle, "sim_day": section_sim_day}
+            "device_idle": section_device_idle, "sim_day": section_sim_day,
+            "sim_town": section_sim_town}
 
 
 def plot(samples, path):
