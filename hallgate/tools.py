@@ -680,14 +680,22 @@ def cmd_ota(args):
         _, client, hello = way
         via = {"via": "daemon", "pid": hello["pid"], "text": _via_daemon_text(hello)}
         view = None
-        with client:
-            for rec in client.stream("ota", bundle=bundle_path, bus=args.bus,
-                                     addresses=args.targets or None, role=args.role,
-                                     force=args.force, timeout=300):
-                if view is None:
-                    view = _OtaView(args, rec["progress"][0]["version"]
-                                    if rec["progress"] else "?")
-                view.update(rec["progress"])
+        try:
+            with client:
+                for rec in client.stream("ota", bundle=bundle_path, bus=args.bus,
+                                         addresses=args.targets or None, role=args.role,
+                                         force=args.force, timeout=300):
+                    if view is None:
+                        view = _OtaView(args, rec["progress"][0]["version"]
+                                        if rec["progress"] else "?")
+                    view.update(rec["progress"])
+        except KeyboardInterrupt:
+            # Only this command stops: the daemon finishes what it started (a device
+            # left mid-transfer would resume it anyway), and logs each result.
+            print("\nhallgate: stopped following; the update goes on in the daemon (pid "
+                  f"{hello['pid']}): `hallgate devices` shows each device's firmware, its "
+                  "log (journalctl -u hallgate) each result", file=sys.stderr)
+            return 130
         result = client.result
         view = view or _OtaView(args, result["version"])
         results = result["results"]

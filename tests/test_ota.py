@@ -10,6 +10,9 @@ like any release.
 import contextlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -23,7 +26,7 @@ from hallgate.protocols import otawire as ow
 from hallgate.sim.broker import Mosquitto
 from hallgate.sim.device import FirmwareDevice, install_slots
 from hallgate.sim.hub import MASTER, BusHub
-from harness import Daemon, hallgate, write_hall_config
+from harness import Daemon, daemon_env, hallgate, write_hall_config
 
 pytestmark = pytest.mark.micropython
 
@@ -316,6 +319,30 @@ def test_hallgate_ota_through_the_daemon_updates_and_refuses_a_forged_bundle(
     out = hallgate("devices", "--json", "--status-file", daemon.status_file)
     assert json.loads(out.stdout)["devices"][0]["firmware"] == "0.2.0"
     assert daemon.running
+
+
+def test_ctrl_c_on_hallgate_ota_says_the_update_goes_on_in_the_daemon(daemon_line, bundles):
+    dev, daemon = daemon_line
+    proc = subprocess.Popen([sys.executable, "-m", "hallgate.cli", "ota", str(TARGET),
+                             str(bundles["new"]), "--status-file", str(daemon.status_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=daemon_env())
+    try:
+        wait_for(lambda: "firmware update to call-panel" in daemon.log()
+                 or proc.poll() is not None, 30, "the daemon to start the update")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "the update goes on in the daemon" in stderr
+    # ... and it does: the device ends on the new version.
+    def firmware():
+        out = hallgate("devices", "--json", "--status-file", daemon.status_file)
+        return json.loads(out.stdout)["devices"][0]["firmware"]
+
+    wait_for(lambda: firmware() == "0.2.0", 60, "the daemon to finish the update")
 
 
 def test_hallgate_ota_directly_by_role_and_its_refusals(line, bundles, tmp_path):
