@@ -40,18 +40,9 @@ def profile_sites(profile, options):
         opts = dataclasses.replace(options, site=site.name, windows=site.windows,
                                    gateways=site.gateways, visitors=site.visitors,
                                    hours=profile.hours)
-        services = _site_services(profile, site)
-        out.append(dict(options=opts, services=services,
+        out.append(dict(options=opts, services=profile.services,
                         plan=site_plan(profile, site, options.seed), by_window=site.skills))
     return out
-
-
-def _site_services(profile, site):
-    """The services the site offers: the profile's, or the site's own list of them."""
-    codes = getattr(site, "services", None)
-    if not codes:
-        return profile.services
-    return tuple(s for s in profile.services if s.letter in codes)
 
 
 class Town:
