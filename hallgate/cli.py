@@ -403,8 +403,9 @@ def build_parser():
 
     p = sub.add_parser("run", help="the gateway daemon (what the systemd unit starts)")
     p.add_argument("--config", required=True, help="hall config (TOML)")
-    p.add_argument("--status-file", help=f"where to keep the status (default {DEFAULT_STATUS},"
-                   " or $RUNTIME_DIRECTORY/status.json under systemd)")
+    p.add_argument("--status-file", help="where to keep the status (default "
+                   "$HALLGATE_STATUS_FILE, or $RUNTIME_DIRECTORY/status.json under systemd, "
+                   f"or {DEFAULT_STATUS}); the technician commands look in the same places")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="log lines as text (default) or one JSON object per line")
     p.set_defaults(func=cmd_run)

@@ -15,8 +15,12 @@ DEFAULT_STATUS = "/run/hallgate/status.json"
 
 
 def status_path(args):
+    """--status-file, else $HALLGATE_STATUS_FILE (set once in a shell, every command finds
+    a daemon whose status is elsewhere), else systemd's RuntimeDirectory, else the default."""
     if getattr(args, "status_file", None):
         return args.status_file
+    if os.environ.get("HALLGATE_STATUS_FILE"):
+        return os.environ["HALLGATE_STATUS_FILE"]
     runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd's RuntimeDirectory=
     return os.path.join(runtime.split(":")[0], "status.json") if runtime else DEFAULT_STATUS
 

@@ -112,6 +112,8 @@ class Lab:
             f"call-panel --address {spare_window} --window {spare_window} --bundle "
             f"{self.bundles['call-panel']} --key {self.public}   # the spare board on USB",
         ]
+        lines.append(f"  (or `export HALLGATE_STATUS_FILE={gw.status_file}` once, and drop "
+                     "--status-file)")
         for other in hall.gateways[1:]:
             lines.append(f"  (gateway {other.config.stem}: --status-file {other.status_file})")
         lines.append(f"Broker {hall.url}: mosquitto_sub -h 127.0.0.1 -p "

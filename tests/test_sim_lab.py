@@ -5,6 +5,7 @@ spare board on its own pty. All real parts (mosquitto, the gateway daemon, the f
 MicroPython booted from a signed bundle, mpremote for the flash)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,9 +16,9 @@ import pytest
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(300)]
 
 
-def hallgate(*args, timeout=60):
+def hallgate(*args, timeout=60, env=None):
     done = subprocess.run([sys.executable, "-m", "hallgate.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done.stdout
 
@@ -41,7 +42,8 @@ def test_every_technician_command_works_on_the_lab(tmp_path):
         where = ["--status-file", str(status)]
         assert f"hallgate devices --status-file {status}" in text
 
-        devices = json.loads(hallgate("devices", *where, "--json"))
+        devices = json.loads(hallgate("devices", "--json", env={"HALLGATE_STATUS_FILE":
+                                                                str(status)}))
         rows = devices["devices"]
         assert sorted(d["address"] for d in rows) == [1, 2, 101, 102]
         assert all(d["online"] for d in rows)
