@@ -23,16 +23,21 @@ def measure(windows, visitors, hours, seed, tmp):
         report = hall.run_day()
     finally:
         hall.close()
-    ledger = run_model(hall.plan, hall.breaks, hall.queue_config, tmp / "model.db",
-                       seed=seed, start=hall.opening)
+    return {"windows": windows, "visitors": visitors, "hours": hours, "seed": seed,
+            "real_s": report["real_s"], **against_model(hall, report, seed, tmp / "model.db")}
+
+
+def against_model(hall, report, seed, db):
+    """A finished hall's figures beside the same plan's through the central alone."""
+    ledger = run_model(hall.plan, hall.breaks, hall.queue_config, db, seed=seed,
+                       start=hall.opening)
     full, model = report["central"]["all"], ledger.report["all"]
 
     def ratio(key):
         return round(full[key] / model[key], 3) if model[key] else None
 
-    return {"windows": windows, "visitors": visitors, "hours": hours, "seed": seed,
-            "finished": report["finished"], "problems": report["problems"],
-            "real_s": report["real_s"], "hall_hours": report["sim_hours"],
+    return {"finished": report["finished"], "problems": report["problems"],
+            "hall_hours": report["sim_hours"],
             "wait_avg_s": {"full": full["wait_avg_s"], "model": model["wait_avg_s"],
                            "ratio": ratio("wait_avg_s")},
             "wait_p95_s": {"full": full["wait_p95_s"], "model": model["wait_p95_s"],

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from hallgate.sim.hall import Options
-from hallgate.sim.model import run_model
 from hallgate.sim.profile import load_profile
 from hallgate.sim.town import Town, profile_sites
+from sim_day import against_model
 
 TARGET_S = {"syzran": 90.0}  # the target for the syzran day on 2 cores
 
@@ -30,20 +30,12 @@ def measure(profile_name, seed, tmp):
         town.close()
     out = {}
     for hall in town.halls:
-        r = report["sites"][hall.site]
-        ledger = run_model(hall.plan, hall.breaks, hall.queue_config,
-                           tmp / f"model-{hall.site}.db", seed=seed, start=hall.opening)
-        full, model = r["central"]["all"], ledger.report["all"]
         out[hall.site] = {
             "windows": hall.options.windows, "gateways": len(hall.layout),
             "devices": len(hall.devices), "pads": len(hall.pads),
-            "visitors": hall.options.visitors, "finished": r["finished"],
-            "problems": r["problems"], "hall_hours": r["sim_hours"],
-            "wait_avg_s": {"full": full["wait_avg_s"], "model": model["wait_avg_s"]},
-            "wait_p95_s": {"full": full["wait_p95_s"], "model": model["wait_p95_s"]},
-            "over_norm_share": {"full": full["over_norm_share"],
-                                "model": model["over_norm_share"]},
-            "chain_ms": r["chain_ms"], "rejected_presses": r["rejected_presses"]}
+            "visitors": hall.options.visitors,
+            **against_model(hall, report["sites"][hall.site], seed,
+                            tmp / f"model-{hall.site}.db")}
     return {"profile": profile.name, "seed": seed, "real_s": report["real_s"],
             "target_s": TARGET_S.get(profile.name), "finished": report["finished"],
             "gateways": sum(s["gateways"] for s in out.values()),

@@ -249,10 +249,10 @@ def choose_targets(rows, image, addresses=None, role=None, force=False):
             return f"already runs {image.version} (--force sends it again)"
         return None
 
-    targets = [(r["bus"], r["address"]) for r in chosen if why_not(r) is None]
+    reasons = [(r, why_not(r)) for r in chosen]
+    targets = [(r["bus"], r["address"]) for r, why in reasons if why is None]
     skipped = [{"bus": r["bus"], "address": r["address"], "result": "skipped",
-                "reason": why_not(r), "version": image.version}
-               for r in chosen if why_not(r) is not None]
+                "reason": why, "version": image.version} for r, why in reasons if why]
     return targets, skipped
 
 

@@ -256,8 +256,7 @@ def cmd_sim_hall(args):
             for hall in town.halls:
                 title = f"{hall.site}: " if len(town.halls) > 1 else ""
                 console.print(title + load_text(hall.load), markup=False, highlight=False)
-        devices = sum(2 + (not g.on_gpio(n)) for h in town.halls for g in h.layout
-                      for n in g.windows)
+        devices = sum(len(g.devices()) for h in town.halls for g in h.layout)
         try:
             with console.status(f"starting the broker, {len(town.halls)} central service(s), "
                                 f"{sum(len(h.layout) for h in town.halls)} gateway(s) and "

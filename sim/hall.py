@@ -49,10 +49,8 @@ from hallgate.sim.device import FirmwareDevice, compile_firmware
 from hallgate.sim.gwhost import GatewayHost
 from hallgate.sim.hallclock import HallClock
 from hallgate.sim.hallconfig import (
-    DISPLAY_BASE,
     MAX_GATEWAY_WINDOWS,
     OPENING_HOUR,
-    PAD_BASE,
     gateway_config,
     gateway_plans,
     queue_config,
@@ -198,19 +196,13 @@ class Hall:
             self.lab = Lab(self.dir / "lab").prepare()
             self.lab.start_spare(READY_TIMEOUT)
         for g in self.layout:
-            roles = {}  # port name -> (address, role, window) on this gateway's line
-            for n in g.windows:
-                i = g.local(n)
-                roles[f"panel-{n}"] = (i, "call-panel", n)
-                roles[f"display-{n}"] = (DISPLAY_BASE + i, "window-display", n)
-                if not g.on_gpio(n):
-                    roles[f"pad-{n}"] = (PAD_BASE + i, "feedback-pad", n)
-            hub = HubProcess({name: r[0] for name, r in roles.items()}, opts.baud,
+            devices = g.devices()
+            hub = HubProcess({name: address for name, address, _, _ in devices}, opts.baud,
                              READY_TIMEOUT)
             self.hubs.append(hub)
             kinds = {"call-panel": self.panels, "window-display": self.displays,
                      "feedback-pad": self.pads}
-            for name, (address, role, n) in roles.items():
+            for name, address, role, n in devices:
                 timings = self.panel_timings() if role == "call-panel" else {}
                 kinds[role][n] = self._device(hub.port(name), name, address, role, n,
                                               **timings)

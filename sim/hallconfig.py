@@ -48,6 +48,21 @@ class GatewayPlan:
         """True where the window's vote buttons are on the Pi's GPIO, False on a pad."""
         return self.local(window) <= GPIO_PAIRS
 
+    def devices(self):
+        """(name, bus address, role, window) of every device on this gateway's line.
+
+        >>> [d[:2] for d in GatewayPlan("gw", tuple(range(1, 14))).devices()][-3:]
+        [('panel-13', 13), ('display-13', 113), ('pad-13', 213)]
+        """
+        out = []
+        for n in self.windows:
+            i = self.local(n)
+            out += [(f"panel-{n}", i, "call-panel", n),
+                    (f"display-{n}", DISPLAY_BASE + i, "window-display", n)]
+            if not self.on_gpio(n):
+                out.append((f"pad-{n}", PAD_BASE + i, "feedback-pad", n))
+        return out
+
 
 def gateway_plans(windows, gateways):
     """The site's windows 1..`windows` split into `gateways` contiguous ranges (the first
@@ -160,16 +175,12 @@ def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, ou
     """Write the hall config of gateway `plan` of `site` to `path`: its bus with a panel
     and a display per window (and a feedback pad past the GPIO pairs), its windows' like /
     dislike pins on the GPIO; `public_key`: updates over the bus signed with its pair."""
-    devices, windows = [], []
+    devices = [f'\n  [[buses.devices]]\n  address = {a}\n  role = "{role}"\n  window = {n}\n'
+               for _, a, role, n in plan.devices()]
+    windows = []
     for n in plan.windows:
-        i = plan.local(n)
-        roles = [(i, "call-panel"), (DISPLAY_BASE + i, "window-display")]
-        if not plan.on_gpio(n):
-            roles.append((PAD_BASE + i, "feedback-pad"))
-        devices += [f'\n  [[buses.devices]]\n  address = {a}\n  role = "{role}"\n'
-                    f"  window = {n}\n" for a, role in roles]
         if plan.on_gpio(n):
-            like, dislike = button_pins(i)
+            like, dislike = button_pins(plan.local(n))
             windows.append(f"\n[[windows]]\nnumber = {n}\nlike_pin = {like}\n"
                            f"dislike_pin = {dislike}\n")
         else:  # its buttons are on the pad

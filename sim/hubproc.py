@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 
 from hallgate.sim import SimError
 
@@ -47,8 +48,6 @@ class HubProcess:
 
 
 def _readline(proc, timeout):
-    import threading
-
     out = []
     reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
     reader.start()
