@@ -198,7 +198,9 @@ def test_central_on_mqtt(tmp_path):
 
         # restart: events sent while the service is away arrive; tickets, votes, versions kept
         assert svc.stop() is True
-        assert w.last("central/status")["reason"] == "stopped"
+        # The broker forwards the stop's status to the witness a moment after its PUBACK.
+        wait_for(lambda: (w.last("central/status") or {}).get("reason") == "stopped", 5,
+                 "the central's stopped status at the witness")
         svc.central.close()
         w.pub("ticket/request", req("k2"))
         w.pub("window/1/event", ev(6, "call"))
