@@ -227,6 +227,9 @@ class Firmware:
                                   "updates over the bus")
     job_share: int = key(int, 50, "most of the bus time an update may take, percent (the "
                          "poll cycle gets the rest)", lo=10, hi=90)
+    offline_s: int = key(int, 30, "seconds without an answer after which a device's update "
+                         "fails as offline (it keeps what it staged; the next update "
+                         "resumes there)", lo=5, hi=3600)
 
 
 @dataclass(frozen=True)

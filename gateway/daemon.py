@@ -25,18 +25,15 @@ again), GPIO presses are retried by the feedback module; a malformed command -> 
 topic; SIGTERM -> stop taking input, drain the outbox for a few seconds, say offline, exit.
 """
 
-import functools
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
-from hallgate.gateway import sniff
 from hallgate.gateway.commands import (
     DisplayCommand,
     PanelCommand,
@@ -44,9 +41,11 @@ from hallgate.gateway.commands import (
     supersedes,
     utc_ts,
 )
-from hallgate.gateway.control import ControlError, ControlServer, arg
+from hallgate.gateway.control import ControlError, ControlServer
 from hallgate.gateway.mqtt import MqttLink, Tls
 from hallgate.gateway.outbox import Outbox, OutboxError
+from hallgate.gateway.technician import Technician
+from hallgate.gateway.updates import Updates
 from hallgate.protocols import bus
 
 from hallgate import __version__
@@ -56,9 +55,6 @@ log = logging.getLogger("hallgate.daemon")
 DRAIN_S = 5.0  # on SIGTERM, how long to keep sending the outbox before saying offline
 OUTBOX_REPORT_S = 10.0  # a failing outbox is reported at most this often
 DROP_REPORT_S = 5.0  # drops past the outbox cap are summed up and reported this often
-MASTER_WAIT_S = 10.0  # longest wait of a control command for a bus master's thread
-OTA_PROGRESS_S = 0.5  # how often `ota` reports its transfers' progress
-SNIFF_QUEUE = 20000  # tapped chunks held per sniff session; more are dropped and counted
 
 
 def _str(path):
@@ -127,11 +123,7 @@ class Gateway:
         self.status_file = Path(status_file) if status_file else None
         if control_path is None and self.status_file is not None:
             control_path = self.status_file.with_name("control.sock")
-        self.control = None if control_path is None else ControlServer(
-            control_path, self._control_handlers())
         self.control_error = None
-        self._sniffs = ()  # (queue, bus names, drop counter) of the sniff sessions
-        self._sniffs_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False
         self._wake = threading.Event()
@@ -144,6 +136,11 @@ class Gateway:
         path = Path(config.outbox.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(path, self.name, max_events=config.outbox.max_events)
+        # The technician's commands (gateway/technician.py, gateway/updates.py); the
+        # update history is kept beside the outbox, on the gateway's own disk.
+        self.updates = Updates(self, path.with_name("ota-history.jsonl"))
+        self.control = None if control_path is None else ControlServer(
+            control_path, {**Technician(self).handlers(), **self.updates.handlers()})
         self.reconciler = Reconciler(self._apply)
         self.devices = {}  # (bus name, address) -> config BusDevice
         self.by_window = {}  # window -> {role: [(bus name, address)]}
@@ -152,6 +149,11 @@ class Gateway:
                 self.devices[(b.name, d.address)] = d
                 self.by_window.setdefault(d.window, {}).setdefault(d.role, []).append(
                     (b.name, d.address))
+        # The board id last seen at each bus address, kept beside the outbox: a board
+        # swapped while the gateway was down is reported at the next start.
+        from hallgate.gateway.master import KnownBoards
+
+        self.boards = KnownBoards(path.with_name("boards.json"))
         self.masters = self._make_masters(pin_factory)
         self.feedback = self._make_feedback(pin_factory)
         self.gpio_panels, self._panel_sampler = self._make_gpio_panels(pin_factory)
@@ -185,8 +187,26 @@ class Gateway:
                     f"{bus.TYPE_NAMES.get(t, t)} (reason {r})"),
                 devices=[d.address for d in b.devices],
                 job_share=self.config.firmware.job_share / 100,
+                on_board=lambda addr, old, new, name=b.name: self._board_changed(
+                    name, addr, old, new),
+                boards=self.boards.of(b.name),
             )
         return masters
+
+    def _board_changed(self, bus_name, addr, old, new):
+        """A board id learnt (old None) or changed at an address: kept, and a change (a
+        board swapped, now or while the gateway was down) is logged and reported on the
+        errors topic. Called in the master's thread."""
+        self.boards.set(bus_name, addr, new)
+        if old is None:
+            return
+        dev = self.devices.get((bus_name, addr))
+        what = f"{dev.role} of window {dev.window}" if dev else "device"
+        reason = (f"bus {bus_name} address {addr}: the {what} is another board now "
+                  f"(board id {old} -> {new}); its counters start fresh")
+        log.warning("%s", reason)
+        self.link.publish_error("board-swapped", reason, bus=bus_name, address=addr,
+                                old_board_id=old, board_id=new)
 
     def _make_feedback(self, pin_factory):  # GPIO buttons and feedback pads, by window
         from hallgate.gateway.feedback import make_feedback
@@ -379,6 +399,8 @@ class Gateway:
                     "role": dev.role if dev else (info.role_name if info else "unknown"),
                     "window": dev.window if dev else (info.window if info else None),
                     "firmware": info.firmware_text if info else None,
+                    "board": getattr(info, "board_name", None) if info else None,
+                    "board_id": info.asdict().get("board_id") if info else None,
                     "uptime_s": info.uptime_s if info else None,
                     "online": snap["online"],
                     "last_seen": utc_ts(time.time() - (now - seen)) if seen else None,
@@ -392,7 +414,7 @@ class Gateway:
                 })
         return rows
 
-    def _bus_port(self, name):
+    def bus_port(self, name):
         for b in self.config.buses:
             if b.name == name:
                 return b.port
@@ -403,220 +425,6 @@ class Gateway:
         # thread, because reading every master from here could deadlock two masters.
         self._devices_due = True
         self._wake.set()
-
-    # ---- control socket (gateway/control.py; `hallgate devices` and the like) ----------
-
-    def _control_handlers(self):
-        """The commands of the control socket: one line each."""
-        return {
-            "hello": self._c_hello,
-            "devices": self._c_devices,
-            "identify": self._c_identify,
-            "stats": self._c_stats,
-            "sniff": self._c_sniff,
-            "ota": self._c_ota,
-        }
-
-    def _c_hello(self, req, session):
-        return {"pid": os.getpid(), "gateway": self.name, "site": self.site,
-                "version": __version__, "commands": sorted(self.control.handlers)
-                if self.control is not None else [],
-                "buses": {b.name: {"port": b.port, "baud": b.baud} for b in self.config.buses}}
-
-    def _masters(self, req):
-        """{name: master} the request is about: its "bus", or all of them."""
-        name = arg(req, "bus", str)
-        if name is None:
-            return dict(self.masters)
-        if name not in self.masters:
-            raise ControlError(f"no bus {name!r} (buses: {', '.join(self.masters) or 'none'})")
-        return {name: self.masters[name]}
-
-    @staticmethod
-    def _bounded(fn, what, timeout=MASTER_WAIT_S):
-        """fn() in a helper thread, waited for at most `timeout` s: a master's thread that
-        does not come round never holds a control connection forever."""
-        box = {}
-
-        def call():
-            try:
-                box["result"] = fn()
-            except BaseException as e:
-                box["error"] = e
-
-        helper = threading.Thread(target=call, name="control-wait", daemon=True)
-        helper.start()
-        helper.join(timeout)
-        if helper.is_alive():
-            raise ControlError(f"{what}: no answer within {timeout:g} s")
-        if "error" in box:
-            raise ControlError(f"{what}: {box['error']!r}")
-        return box["result"]
-
-    def _c_devices(self, req, session):
-        """The device table; with "refresh" (default true) the online devices are asked for
-        a fresh INFO first (a GET_INFO each, between poll cycles: nothing is acked)."""
-        masters = self._masters(req)
-        if arg(req, "refresh", bool, True):
-            for name, master in masters.items():
-                online = [a for a, s in master.devices().items() if s["online"]]
-                if online:
-                    self._bounded(functools.partial(master.scan, online, add=True),
-                                  f"bus {name}")
-        rows = [r for r in self.device_rows() if r["bus"] in masters]
-        return {"devices": rows}
-
-    def _c_identify(self, req, session):
-        addr = arg(req, "address", int, required=True)
-        seconds = arg(req, "seconds", int, 10)
-        if not 0 <= addr <= bus.MAX_ADDRESS:
-            raise ControlError(f"address {addr} out of range 0-{bus.MAX_ADDRESS}")
-        if not 1 <= seconds <= 255:
-            raise ControlError(f"seconds {seconds} out of range 1-255")
-        masters = self._masters(req)
-        if len(masters) > 1:
-            having = [n for n, m in masters.items() if m.device(addr) is not None]
-            if addr == bus.BROADCAST or len(having) != 1:
-                where = (f"on buses {', '.join(having)}" if having else "on no bus")
-                raise ControlError(f"device {addr} is {where}: say which bus (--bus NAME; "
-                                   f"buses: {', '.join(masters)})")
-            masters = {having[0]: masters[having[0]]}
-        if not masters:
-            raise ControlError("this gateway has no bus")
-        (name, master), = masters.items()
-        future = master.identify(addr, seconds)
-        ok = self._bounded(lambda: future.result(MASTER_WAIT_S), f"bus {name}",
-                           MASTER_WAIT_S + 1)
-        if not ok:
-            raise ControlError(f"device {addr} on bus {name} did not acknowledge IDENTIFY")
-        return {"bus": name, "address": addr, "seconds": seconds}
-
-    def _c_stats(self, req, session):
-        now = time.monotonic()
-        out = {}
-        for name, master in self._masters(req).items():
-            stats = master.stats
-            seen = stats.pop("last_seen")  # the master's monotonic clock: an age instead
-            stats["seen_ago_s"] = round(now - seen, 3) if seen else None
-            devices = {}
-            for addr, snap in master.devices().items():
-                d = dict(snap["stats"])
-                seen = d.pop("last_seen")
-                d["seen_ago_s"] = round(now - seen, 3) if seen else None
-                d["online"] = snap["online"]
-                devices[str(addr)] = d
-            out[name] = {"port": self._bus_port(name), "stats": stats, "devices": devices}
-        return {"buses": out}
-
-    def _c_ota(self, req, session):
-        """Updates devices' firmware from a signed bundle (gateway/ota.py): "bundle" (a
-        path this daemon can read), "addresses" (a list) or "role", optionally "bus".
-        Checks the bundle with the config's [firmware] public_key before anything goes
-        on the bus; streams {"progress": [...]} every OTA_PROGRESS_S; the final object
-        has "results". A client that goes away does not stop the updates."""
-        from hallgate.gateway import ota
-        from hallgate.gateway.bundle import BundleError
-
-        key = self.config.firmware.public_key
-        if key is None:
-            raise ControlError(f"{self.config.file or 'the config'} has no [firmware] "
-                               "public_key: this gateway updates no firmware over the bus")
-        path = arg(req, "bundle", str, required=True)
-        addresses = arg(req, "addresses", list)
-        if addresses is not None and not all(
-                isinstance(a, int) and not isinstance(a, bool) for a in addresses):
-            raise ControlError(f"'addresses' must be a list of integers, not "
-                               f"{json.dumps(addresses)}")
-        role = arg(req, "role", str)
-        masters = self._masters(req)
-        try:
-            image = ota.prepare(path, key)
-        except BundleError as e:
-            raise ControlError(f"bundle refused, nothing sent: {e}") from None
-        rows = [r for r in self.device_rows() if r["bus"] in masters]
-        try:
-            targets, skipped = ota.choose_targets(rows, image, addresses, role,
-                                                  force=arg(req, "force", bool, False))
-        except ota.OtaError as e:
-            raise ControlError(str(e)) from None
-        transfers = [(name, masters[name].run_job(ota.Transfer(addr, image)))
-                     for name, addr in targets]
-        log.info("firmware update to %s %s: %s", image.role, image.version,
-                 ", ".join(f"{n}:{a}" for n, a in targets) or "no device online")
-
-        def report():
-            return [t.progress(name) for name, t in transfers]
-
-        while not all(t.done for _, t in transfers) and not self._stopped:
-            if session.alive():
-                session.send({"progress": report()})
-            if not session.wait(OTA_PROGRESS_S):  # the client left: the updates go on
-                time.sleep(OTA_PROGRESS_S)
-        results = report() + skipped
-        for r in results:
-            log.info("firmware update of %s:%s: %s %s", r["bus"], r["address"],
-                     r["result"] or "interrupted (gateway stopping)", r["reason"])
-        return {"version": image.version, "role": image.role, "results": results}
-
-    def _c_sniff(self, req, session):
-        """Streams the frames the masters send and receive, decoded (gateway/sniff.py),
-        one record per line with its "bus"; ends after "seconds" (if given), when the
-        client closes, or at stop. The final object holds the summary."""
-        seconds = arg(req, "seconds", float)
-        masters = self._masters(req)
-        chunks = queue.Queue(SNIFF_QUEUE)
-        sub = (chunks, frozenset(masters), [0])
-        sniffers = {n: sniff.Sniffer(sniff.quiet_for(m.baudrate)) for n, m in masters.items()}
-        offset = time.time() - time.monotonic()  # records carry wall-clock time
-        self._tap_add(sub)
-        end = None if seconds is None else time.monotonic() + seconds
-
-        def send(name, records):
-            for rec in records:
-                rec["t"] = round(rec["t"] + offset, 6)
-                rec["bus"] = name
-                session.send(rec)
-
-        try:
-            while session.alive() and (end is None or time.monotonic() < end):
-                try:
-                    name, _, data, t = chunks.get(timeout=0.05)
-                except queue.Empty:
-                    now = time.monotonic()
-                    for n, s in sniffers.items():
-                        send(n, s.tick(now))
-                    continue
-                send(name, sniffers[name].feed(data, t))
-        finally:
-            self._tap_remove(sub)
-        for n, s in sniffers.items():
-            send(n, s.finish())
-        return {"buses": {n: s.summary.asdict() for n, s in sniffers.items()},
-                "dropped_chunks": sub[2][0]}
-
-    def _tap_add(self, sub):
-        with self._sniffs_lock:
-            self._sniffs = (*self._sniffs, sub)
-            self._retap()
-
-    def _tap_remove(self, sub):
-        with self._sniffs_lock:
-            self._sniffs = tuple(s for s in self._sniffs if s is not sub)
-            self._retap()
-
-    def _retap(self):
-        for name, master in self.masters.items():
-            wanted = any(name in buses for _, buses, _ in self._sniffs)
-            master.tap = functools.partial(self._tap, name) if wanted else None
-
-    def _tap(self, name, direction, data, t):
-        """In the master's thread: hand the bytes to each sniff session, never wait."""
-        for chunks, buses, dropped in self._sniffs:
-            if name in buses:
-                try:
-                    chunks.put_nowait((name, direction, data, t))
-                except queue.Full:
-                    dropped[0] += 1
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -659,6 +467,7 @@ class Gateway:
             panel.close()
         for m in self.masters.values():
             m.close()
+        self.updates.record_finished(stopping=True)
         deadline = time.monotonic() + drain_s
         # Drain even while disconnected: the broker may be back within the time allowed.
         while self.outbox.depth() and time.monotonic() < deadline:
@@ -673,6 +482,10 @@ class Gateway:
         self.outbox.close()
         log.info("gateway stopped; %d event(s) kept in the outbox for the next start", left)
         return left
+
+    @property
+    def stopping(self):
+        return self._stopped
 
     def status(self):
         ob = self.outbox.stats()
@@ -689,13 +502,14 @@ class Gateway:
             "rejected_device_events": self.event_rejects,
             "devices": {"online": sum(r["online"] for r in table), "total": len(table),
                         "table": table},
-            "buses": {n: {"port": self._bus_port(n), **{
+            "buses": {n: {"port": self.bus_port(n), **{
                 k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events", "duplicates")}}
                 for n, s in masters.items()},
             "control": str(self.control.path) if self.control is not None else None,
             "feedback": self.feedback.state() if self.feedback is not None else {},
             "gpio_panels": {w: p.state() for w, p in self.gpio_panels.items()},
             "stale_commands": self.reconciler.stale,
+            "updates": self.updates.running(),
         }
 
     def _delivery_status(self):

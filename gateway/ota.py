@@ -31,7 +31,7 @@ from hallgate.protocols import otawire as ow
 QUERY_EVERY = 0.5  # seconds between OTA_QUERYs while a device checks, reboots, confirms
 RETRY_EVERY = 1.0  # seconds between OTA_BEGINs to a device that stopped answering
 FAILS_TO_PAUSE = 5  # failed exchanges in a row before a device counts as gone for now
-GONE_TIMEOUT = 120.0  # a device gone this long fails its update (it keeps what it staged)
+GONE_TIMEOUT = 30.0  # a device gone this long fails its update (it keeps what it staged)
 CONFIRM_TIMEOUT = 120.0  # from commit to the device's verdict (TRIAL_MS is 60 s on it)
 
 
@@ -95,13 +95,33 @@ class Transfer:
         self.interruptions = 0  # times the device stopped answering mid-update
         self.firmware = None  # (x, y, z) the device last reported running
         self.device_state = None  # its last OTA state name
+        self._cancel = None  # the reason, once cancel() was asked
 
     @property
     def done(self):
         return self.result is not None
 
+    @property
+    def committed(self):
+        """True once OTA_COMMIT may have reached the device: from then on the device
+        decides (it confirms the new image or rolls back) and it cannot be cancelled."""
+        return self.phase in ("commit", "reboot")
+
+    def cancel(self, reason):
+        """Ask the transfer to stop before its commit (any thread; it ends at its next
+        turn in the master's thread, with result "cancelled"). False when it is done or
+        already committed."""
+        if self.done or self.committed:
+            return False
+        self._cancel = reason
+        return True
+
     def next_request(self):
         now = self._clock()
+        if self._cancel is not None and not self.done and not self.committed:
+            self._finish("cancelled", f"{self._cancel} at {self.offset} of {self.size} "
+                         "bytes; the device runs its old firmware and keeps what it staged "
+                         "(the next update resumes there)")
         if self.done or now < self._wait_until:
             return None
         if self.phase == "begin":
@@ -184,9 +204,9 @@ class Transfer:
             self.phase = "begin"
             self._wait_until = now + RETRY_EVERY
             if now - self.last_reply > self.gone_timeout:
-                self._finish("failed", f"no answer for {self.gone_timeout:.0f} s "
-                             f"({outcome}); it keeps {self.offset} bytes staged, and "
-                             "the next update resumes there")
+                self._finish("failed", f"offline: no answer for {self.gone_timeout:.0f} s "
+                             f"({outcome}); it keeps {self.offset} of {self.size} bytes "
+                             "staged, and the next update resumes there")
 
     def _check_confirm_time(self, now):
         if self.committed_at is not None and now - self.committed_at > self.confirm_timeout:
@@ -216,10 +236,12 @@ class Transfer:
 
 def choose_targets(rows, image, addresses=None, role=None, force=False):
     """The devices to update: ([(bus, address)], [skipped summary]) from device `rows`
-    (dicts with bus, address, role, online, firmware: the daemon's table or a direct
-    scan), by `addresses` or by `role`. OtaError names a device that is unknown, ambiguous
-    or of another role than the image's; offline devices are skipped, and so are those
-    already running the image's version unless `force`, with the reason."""
+    (dicts with bus, address, role, online, firmware, board: the daemon's table or a
+    direct scan), by `addresses` or by `role`. OtaError names a device that is unknown,
+    ambiguous or of another role than the image's. Skipped, with the reason: offline
+    devices, boards of another kind than the bundle's (its HAL would not start: nothing is
+    sent), and unless `force`, boards that do not say their kind (older firmware)
+    and devices already running the image's version."""
     if (addresses is None) == (role is None):
         raise OtaError("say which devices: their addresses, or a role")
     if role is not None:
@@ -245,6 +267,13 @@ def choose_targets(rows, image, addresses=None, role=None, force=False):
     def why_not(r):
         if not r["online"]:
             return "offline"
+        board = r.get("board")
+        if board in (None, "unknown"):
+            if not force:
+                return (f"its firmware ({r.get('firmware')}) does not report its board, so "
+                        f"the bundle's ({image.board}) cannot be checked (--force sends it)")
+        elif board != image.board:
+            return f"a {board} board; the bundle is for {image.board} boards"
         if not force and r.get("firmware") == image.version:
             return f"already runs {image.version} (--force sends it again)"
         return None

@@ -24,7 +24,7 @@ from hallgate.tools import (
     cmd_bus_watch,
     cmd_devices,
     cmd_identify,
-    cmd_ota,
+    cmd_logs,
     status_path,
 )
 
@@ -146,6 +146,13 @@ def cmd_status(args):
         seen = f"{was}online" if r["online"] else f"{was}OFFLINE"
         print(f"  {r['bus']}:{r['address']:<4} {r['role']:15} window {r['window']!s:>4} "
               f"{seen:12} fw {r['firmware'] or '-'}")
+    updates = st.get("updates") or []
+    if updates:
+        print(f"firmware updates {'running' if st['running'] else 'cut short by the stop'} "
+              "(hallgate ota --status, --cancel):")
+    for u in updates:
+        print(f"  {u['bus']}:{u['address']:<4} -> {u['version']}: {u['phase']}, "
+              f"{u['offset']}/{u['bytes']} bytes, since {u['started']}")
     return 0 if st["running"] else 1
 
 
@@ -313,11 +320,16 @@ def build_parser():
     bus_p = sub.add_parser("bus", help="talk to the RS-485 device bus directly")
     bus_sub = bus_p.add_subparsers(dest="bus_command", required=True, metavar="SUBCOMMAND")
 
-    p = bus_sub.add_parser("scan", help="find the devices that answer on the bus")
-    add_port_args(p)
-    p.add_argument("--addresses", type=address_list, default=address_list("1-247"),
-                   help="addresses to try, e.g. 1-32 or 1-8,12 (default 1-247)")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p = bus_sub.add_parser(
+        "scan", help="find the devices that answer on the bus",
+        description="GET_INFO to each address (nothing is acked, nothing added to the "
+        "daemon's devices). Through the daemon: a few addresses between its poll cycles, "
+        "so the polling goes on. Directly: on --port, or the buses of --config.")
+    add_target_args(p, addresses=False)
+    p.add_argument("--addresses", type=address_list,
+                   help="addresses to try, e.g. 1-12,101-112 (default 1-247)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, a row per "
+                   "device that answered")
     p.set_defaults(func=cmd_bus_scan)
 
     p = bus_sub.add_parser("watch", help="poll devices and print their key events")
@@ -362,7 +374,9 @@ def build_parser():
         description="Through the daemon: its device table, with fresh INFO from the online "
         "devices. Directly: a GET_INFO scan (nothing is acked).")
     add_target_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--wide", action="store_true", help="every detail: board, whole board "
+                   "id, last seen and each counter apart (wider than 100 columns)")
+    p.add_argument("--json", action="store_true", help="print JSON (everything)")
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("identify", help="make a device show itself (display flashes, panel "
@@ -375,23 +389,44 @@ def build_parser():
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser(
+        "logs", help="a device's log: why it last reset, and the crash it kept",
+        description="Reads a device's log over the bus (GET_LOG, between the daemon's poll "
+        "cycles, or directly): the cause of its last reset (power-on, watchdog, reboot), "
+        "and the traceback of the last crash it kept, with the boot it happened in.")
+    p.add_argument("address", type=int, help="device address, 1-247")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_target_args(p, addresses=False)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
         "ota", help="update devices' firmware over the bus from a signed bundle",
         description="Sends a signed bundle's image (`hallgate firmware build`) to devices, "
         "in checked chunks, while the bus keeps polling (at most [firmware] job_share of "
         "it); each device checks the whole image, restarts into it, and must confirm "
         "itself healthy or goes back to its previous version by itself. Interrupted "
         "updates resume where they stopped. Exit 0 when every device is updated.")
-    p.add_argument("targets", nargs="*", type=int, metavar="ADDR",
-                   help="device addresses (or --role)")
-    p.add_argument("bundle", help="the signed bundle (.zip)")
+    p.add_argument("words", nargs="*", metavar="ADDR... BUNDLE",
+                   help="device addresses (or --role), then the signed bundle (.zip); with "
+                   "--status, --cancel or --history: device addresses only (none: all)")
     p.add_argument("--role", choices=bus.ROLES,
                    help="every online device of this role")
     p.add_argument("--force", action="store_true", help="send the bundle also to devices "
-                   "that already run its version (skipped otherwise)")
+                   "that already run its version, or whose firmware does not report its "
+                   "board (skipped otherwise)")
     p.add_argument("--key", metavar="PUBLIC", help="public key to check the bundle with, "
                    "directly (the daemon uses its config's)")
+    p.add_argument("--status", action="store_true", help="the daemon's updates running now, "
+                   "and those ended in the last hour")
+    p.add_argument("--cancel", action="store_true", help="stop the daemon's running updates "
+                   "(of ADDR...) not yet committed: the devices keep their old firmware")
+    p.add_argument("--history", action="store_true", help="past update results the daemon "
+                   "kept (of ADDR), across restarts: when, device, board, from, to, outcome")
+    p.add_argument("--limit", type=int, default=50, help="--history: the last N (default 50; "
+                   "0: all)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_target_args(p, addresses=False)
+    from hallgate.ota_tool import cmd_ota
+
     p.set_defaults(func=cmd_ota)
 
     from hallgate.gateway import flash

@@ -1,10 +1,10 @@
-"""The technician's commands: `hallgate devices`, `identify`, `ota`, `bus scan|watch|identify|
-sniff|stats`. Without --port / --config they go through the running daemon's control
-socket (gateway/control.py); with them they open the port themselves, exclusively, and
-refuse to share it with the daemon. Each says which way it went."""
+"""The technician's commands: `hallgate devices`, `identify`, `logs`, `bus scan|watch|
+identify|sniff|stats` (`ota`: hallgate/ota_tool.py). Without --port / --config they go through the
+running daemon's control socket (gateway/control.py); with them they open the port
+themselves, exclusively, and refuse to share it with the daemon. Each says which way it
+went."""
 
 import argparse
-import collections
 import contextlib
 import json
 import os
@@ -100,23 +100,6 @@ def _master(args, port=None, baud=None, timeout=None, tx_enable=None, **kw):
             master.close()
     finally:
         serial_port.close()
-
-
-def cmd_bus_scan(args):
-    with _master(args) as master:
-        found = master.scan(args.addresses, add=False)
-    rows = [dict(address=a, **info.asdict()) for a, info in sorted(found.items())]
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(f"{len(rows)} device(s) answered on {args.port} at {args.baud} baud")
-        if rows:
-            print(f"{'addr':>4}  {'role':15} {'window':>6}  {'firmware':9} {'uptime':>8}  "
-                  f"{'crc err':>7} {'overflow':>8} {'resets':>6}")
-        for r in rows:
-            print(f"{r['address']:>4}  {r['role']:15} {r['window']:>6}  {r['firmware']:9} "
-                  f"{r['uptime_s']:>7}s  {r['crc_errors']:>7} {r['overflows']:>8} {r['resets']:>6}")
-    return 0
 
 
 def cmd_bus_watch(args):
@@ -382,25 +365,122 @@ def _seen(row):
     return "now" if row["seen_ago_s"] < 1 else f"{_age(row['seen_ago_s'])} ago"
 
 
-def _print_devices(rows):
-    def v(x):
-        return "-" if x is None else x
+def _short_id(board_id):
+    """The last 8 hex digits of a board id (RP2040 ids of one batch share their start)."""
+    return board_id[-8:] if board_id else "-"
 
-    print(f"{'bus':8} {'addr':>4}  {'role':15} {'window':>6}  {'firmware':9} {'uptime':>8}  "
-          f"{'online':7} {'last seen':>10}  {'crc dev':>7} {'overflow':>8} {'resets':>6} "
-          f"{'queued':>6}  {'timeouts':>8} {'garbled':>7} {'retries':>7} {'crc gw':>6}")
+
+def _cell(x):
+    return "-" if x is None else str(x)
+
+
+def _table(columns, rows, groups=None, max_width=None, shrink=0):
+    """Text lines of a table: `columns` [(header, "<" or ">")], `rows` lists of values
+    (None shows as -), each column as wide as its widest cell, two spaces apart.
+    `groups` [(title, first column, last column)] adds a line above the headers naming
+    runs of columns. Lines longer than `max_width` have column `shrink` cut to fit (its
+    cut cells end in "~"), down to its header's width."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (h, _) in enumerate(columns)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - (max_width or sum(widths) + 99)
+    if excess > 0:
+        widths[shrink] = max(len(columns[shrink][0]), widths[shrink] - excess)
+        for r in cells:
+            if len(r[shrink]) > widths[shrink]:
+                r[shrink] = r[shrink][:widths[shrink] - 1] + "~"
+
+    def line(values):
+        out = "  ".join(f"{v:{a}{w}}" for v, (_, a), w in zip(values, columns, widths,
+                                                               strict=True))
+        return out.rstrip()
+
+    lines = []
+    if groups:
+        starts = [sum(widths[:i]) + 2 * i for i in range(len(widths))]
+        top = ""
+        for title, first, last in groups:
+            span = starts[last] + widths[last] - starts[first]
+            top = f"{top:{starts[first]}}" + f"{' ' + title + ' ':-^{span}}"
+        lines.append(top.rstrip())
+    lines.append(line([h for h, _ in columns]))
+    lines += [line(r) for r in cells]
+    return lines
+
+
+def _online(row):
+    if row["online"]:
+        return "yes"
+    if row.get("seen_ago_s") is None:
+        return "NO, never"
+    return f"NO, {_age(row['seen_ago_s'])} ago"
+
+
+def _count(n):
+    """A counter in at most 6 characters: 123456, 1234k, 12345M."""
+    if n is None or n < 1_000_000:
+        return n
+    return f"{n // 1000}k" if n < 10_000_000 else f"{n // 1_000_000}M"
+
+
+def _errors(row):
+    """Every error counted for a device: by it (CRC errors, queue overflows) and by the
+    gateway (timeouts, garbled replies, CRC errors); None when neither is known."""
+    d, ln = row.get("device"), row.get("link")
+    if d is None and ln is None:
+        return None
+    return (sum((d or {}).get(k) or 0 for k in ("crc_errors", "overflows"))
+            + sum((ln or {}).get(k) or 0 for k in ("timeouts", "garbled", "crc_errors")))
+
+
+DEVICES_LEGEND = (
+    "errors: CRC errors and queue overflows the device counted, plus the gateway's timeouts,",
+    "garbled replies and CRC errors with it (--wide: each); boots: its boot count; board id:",
+    "the last 8 hex digits (--wide: all).",
+)
+
+
+WIDTH = 100  # columns of the default device table
+
+
+def _print_devices(rows, wide=False):
+    """The device table: at most WIDTH columns by default (a long bus name is cut to
+    fit); `wide`, every detail and counter apart, as wide as it takes."""
+    if wide:
+        cols = [("bus", "<"), ("addr", ">"), ("role", "<"), ("window", ">"),
+                ("online", "<"), ("last seen", ">"), ("firmware", "<"), ("board", "<"),
+                ("board id", "<"), ("uptime", ">"),
+                ("boots", ">"), ("queued", ">"), ("state", ">"), ("crc", ">"),
+                ("overflows", ">"),
+                ("exchanges", ">"), ("timeouts", ">"), ("garbled", ">"), ("retries", ">"),
+                ("crc", ">"), ("events", ">"), ("dups", ">"), ("NAKs", ">")]
+        body = []
+        for r in rows:
+            d, ln = r.get("device") or {}, r.get("link") or {}
+            body.append([r["bus"], r["address"], r["role"], r["window"],
+                         "yes" if r["online"] else "NO", _seen(r), r["firmware"],
+                         r.get("board"), r.get("board_id"), _age(r["uptime_s"])]
+                        + [d.get(k) for k in ("resets", "queued", "version", "crc_errors",
+                                              "overflows")]
+                        + [ln.get(k) for k in ("exchanges", "timeouts", "garbled", "retries",
+                                               "crc_errors", "events", "duplicates",
+                                               "naks")])
+        lines = _table(cols, body, groups=[("counted by the device", 10, 14),
+                                           ("counted by the gateway", 15, 22)])
+        lines.append("state: the desired-state version the device shows; dups: events "
+                     "sent again after a lost ack")
+    else:
+        cols = [("bus", "<"), ("addr", ">"), ("role", "<"), ("window", ">"),
+                ("online", "<"), ("firmware", "<"), ("uptime", ">"), ("boots", ">"),
+                ("errors", ">"), ("board id", "<")]
+        body = [[r["bus"], r["address"], r["role"], r["window"], _online(r),
+                 r["firmware"], _age(r["uptime_s"]), (r.get("device") or {}).get("resets"),
+                 _count(_errors(r)), _short_id(r.get("board_id"))] for r in rows]
+        lines = _table(cols, body, max_width=WIDTH, shrink=0) + list(DEVICES_LEGEND)
     for r in rows:
-        d = r.get("device") or {}
-        ln = r.get("link") or {}
-        line = (f"{r['bus']:8} {r['address']:>4}  {r['role']:15} {v(r['window'])!s:>6}  "
-                f"{v(r['firmware']):9} {_age(r['uptime_s']):>8}  "
-                f"{'yes' if r['online'] else 'NO':7} {_seen(r):>10}  "
-                f"{v(d.get('crc_errors')):>7} {v(d.get('overflows')):>8} "
-                f"{v(d.get('resets')):>6} {v(d.get('queued')):>6}  "
-                f"{v(ln.get('timeouts')):>8} {v(ln.get('garbled')):>7} "
-                f"{v(ln.get('retries')):>7} {v(ln.get('crc_errors')):>6}")
         if r.get("mismatch"):
-            line += f"  <- {r['mismatch']}"
+            lines.append(f"! {r['bus']}:{r['address']} answers as {r['role']} at window "
+                         f"{r['window']}; {r['mismatch']}")
+    for line in lines:
         print(line)
 
 
@@ -416,6 +496,8 @@ def _scan_rows(target, found):
                "role": info.role_name if info else conf.role,
                "window": info.window if info else conf.window,
                "firmware": info.firmware_text if info else None,
+               "board": getattr(info, "board_name", None) if info else None,
+               "board_id": info.asdict().get("board_id") if info else None,
                "uptime_s": info.uptime_s if info else None,
                "online": info is not None,
                "last_seen": utc_ts() if info else None, "seen_ago_s": 0.0 if info else None,
@@ -427,6 +509,68 @@ def _scan_rows(target, found):
             row["mismatch"] = f"the config says {conf.role} at window {conf.window}"
         rows.append(row)
     return rows
+
+
+def _scan_text_rows(rows):
+    """The table of `bus scan`: who answered, what it says of itself."""
+    cols = [("bus", "<"), ("addr", ">"), ("role", "<"), ("window", ">"), ("firmware", "<"),
+            ("board", "<"), ("board id", "<"), ("uptime", ">"), ("boots", ">"),
+            ("crc errors", ">"), ("overflows", ">"), ("note", "<")]
+    body = []
+    for r in rows:
+        note = r.get("mismatch") or ("" if r.get("configured", True) else
+                                     "not in the daemon's config")
+        body.append([r["bus"], r["address"], r["role"], r["window"], r["firmware"],
+                     r.get("board") or "-", _short_id(r.get("board_id")),
+                     _age(r["uptime_s"]), r["resets"], r["crc_errors"], r["overflows"], note])
+    return _table(cols, body)
+
+
+@_tool
+def cmd_bus_scan(args):
+    """GET_INFO to each address: who answers, and what it says of itself. Through the
+    daemon (between its poll cycles, a few addresses at a time) or directly."""
+    way = _via(args)
+    wanted = args.addresses or list(range(1, 248))
+    if way[0] == "daemon":
+        _, client, hello = way
+        progress = sys.stderr.isatty() and not args.json
+        with client:
+            for rec in client.stream("scan", addresses=wanted, bus=args.bus, timeout=60):
+                if progress:
+                    print(f"\rscanning bus {rec['bus']}: {rec['scanned']} of {rec['of']} "
+                          f"addresses, {rec['found']} answered", end="", file=sys.stderr,
+                          flush=True)
+            result = client.result
+        if progress:
+            print(file=sys.stderr)
+        rows = [r for b in result["buses"].values() for r in b["found"]]
+        where = ", ".join(f"bus {n} ({b['port']})" for n, b in result["buses"].items())
+        note = f"{where}, {_via_daemon_text(hello)}"
+    else:
+        targets = way[1]
+        rows = []
+        for t in targets:
+            addresses = args.addresses or list(range(1, 248))
+            with _target_master(args, t) as (master, _, _):
+                found = master.scan(addresses, add=False)
+            for a, info in sorted(found.items()):
+                row = {"bus": t["name"], "address": a, **info.asdict()}
+                conf = t["devices"].get(a)
+                if t["devices"]:
+                    row["configured"] = conf is not None
+                if conf and (info.role_name, info.window) != (conf.role, conf.window):
+                    row["mismatch"] = f"the config says {conf.role} at window {conf.window}"
+                rows.append(row)
+        note = ", ".join(f"{t['port']} at {t['baud']} baud" for t in targets)
+        note = f"directly on {note}"
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{len(rows)} device(s) answered of {len(wanted)} address(es) tried: {note}")
+    for line in _scan_text_rows(rows) if rows else ():
+        print(line)
+    return 0
 
 
 @_tool
@@ -455,7 +599,7 @@ def cmd_devices(args):
     online = sum(r["online"] for r in rows)
     print(f"{online} of {len(rows)} device(s) online")
     if rows:
-        _print_devices(rows)
+        _print_devices(rows, wide=getattr(args, "wide", False))
     return 0
 
 
@@ -473,10 +617,20 @@ def cmd_identify(args):
     way = _via(args)
     as_json = getattr(args, "json", False)
     if way[0] == "daemon":
+        from hallgate.gateway.control import ControlError
+
         _, client, hello = way
-        with client:
-            r = client.call("identify", address=args.address, seconds=args.seconds,
-                            bus=args.bus, timeout=30)
+        try:
+            with client:
+                r = client.call("identify", address=args.address, seconds=args.seconds,
+                                bus=args.bus, timeout=30)
+        except ControlError as e:
+            if not as_json:
+                raise
+            print(json.dumps({"ok": False, "address": args.address, "bus": args.bus,
+                              "seconds": args.seconds, "via": "daemon", "pid": hello["pid"],
+                              "error": str(e)}))
+            return 1
         if as_json:
             print(json.dumps({"ok": True, "address": r["address"], "bus": r["bus"],
                               "seconds": r["seconds"], "via": "daemon", "pid": hello["pid"]}))
@@ -505,6 +659,92 @@ def cmd_identify(args):
         print(f"{who} did not acknowledge ({_via_port_text([t])})", file=sys.stderr)
         return 1
     print(f"{who}: showing itself for {args.seconds} s ({_via_port_text([t])})")
+    return 0
+
+
+def _read_log_directly(master, addr):
+    """fetch_log through a master that is not polling: each GET_LOG is run by a cycle
+    that polls nothing (the master knows no devices)."""
+    from hallgate.gateway.master import fetch_log
+
+    def read(offset):
+        future = master.read_log(addr, offset)
+        master.run_cycle()
+        return future.result(timeout=0)
+
+    return fetch_log(read)
+
+
+def _print_log(r, note):
+    what = ", ".join(x for x in (r.get("role"), r.get("firmware") and
+                                 f"firmware {r['firmware']}",
+                                 r.get("boot") is not None and f"boot {r['boot']}") if x)
+    print(f"device {r['address']} on bus {r['bus']}" + (f" ({what})" if what else "")
+          + f", {note}")
+    print(f"last reset: {r['reset_cause']}")
+    if not r["crash_boot"] and not r["total"]:
+        print("no crash kept: the device has not crashed since its log was last cleared")
+        return
+    now = (f"; it is in boot {r['boot']} now" if r.get("boot") is not None
+           and r["boot"] != r["crash_boot"] else "")
+    print(f"crash kept from boot {r['crash_boot']}{now}; its traceback ({r['total']} "
+          "bytes):")
+    for line in r["text"].splitlines():
+        print(f"  {line}")
+    if not r["complete"]:
+        print(f"(cut short: {len(r['text'].encode())} of {r['total']} bytes read)")
+
+
+@_tool
+def cmd_logs(args):
+    """A device's log over the bus: the cause of its last reset, and the traceback of the
+    crash it kept, with the boot it happened in."""
+    from hallgate.gateway.master import DeviceRefused, NoReply
+
+    if not 1 <= args.address <= 247:
+        raise ToolError(f"address {args.address} out of range 1-247")
+    way = _via(args)
+    if way[0] == "daemon":
+        _, client, hello = way
+        with client:
+            r = client.call("logs", address=args.address, bus=args.bus, timeout=60)
+        r = {k: v for k, v in r.items() if k != "ok"}
+        via, note = {"via": "daemon", "pid": hello["pid"]}, _via_daemon_text(hello)
+    else:
+        targets = way[1]
+        if len(targets) > 1:
+            having = [t for t in targets if args.address in t["devices"]]
+            if len(having) != 1:
+                raise ToolError(f"device {args.address} is in {len(having) or 'none'} of the "
+                                "config's buses: say which (--bus "
+                                f"{' or --bus '.join(t['name'] for t in targets)})")
+            targets = having
+        t = targets[0]
+        where = _via_port_text([t])
+        with _target_master(args, t) as (master, _, _):
+            info = master.scan([args.address], add=False).get(args.address)
+            if info is None:
+                raise ToolError(f"device {args.address} did not answer ({where}): is it "
+                                "powered, on this bus, at this address?")
+            try:
+                log = _read_log_directly(master, args.address)
+            except DeviceRefused as e:
+                if e.unknown_type:
+                    raise ToolError(
+                        f"device {args.address}: its firmware ({info.firmware_text}) "
+                        "predates device logs (it does not know GET_LOG): update it "
+                        "(`hallgate ota`) to read its reset cause and crash") from None
+                raise ToolError(f"{e} ({where})") from None
+            except NoReply as e:
+                raise ToolError(f"{e} to GET_LOG ({where})") from None
+        r = {"bus": t["name"], "address": args.address, "role": info.role_name,
+             "firmware": info.firmware_text, "board_id": info.asdict().get("board_id"),
+             "boot": info.resets, **log}
+        via, note = {"via": "port", "port": t["port"]}, where
+    if args.json:
+        print(json.dumps({**via, **r}, indent=1))
+        return 0
+    _print_log(r, note)
     return 0
 
 
@@ -575,138 +815,6 @@ def cmd_bus_sniff(args):
     else:
         print("-- " + sniff.format_summary(summary))
     return 0
-
-
-# ---- hallgate ota: firmware updates over the bus ------------------------------------------
-
-
-class _OtaView:
-    """Progress per device on stderr (a rich bar each, on a terminal), then a summary."""
-
-    def __init__(self, args, version):
-        self.json = args.json
-        self.version = version
-        self._progress = self._tasks = None
-        if not args.json and sys.stderr.isatty():
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      DownloadColumn(), TextColumn("{task.fields[state]}"),
-                                      transient=False)
-            self._tasks = {}
-            self._progress.start()
-
-    def update(self, rows):
-        if self._progress is None:
-            return
-        for r in rows:
-            key = (r["bus"], r["address"])
-            state = r["result"] or f"{r['phase']}" + (
-                f" ({r['device_state']})" if r.get("device_state") else "")
-            if key not in self._tasks:
-                self._tasks[key] = self._progress.add_task(
-                    f"{r['bus']}:{r['address']} -> {self.version}", total=r["bytes"], state="")
-            self._progress.update(self._tasks[key], completed=r["offset"], state=state)
-
-    def finish(self, results, via):
-        if self._progress is not None:
-            self._progress.stop()
-        if self.json:
-            print(json.dumps({**via, "version": self.version, "results": results}, indent=1))
-            return
-        print(f"firmware update to {self.version} ({via['text']}):")
-        for r in results:
-            detail = (f"{r['chunks']} chunks, {r['resent']} re-sent"
-                      + (f", resumed at {r['resumed_from']}" if r.get("resumed_from") else "")
-                      + f", {r['seconds']} s") if "chunks" in r else ""
-            print(f"  {r['bus']}:{r['address']:<4} {(r['result'] or 'unfinished').upper():12}"
-                  f" {r['reason']}" + (f" [{detail}]" if detail else ""))
-        counts = collections.Counter(r["result"] or "unfinished" for r in results)
-        print("  " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
-
-
-def _ota_rows(transfers):
-    return [t.progress(name) for name, t in transfers]
-
-
-def _ota_directly(args, targets, bundle_path):
-    """The update without the daemon: the bundle checked with --key (or the config's
-    [firmware] public_key), the devices found with GET_INFO, then only the transfers on
-    the bus (nothing else is polled, so no event is taken from anyone)."""
-    from hallgate.gateway import ota
-    from hallgate.gateway.bundle import BundleError
-
-    key = args.key
-    if key is None and args.config:
-        from hallgate.gateway.config import load_config
-
-        key = load_config(args.config).firmware.public_key
-    if key is None:
-        raise ToolError("directly, the bundle is checked with --key PUBLIC.pub (or the "
-                        "[firmware] public_key of --config)")
-    try:
-        image = ota.prepare(bundle_path, key)
-    except BundleError as e:
-        raise ToolError(f"bundle refused, nothing sent: {e}") from None
-    view = _OtaView(args, image.version)
-    results = []
-    for t in targets:
-        with _target_master(args, t) as (master, _, _):
-            wanted = args.targets or t["addresses"] or range(1, 248)
-            rows = _scan_rows(t, master.scan(wanted, add=False))
-            try:
-                chosen, skipped = ota.choose_targets(
-                    rows, image, args.targets or None, args.role, force=args.force)
-            except ota.OtaError as e:
-                raise ToolError(f"bus {t['name']}: {e}") from None
-            master.start()
-            transfers = [(t["name"], master.run_job(ota.Transfer(addr, image)))
-                         for _, addr in chosen]
-            while not all(x.done for _, x in transfers):
-                view.update(_ota_rows(transfers))
-                time.sleep(0.2)
-            results += _ota_rows(transfers) + skipped
-    return view, results, {"via": "port", "ports": [t["port"] for t in targets],
-                           "text": _via_port_text(targets)}
-
-
-@_tool
-def cmd_ota(args):
-    """Firmware update over the bus from a signed bundle, per device or per role."""
-    bundle_path = os.path.abspath(args.bundle)
-    if bool(args.targets) == bool(args.role):
-        raise ToolError("give the devices' addresses, or --role ROLE (every device of it)")
-    way = _via(args)
-    if way[0] == "daemon":
-        if args.key:
-            raise ToolError("--key is for direct use: the daemon checks bundles with its "
-                            "config's [firmware] public_key")
-        _, client, hello = way
-        via = {"via": "daemon", "pid": hello["pid"], "text": _via_daemon_text(hello)}
-        view = None
-        try:
-            with client:
-                for rec in client.stream("ota", bundle=bundle_path, bus=args.bus,
-                                         addresses=args.targets or None, role=args.role,
-                                         force=args.force, timeout=300):
-                    if view is None:
-                        view = _OtaView(args, rec["progress"][0]["version"]
-                                        if rec["progress"] else "?")
-                    view.update(rec["progress"])
-        except KeyboardInterrupt:
-            # Only this command stops: the daemon finishes what it started (a device
-            # left mid-transfer would resume it anyway), and logs each result.
-            print("\nhallgate: stopped following; the update goes on in the daemon (pid "
-                  f"{hello['pid']}): `hallgate devices` shows each device's firmware, its "
-                  "log (journalctl -u hallgate) each result", file=sys.stderr)
-            return 130
-        result = client.result
-        view = view or _OtaView(args, result["version"])
-        results = result["results"]
-    else:
-        view, results, via = _ota_directly(args, way[1], bundle_path)
-    view.finish(results, via)
-    return 0 if results and all(r["result"] == "updated" for r in results) else 1
 
 
 def _ms(seconds):

@@ -169,14 +169,30 @@ def test_an_update_ends_on_the_new_version_while_the_other_device_keeps_working(
 def test_a_device_already_on_the_bundles_version_is_skipped_unless_forced():
     image = ota.Image("call-panel", "unix", "0.2.0", b"")
     rows = [{"bus": "hall", "address": a, "role": "call-panel", "online": online,
-             "firmware": fw} for a, online, fw in ((1, True, "0.2.0"), (2, True, "0.1.0"),
-                                                   (3, False, None))]
+             "firmware": fw, "board": "unix"}
+            for a, online, fw in ((1, True, "0.2.0"), (2, True, "0.1.0"), (3, False, None))]
     targets, skipped = ota.choose_targets(rows, image, role="call-panel")
     assert targets == [("hall", 2)]
     assert {s["address"]: s["reason"] for s in skipped} == {
         1: "already runs 0.2.0 (--force sends it again)", 3: "offline"}
     targets, _ = ota.choose_targets(rows, image, addresses=[1, 2], force=True)
     assert targets == [("hall", 1), ("hall", 2)]
+
+
+def test_a_board_of_another_kind_is_never_sent_the_bundle_and_an_unknown_one_only_forced():
+    image = ota.Image("call-panel", "rp2", "0.2.0", b"")
+    rows = [{"bus": "hall", "address": a, "role": "call-panel", "online": True,
+             "firmware": "0.1.0", "board": board}
+            for a, board in ((1, "rp2"), (2, "unix"), (3, "unknown"), (4, None))]
+    targets, skipped = ota.choose_targets(rows, image, role="call-panel")
+    assert targets == [("hall", 1)]
+    reasons = {s["address"]: s["reason"] for s in skipped}
+    assert reasons[2] == "a unix board; the bundle is for rp2 boards"
+    assert "does not report its board" in reasons[3] and "--force" in reasons[3]
+    assert reasons[4] == reasons[3]
+    targets, skipped = ota.choose_targets(rows, image, role="call-panel", force=True)
+    assert targets == [("hall", 1), ("hall", 3), ("hall", 4)]  # --force never crosses boards
+    assert [s["address"] for s in skipped] == [2]
 
 
 def test_the_result_says_the_version_the_new_code_runs_not_the_bundles_label(line, bundles):
