@@ -13,6 +13,8 @@
 #   led(on), buzzer(on)   panel outputs; led(on, i): the LED in key i (a feedback pad's)
 #   emit(kind, value)     observer channel: what a test or simulator may watch
 #                         (JSON lines on the unix HAL; nothing on a board)
+# and by devmain and devlog: BOARD (a bus.BOARDS code), identity ((board id or None,
+# reset cause)), watchdog(ms), feed(), close().
 
 import gc
 import struct
@@ -38,6 +40,10 @@ class Core:
         self.address = cfg["address"]
         self.window = cfg["window"]
         self.resets = resets  # boot counter, reported in INFO
+        # (board code, board id, reset cause, devlog's files), set by devmain once the
+        # board is known: INFO's board and id, LOG's reset cause and crash (one tuple:
+        # each attribute costs RAM). No files, no log: the tests' cores.
+        self.ident = (0, None, 0, None)  # type: tuple
         self.decoder = bus.Decoder()
         # A partial frame is given up after 3 quiet character times (BUS.md, 2 and 7):
         # 0.26 ms at 115200 baud. In whole ms ticks, one more so a byte that came at the end
@@ -131,6 +137,10 @@ class Core:
             if fresh or state != self.role.state:
                 self.role.apply(version, state, now, fresh)
             return bus.encode_status(addr, self.role.version)
+        if mtype == bus.GET_LOG:
+            if len(payload) != 2:
+                return self._nak(mtype, bus.NAK_BAD_LENGTH)
+            return self._log(payload[0] | payload[1] << 8)
         if mtype == bus.IDENTIFY:
             try:
                 seconds = bus.decode_identify(payload)
@@ -145,6 +155,9 @@ class Core:
         if bus.OTA_BEGIN <= mtype <= bus.OTA_QUERY:
             if self.ota is None:
                 gc.collect()  # ~5 KB in one go: from a heap tidied first
+                # otawire first: its globals table wants ~600 bytes in one piece, which the
+                # heap has before ota's code is in it
+                import otawire  # noqa: F401, I001
                 import ota
 
                 self.ota = ota.Receiver(self, FIRMWARE)
@@ -163,6 +176,27 @@ class Core:
         head = struct.pack("<BIBBB", state, 0, FIRMWARE[0], FIRMWARE[1], FIRMWARE[2])
         return bus.encode(self.address, bus.OTA_STATUS, head + reason.encode()[:64])
 
+    def _log(self, offset):
+        """LOG: this boot's reset cause and up to 120 bytes of the crash devlog.py keeps,
+        from offset (past the end: none, at the end), read from the flash now: no RAM
+        between requests, and no module loaded for it (one coming and going splits the
+        heap an update needs). The layout is bus.encode_log's, left out of a device's bus
+        with the rest of the master's half: the master reads it with bus.decode_log
+        (tests/test_firmware_identity.py)."""
+        boot = total = 0
+        text = b""
+        try:
+            with open(self.ident[3] + ".log", "rb") as f:
+                boot = min(int(f.readline()), 0xFFFF)
+                start = f.tell()
+                total = f.seek(0, 2) - start
+                f.seek(start + min(offset, total))
+                text = f.read(120)  # (last: nothing raises after it)
+        except (OSError, ValueError, TypeError):  # none kept (TypeError: no files)
+            boot = total = 0
+        head = struct.pack("<BHHH", self.ident[2], boot, total, min(offset, total))
+        return bus.encode(self.address, bus.LOG, head + text)
+
     def _nak(self, mtype, reason):
         self.naks += 1
         return bus.encode_nak(self.address, mtype, reason)
@@ -178,6 +212,8 @@ class Core:
             resets=self.resets,
             version=self.role.version,
             queued=len(self.queue),
+            board=self.ident[0],
+            board_id=self.ident[1],
         )
 
     # ---- time and keys ------------------------------------------------------------

@@ -6,6 +6,7 @@
 # Unknown fields are errors too, so a misspelt "lockout_ms" is not silently ignored.
 
 import json
+import sys
 
 import bus
 
@@ -29,6 +30,9 @@ _INTS = {
     "brightness": (8, 0, 15),
     "digits": (0, 0, 8),  # 0: the role's default (8 display, 4 panel, none on a pad)
     "rotate_ms": (3000, 500, 60000),
+    # 0: off (a new image's trial on a board still gets one, see devmain); else at least
+    # 1 s, at most the RP2040's longest (8388 ms). Off by default on the unix port, see check
+    "watchdog_ms": (8000, 0, 8388),
 }
 _OTHERS = ("role", "uart", "pins", "long_keys", "idle_text", "state_file")
 
@@ -71,12 +75,19 @@ def check(raw, state_file="state.json"):
             # A pad passes every press on: the gateway keeps a too-fast one as misuse,
             # as it does for its GPIO buttons; a lockout here would hide it.
             default = 0
+        if name == "watchdog_ms" and sys.platform != "rp2":
+            # The unix port's watchdog is an emulation for tests (a thread, hal_unix.py):
+            # ~400 bytes of the test heap that a Pico's hardware one does not take from
+            # its heap, and that an update over the bus needs. On when configured.
+            default = 0
         value = raw.get(name, default)
         if value is None:
             raise ConfigError("config field %r is required" % name)
         # bool is an int subclass: `true` is not a baud rate
         if type(value) is not int or not low <= value <= high:
             _fail(name, "an integer %d-%d" % (low, high), value)
+        if name == "watchdog_ms" and 0 < value < 1000:
+            _fail(name, "0 (off) or an integer 1000-8388", value)
         cfg[name] = value
 
     if not cfg["digits"] and role != "feedback-pad":
@@ -115,4 +126,6 @@ def check(raw, state_file="state.json"):
     if not isinstance(state_file, str) or not state_file:
         _fail("state_file", "a file path", state_file)
     cfg["state_file"] = state_file
+    # The board's other small files go beside it (devlog.py): state.log, state.rst, state.id
+    cfg["files"] = state_file[:-5] if state_file.endswith(".json") else state_file
     return cfg

@@ -9,6 +9,14 @@
 # trial confirms itself once it has run _CONFIRM_MS and answered _CONFIRM_REQUESTS bus
 # requests (it can start, and it can talk), and falls back by itself if that has not
 # happened within _TRIAL_MS.
+#
+# The hardware watchdog (HAL watchdog/feed, config watchdog_ms) is started as soon as the
+# HAL exists and fed by every turn of the main loop: a loop stuck, in a C call or anywhere,
+# resets the board. A trial on a board always has one (the boot loader starts it; the
+# longest, when the config says 0): a new image that hangs is reset, and the boot loader
+# then falls back. The unix port's (an emulation, hal_unix.py) runs when configured.
+# Faults the loop survives, and a start-up that raises (slots.py), are kept in the device
+# log (devlog.py).
 
 import gc
 import sys
@@ -19,29 +27,46 @@ from compat import const, ticks_diff
 _CONFIRM_MS = const(2000)
 _CONFIRM_REQUESTS = const(3)
 _TRIAL_MS = const(60000)
+_WATCHDOG_MAX_MS = const(8388)  # the RP2040's longest
+_KEEP_FAULTS = const(3)  # faults per boot offered to the device log (flash writes)
 
 
 def start(path, boot=None):
     """Build the device from its config; returns (core, hal). Raises ValueError (a
     devconfig.ConfigError, mostly) naming the field when the config is bad."""
     cfg, count, persisted = _read_config(path)
+    files = cfg["files"]
+    if boot:  # for the boot loader: a start-up that raises is kept too, a restart marked
+        boot.files, boot.count = files, count
     if sys.platform == "rp2":
         import hal_rp2 as board
     else:
         import hal_unix as board
     hal = board.Board(cfg)
-    if cfg["role"] == "call-panel":
-        from role_panel import CallPanel as Role
-    elif cfg["role"] == "feedback-pad":
-        from role_feedback import FeedbackPad as Role
-    else:
-        from role_display import WindowDisplay as Role
-    from appcore import FIRMWARE, Core
+    try:
+        # (a trial on a board: the boot loader started one, to be fed whatever the config)
+        hal.watchdog(cfg["watchdog_ms"] or (_WATCHDOG_MAX_MS if boot and boot.timer else 0))
+        if cfg["role"] == "call-panel":
+            from role_panel import CallPanel as Role
+        elif cfg["role"] == "feedback-pad":
+            from role_feedback import FeedbackPad as Role
+        else:
+            from role_display import WindowDisplay as Role
+        from appcore import FIRMWARE, Core
 
-    now = time.ticks_ms()
-    role = Role(hal, cfg, now)
-    hal.setup_keys(role.KEYS)
-    core = Core(hal, cfg, role, count & 0xFF, count, now, boot)
+        now = time.ticks_ms()
+        role = Role(hal, cfg, now)
+        hal.setup_keys(role.KEYS)
+        core = Core(hal, cfg, role, count & 0xFF, count, now, boot)
+        # Last, so the room devlog takes for a moment is given back in one piece (the
+        # heap an update over the bus needs is the free one at its top).
+        import devlog
+
+        core.ident = devlog.ident(hal, files)
+        del sys.modules["devlog"]
+    except BaseException:
+        hal.close()  # its UART and watchdog: the unix boot loader starts again in-process
+        raise
     role.tick(now)
     hal.emit(role.KIND, role.shown())
     hal.emit(  # last: whoever waits for it has seen everything start-up says
@@ -88,6 +113,7 @@ def run(core, hal, boot=None):
     started = time.ticks_ms()
     while hal.running:
         try:
+            hal.feed()
             now = time.ticks_ms()
             n = hal.uart_read(buf)
             if n:
@@ -104,6 +130,14 @@ def run(core, hal, boot=None):
             # (the stubs type the file as a MicroPython stream, which sys.stderr is)
             sys.print_exception(e, sys.stderr)  # pyright: ignore[reportArgumentType]
             hal.emit("fault", {"count": faults, "error": repr(e)})
+            if faults <= _KEEP_FAULTS:  # the first few of a boot (flash writes)
+                try:
+                    import devlog
+
+                    devlog.keep(core.ident[3], core.resets, e)
+                except Exception:  # a full flash: the device goes on without its log
+                    pass
+                sys.modules.pop("devlog", None)
             time.sleep_ms(sample_ms)  # a fault that repeats must not spin the CPU
     return False
 
@@ -127,7 +161,8 @@ def main(boot=None):
     except ValueError as e:  # a bad config: say which field, and stop
         print("hallgate firmware: %s" % e, file=sys.stderr)
         sys.exit(2)
-    again = run(core, hal, boot)
-    hal.close()
-    return again
+    try:
+        return run(core, hal, boot)
+    finally:
+        hal.close()  # (the unix HAL's watchdog thread too, whatever ended the loop)
 

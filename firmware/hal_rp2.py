@@ -15,7 +15,7 @@
 import select
 import time
 
-from machine import PWM, SPI, UART, Pin
+from machine import PWM, SPI, UART, WDT, Pin
 from micropython import const
 
 # Default GPIOs (see hardware/ for the wiring); the config's "pins" overrides any of them.
@@ -48,6 +48,7 @@ _TX_DONE_MS = const(20)  # a reply (<= 134 bytes) takes 12 ms at 115200 baud; mo
 
 class Board:
     running = True  # a board runs until it loses power
+    BOARD = 2  # bus.BOARDS: rp2
 
     def __init__(self, cfg):
         pins = dict(PINS)
@@ -77,6 +78,27 @@ class Board:
         self._led = None  # created on first use: a display board may use these GPIOs
         self._buzzer = None
         self._key_leds = None
+        self._wdt = None
+        import machine
+
+        # (board id, reset cause): the RP2040's unique id (its flash chip's, 8 bytes;
+        # another chip's padded or cut to 8), and 2 watchdog or 1 power-on. An RP2040
+        # reports its own machine.reset() as a watchdog reset: a restart the firmware
+        # asks for leaves a marker first (devlog). Attributes, not methods: RAM.
+        self.identity = ((machine.unique_id() + bytes(8))[:8],
+                         2 if machine.reset_cause() == machine.WDT_RESET else 1)
+
+    # ---- identity and the watchdog ------------------------------------------------
+
+    def watchdog(self, ms):
+        """Start the hardware watchdog (ms, at most 8388 on an RP2040; 0: none). Once
+        started it cannot be stopped by its API (slots.py does, for the USB console);
+        a chip reset stops it."""
+        self._wdt = WDT(timeout=min(ms, 8388)) if ms else None
+
+    def feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()
 
     # ---- bus ----------------------------------------------------------------------
 

@@ -8,6 +8,10 @@
 #        levels KEY MS:LEVEL ...        contact timeline from now, LEVEL 1 = closed
 #        state                          -> {"state": {...what is shown now...}}
 #        info                           -> {"info": {...counters, mem_free...}}
+#        hang MS                        the main loop blocks MS in a sleep, as stuck in a
+#                                       C call: the watchdog's test
+#        fault [TEXT]                   the main loop raises RuntimeError(TEXT): a fault
+#                                       it survives, kept in the device log
 #        quit                           stop (as does end of input)
 #   out: one JSON object per line, flushed: {"display"|"panel"|"feedback": ...} (the
 #        applied state, at start and whenever it changes; a feedback pad's says what each
@@ -19,12 +23,23 @@
 # Key contacts are sampled exactly like pins on a board; a command only sets the level
 # the sampler will read at a given time, so debouncing, lockout and long press are the
 # real code.
+#
+# The watchdog (config watchdog_ms; off unless configured here, see devconfig) is a
+# watcher thread (the port has _thread, and no signal module for an alarm): when feed()
+# has not come for the timeout, it writes the watchdog reset marker (devlog.py) and ends
+# the process with SIGALRM (-14 as a Popen returncode), as a board resets, whatever the
+# main thread is doing: stuck in a sleep, a read, any C call. The port has no os.kill: a
+# shell (os.system) sends the signal to its parent, this process. Whoever runs the device
+# starts it again, as a board restarts itself. The board id (INFO) is devlog's random one:
+# the port has no chip to read one from.
 
 import gc
 import json
+import os
 import select
 import sys
 import termios
+import time
 
 from compat import const, ticks_add, ticks_diff
 from keypad import Debouncer
@@ -54,6 +69,11 @@ class TextDisplay:
 
 
 class Board:
+    BOARD = 1  # bus.BOARDS: unix
+    # (board id, reset cause): no chip id (devlog keeps a random one), and a process start
+    # is a power-on (a restart's marker says otherwise). Attributes, not methods: RAM.
+    identity = (None, 1)
+
     def __init__(self, cfg):
         path = cfg["uart"]
         if not path:
@@ -86,6 +106,26 @@ class Board:
         # hold time as the firmware lives it, even when the command was read late.
         self._timeline = []
         self._changed = None  # ticks of the last contact change (quiet keys: see wait)
+        self._files = cfg["files"]  # (devlog's; the watchdog's reset marker goes there)
+        self._dog = [0, 0, None]  # the watchdog: [last fed (ticks), ms (0: none), lock]
+
+    # ---- identity and the watchdog ------------------------------------------------
+
+    def watchdog(self, ms):
+        """Start the watchdog thread (ms; 0: stop it, and wait until it has ended)."""
+        dog = self._dog
+        if dog[1]:
+            dog[1] = 0
+            dog[2].acquire()  # held by the thread while it watches: it has ended
+            dog[2].release()  # (or, not started yet, it will see dog[1] and end)
+        if ms:
+            import _thread  # (the port's: without it, no unix device starts)
+
+            dog = self._dog = [time.ticks_ms(), ms, _thread.allocate_lock()]
+            _thread.start_new_thread(_watch, (dog, self._files))
+
+    def feed(self):
+        self._dog[0] = time.ticks_ms()  # a small int: one store, safe beside the thread
 
     # ---- bus ----------------------------------------------------------------------
 
@@ -101,7 +141,9 @@ class Board:
         self._uart.write(data)  # a pty has no direction pin to drive
 
     def close(self):
-        """Let the UART go (before the boot loader starts the firmware again)."""
+        """Let the UART and the watchdog go (before the boot loader starts the firmware
+        again)."""
+        self.watchdog(0)
         self._poll.unregister(self._uart)
         self._uart.close()
 
@@ -216,6 +258,10 @@ class Board:
                 counters["mem_free"] = gc.mem_free()
                 counters["mem_alloc"] = gc.mem_alloc()
                 self.emit("info", counters)
+            elif cmd == "hang":
+                time.sleep_ms(int(words[1]))
+            elif cmd == "fault":
+                raise RuntimeError(" ".join(words[1:]) or "fault")
             elif cmd == "quit":
                 self.running = False
             else:
@@ -227,3 +273,16 @@ class Board:
         if name not in self._names:
             raise ValueError("no key %r on this device" % name)
         return self._names.index(name)
+
+
+def _watch(dog, files):
+    """The watchdog thread: ends the process when dog[0] is older than dog[1] ms."""
+    with dog[2]:
+        while dog[1]:
+            time.sleep_ms(20)
+            if dog[1] and ticks_diff(time.ticks_ms(), dog[0]) > dog[1]:
+                with open(files + ".rst", "w") as f:
+                    f.write("2")  # devlog's reset marker: watchdog
+                sys.stderr.write("watchdog: not fed, resetting\n")
+                os.system("kill -ALRM $PPID")
+                time.sleep_ms(1000)  # the signal ends this thread too

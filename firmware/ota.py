@@ -119,7 +119,7 @@ class Receiver:
 
         h = hashlib.sha256()
         with open(self._path("ota.bin"), "rb") as f:
-            _each_block(f, self._size, h.update)
+            _each_block(f, self._size, h.update, self._core.hal.feed)
         if h.digest() != self._digest:
             self._discard()
             self._state, self._reason = ow.BAD_IMAGE, "image sha256 mismatch"
@@ -155,7 +155,7 @@ class Receiver:
                     return version
                 size = struct.unpack("<I", f.read(4))[0]
                 with open(folder + name, "wb") as out:
-                    _each_block(f, size, out.write)
+                    _each_block(f, size, out.write, self._core.hal.feed)
 
     def _stop(self):
         if self._file is not None:
@@ -171,10 +171,12 @@ class Receiver:
         self.have = 0
 
 
-def _each_block(f, size, use):
-    """Read exactly `size` bytes of f, a block at a time, into use()."""
+def _each_block(f, size, use, feed):
+    """Read exactly `size` bytes of f, a block at a time, into use(); feed() the watchdog
+    at each: hashing and unpacking an image on a Pico's flash take seconds."""
     view = memoryview(bytearray(_BLOCK))
     while size > 0:
+        feed()
         n = f.readinto(view[: min(size, _BLOCK)])
         if not n:
             raise OSError("image cut short")

@@ -8,6 +8,15 @@
 # previous slot by itself. main.py and this file are never changed over the bus: they are
 # what keeps every update reversible. Without boot.json (the development image on a PC)
 # it runs devmain from the module path.
+#
+# On a Pico a trial also starts the hardware watchdog before the new image is imported:
+# an image stuck in a C call, where no timer callback runs, still resets the board, and
+# the next start falls back. Every restart the loader asks for is marked first (devlog.py:
+# an RP2040 reports its own machine.reset() as a watchdog reset); the trial timer's reset
+# is not, being a watchdog's in all but name. A start-up that raises is kept in the
+# device log. When the firmware stops for the REPL (Ctrl-C from the USB console:
+# mpremote, `hallgate flash`; or a start-up that raises outside a trial) the watchdog is
+# stopped, or the board would reset in the middle of a technician's copy.
 
 import gc
 import json
@@ -16,6 +25,7 @@ import sys
 from micropython import const
 
 _TRIAL_RESET_MS = const(90000)
+_WATCHDOG_MS = const(8388)  # a trial's watchdog: the RP2040's longest (devmain re-arms it)
 
 
 class Boot:
@@ -24,7 +34,11 @@ class Boot:
         self.state = state  # boot.json
         self.slot = None  # the slot running now
         self.trial = False  # running a slot that has not confirmed itself yet
-        self.timer = None  # rp2: resets a trial that neither confirms nor falls back
+        # rp2: resets a trial that neither confirms nor falls back; set when the loader has
+        # also started the watchdog for the trial (devmain then feeds it whatever the config)
+        self.timer = None
+        self.files = root + "state"  # devlog's files; devmain sets the config's
+        self.count = 0  # this boot's count, once devmain has taken it
 
     def pick(self):
         """The folder of the slot to run now (falling back from a failed trial)."""
@@ -95,28 +109,55 @@ def start():
 
             boot.timer = machine.Timer(mode=machine.Timer.ONE_SHOT, period=_TRIAL_RESET_MS,
                                        callback=lambda t: machine.reset())
+            machine.WDT(timeout=_WATCHDOG_MS)
         sys.path.insert(0, path)
         loaded = set(sys.modules)
+        crash = None
+        boot.count = 0  # until this start's devmain has taken it
         try:
             import devmain
 
             again = devmain.main(boot)  # True: reboot (a new image is staged)
         except BaseException as e:  # SystemExit too: a config the new image refuses
-            if not boot.trial or isinstance(e, KeyboardInterrupt):
-                raise
-            sys.print_exception(e, sys.stderr)  # pyright: ignore[reportArgumentType]
-            boot.fall_back("start-up failed: " + repr(e))
-            again = True
+            # (KeyboardInterrupt: the USB console takes over; no fall-back, nothing kept)
+            crash, again = e, boot.trial and not isinstance(e, KeyboardInterrupt)
+            if again:
+                sys.print_exception(e, sys.stderr)  # pyright: ignore[reportArgumentType]
+                boot.fall_back("start-up failed: " + repr(e))
+        # The slot's modules go first: the unix port starts the firmware again in this
+        # process, and keeping the crash needs room too.
+        devmain = None
+        for name in set(sys.modules) - loaded:
+            del sys.modules[name]
+        gc.collect()
+        if crash is not None and boot.count and not isinstance(crash, KeyboardInterrupt):
+            try:  # devmain took the count: keep the traceback
+                import devlog  # (the image's own, from its slot)
+
+                devlog.keep(boot.files, boot.count, crash)
+            except Exception:  # a broken image's devlog must not stop the fall-back
+                pass
+            sys.modules.pop("devlog", None)
+        sys.path.remove(path)
         if not again:
+            if crash is not None:
+                # Off to the REPL, which feeds no watchdog: stop it, or the board resets
+                # under a technician's USB copy (RP2040 WATCHDOG CTRL's ENABLE bit,
+                # through its clear alias).
+                if "RP2040" in sys.implementation._machine:
+                    import machine
+
+                    machine.mem32[0x4005B000] = 0x40000000
+                raise crash
             return
+        try:  # tell the next start it was a reboot (devlog.reset_cause)
+            with open(boot.files + ".rst", "w") as f:
+                f.write("3")
+        except OSError:
+            pass
         if sys.platform == "rp2":
             import machine
 
             machine.reset()
-        # The unix port cannot reset: forget the slot's modules and start again.
-        devmain = None
-        for name in set(sys.modules) - loaded:
-            del sys.modules[name]
-        sys.path.remove(path)
-        gc.collect()
+        gc.collect()  # the unix port cannot reset: it starts the firmware again
 

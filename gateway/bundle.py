@@ -35,10 +35,10 @@ Format (a zip file, entries stored uncompressed-or-deflated, in this order)
     flash: main.py as source, every other module .mpy (or .py with compile=False).
 
 The role's files: main.py and slots (the boot loader), devmain, devconfig, bootcount, appcore,
-keypad, eventqueue, compat, ota, protocols/bus.py and protocols/otawire.py, the board's
-HAL (hal_rp2 and max7219 on a Pico, the default; hal_unix for the MicroPython unix port
-that the simulator and the tests run), plus role_panel (call panel) or role_display
-(window display). cpython.py is for CPython only and never goes into a bundle.
+keypad, eventqueue, compat, ota, devlog, protocols/bus.py and protocols/otawire.py, the
+board's HAL (hal_rp2 and max7219 on a Pico, the default; hal_unix for the MicroPython unix
+port that the simulator and the tests run), plus role_panel (call panel), role_display
+(window display) or role_feedback (feedback pad). cpython.py is for CPython only and never goes into a bundle.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -75,7 +75,7 @@ FORMAT = 1
 ARCH = "armv6m"  # the RP2040's Cortex-M0+, as in the Makefile's `firmware` target
 
 COMMON = ("main", "slots", "devmain", "devconfig", "bootcount", "appcore", "keypad", "eventqueue",
-          "compat", "ota", "bus", "otawire")
+          "compat", "ota", "devlog", "bus", "otawire")
 BOARD_MODULES = {
     "rp2": ("hal_rp2", "max7219"),  # a Raspberry Pi Pico
     "unix": ("hal_unix",),  # the MicroPython unix port: the simulator's and the tests' devices

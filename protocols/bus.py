@@ -17,8 +17,18 @@
 # Worst case: each byte of input starts at most one candidate frame, and a candidate costs
 # at most one CRC over MAX_PAYLOAD + 3 bytes, so decoding is linear in the input (never
 # quadratic), whatever a hostile line sends.
+# The master's half (encoders of requests, decoders of replies, names and reprs for
+# people) sits under `if MASTER:` and is left out when the device firmware loads this
+# file: a device never uses it, and on MicroPython every function's code stays in RAM
+# for good, about 4 KB of the 64 KB test heap, which an update over the bus needs. The
+# firmware loads bus first through its config check (devmain reads the config before
+# anything else), so "devconfig is loading" marks a device. CPython, and MicroPython
+# scripts that play the master (tests/mp), get both halves.
 
 import struct
+import sys
+
+MASTER = sys.implementation.name != "micropython" or "devconfig" not in sys.modules
 
 SYNC = 0xA5
 BROADCAST = 0
@@ -37,27 +47,32 @@ OTA_BEGIN = 0x05  # master: an image of this size and sha256 follows (otawire.py
 OTA_DATA = 0x06  # master: image bytes at an offset
 OTA_COMMIT = 0x07  # master: check the whole image, switch to it on reboot
 OTA_QUERY = 0x08  # master: your update state
+GET_LOG = 0x09  # master: your reset cause and kept crash text, from an offset
 STATUS = 0x81  # device: nothing to report; the state version it shows
 EVENT = 0x82  # device: one key event
-INFO = 0x83  # device: role, firmware, window, uptime, error counters
+INFO = 0x83  # device: role, firmware, window, uptime, error counters, board and its id
 OTA_STATUS = 0x84  # device: update state, image bytes staged, running firmware
+LOG = 0x85  # device: reset cause, the boot of the kept crash, a piece of its text
 NAK = 0x8F  # device: request refused, with a reason
 
-TYPE_NAMES = {
-    POLL: "POLL",
-    GET_INFO: "GET_INFO",
-    SET: "SET",
-    IDENTIFY: "IDENTIFY",
-    OTA_BEGIN: "OTA_BEGIN",
-    OTA_DATA: "OTA_DATA",
-    OTA_COMMIT: "OTA_COMMIT",
-    OTA_QUERY: "OTA_QUERY",
-    STATUS: "STATUS",
-    EVENT: "EVENT",
-    INFO: "INFO",
-    OTA_STATUS: "OTA_STATUS",
-    NAK: "NAK",
-}
+if MASTER:
+    TYPE_NAMES = {
+        POLL: "POLL",
+        GET_INFO: "GET_INFO",
+        SET: "SET",
+        IDENTIFY: "IDENTIFY",
+        OTA_BEGIN: "OTA_BEGIN",
+        OTA_DATA: "OTA_DATA",
+        OTA_COMMIT: "OTA_COMMIT",
+        OTA_QUERY: "OTA_QUERY",
+        GET_LOG: "GET_LOG",
+        STATUS: "STATUS",
+        EVENT: "EVENT",
+        INFO: "INFO",
+        OTA_STATUS: "OTA_STATUS",
+        LOG: "LOG",
+        NAK: "NAK",
+    }
 
 # NAK reasons
 NAK_UNKNOWN_TYPE = 1
@@ -87,6 +102,15 @@ PANEL_MODES = ("idle", "called", "serving", "paused", "closed")
 
 TEXT_MAX = 8  # characters of display text carried by SET
 
+if MASTER:
+    # Boards (INFO); a board's code is its index + 1, 0 unknown. The names are those of
+    # a signed bundle's manifest "board" (gateway/bundle.py).
+    BOARDS = ("unix", "rp2")
+
+    # Reset causes (LOG); a cause's code is its index. "reboot": the firmware or its boot
+    # loader restarted the board itself (a new image, a fall-back).
+    RESET_CAUSES = ("unknown", "power-on", "watchdog", "reboot")
+
 
 def crc16(data, crc=0xFFFF):
     """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), the CRC every RS-485 tool knows."""
@@ -112,20 +136,21 @@ class Frame:
     def is_reply(self):
         return bool(self.mtype & REPLY)
 
-    def to_bytes(self):
-        return encode(self.addr, self.mtype, self.payload)
+    if MASTER:
+        def to_bytes(self):
+            return encode(self.addr, self.mtype, self.payload)
 
-    def __eq__(self, other):
-        return (
-            isinstance(other, Frame)
-            and self.addr == other.addr
-            and self.mtype == other.mtype
-            and self.payload == other.payload
-        )
+        def __eq__(self, other):
+            return (
+                isinstance(other, Frame)
+                and self.addr == other.addr
+                and self.mtype == other.mtype
+                and self.payload == other.payload
+            )
 
-    def __repr__(self):
-        name = TYPE_NAMES.get(self.mtype, "0x%02X" % self.mtype)
-        return "Frame(%d, %s, %s)" % (self.addr, name, self.payload.hex())
+        def __repr__(self):
+            name = TYPE_NAMES.get(self.mtype, "0x%02X" % self.mtype)
+            return "Frame(%d, %s, %s)" % (self.addr, name, self.payload.hex())
 
 
 def encode(addr, mtype, payload=b""):
@@ -236,14 +261,15 @@ def _need(payload, sizes, what):
         raise ValueError("%s payload of %d bytes, expected %s" % (what, len(payload), sizes))
 
 
-def _text(text):
-    raw = text.encode()
-    if len(raw) > TEXT_MAX:
-        raise ValueError("text %r longer than %d bytes" % (text, TEXT_MAX))
-    for c in raw:
-        if c < 0x20 or c > 0x7E:
-            raise ValueError("text %r has a byte outside printable ASCII" % text)
-    return raw
+if MASTER:
+    def _text(text):
+        raw = text.encode()
+        if len(raw) > TEXT_MAX:
+            raise ValueError("text %r longer than %d bytes" % (text, TEXT_MAX))
+        for c in raw:
+            if c < 0x20 or c > 0x7E:
+                raise ValueError("text %r has a byte outside printable ASCII" % text)
+        return raw
 
 
 def _untext(raw):
@@ -253,11 +279,12 @@ def _untext(raw):
     return bytes(raw).decode()
 
 
-def encode_poll(addr, ack=None):
-    """POLL, optionally acking the event (boot, seq) the master has taken."""
-    if ack is None:
-        return encode(addr, POLL)
-    return encode(addr, POLL, struct.pack("<BH", ack[0], ack[1]))
+if MASTER:
+    def encode_poll(addr, ack=None):
+        """POLL, optionally acking the event (boot, seq) the master has taken."""
+        if ack is None:
+            return encode(addr, POLL)
+        return encode(addr, POLL, struct.pack("<BH", ack[0], ack[1]))
 
 
 def decode_poll(payload):
@@ -268,12 +295,13 @@ def decode_poll(payload):
     return struct.unpack("<BH", payload)
 
 
-def encode_get_info(addr):
-    return encode(addr, GET_INFO)
+if MASTER:
+    def encode_get_info(addr):
+        return encode(addr, GET_INFO)
 
 
-def encode_identify(addr, seconds):
-    return encode(addr, IDENTIFY, bytes((min(max(seconds, 0), 255),)))
+    def encode_identify(addr, seconds):
+        return encode(addr, IDENTIFY, bytes((min(max(seconds, 0), 255),)))
 
 
 def decode_identify(payload):
@@ -285,19 +313,21 @@ def encode_status(addr, version):
     return encode(addr, STATUS, struct.pack("<H", version))
 
 
-def decode_status(payload):
-    _need(payload, (2,), "STATUS")
-    return struct.unpack("<H", payload)[0]
+if MASTER:
+    def decode_status(payload):
+        _need(payload, (2,), "STATUS")
+        return struct.unpack("<H", payload)[0]
 
 
 def encode_nak(addr, mtype, reason):
     return encode(addr, NAK, bytes((mtype & 0xFF, reason)))
 
 
-def decode_nak(payload):
-    """(refused message type, reason code)"""
-    _need(payload, (2,), "NAK")
-    return payload[0], payload[1]
+if MASTER:
+    def decode_nak(payload):
+        """(refused message type, reason code)"""
+        _need(payload, (2,), "NAK")
+        return payload[0], payload[1]
 
 
 class _State:
@@ -309,8 +339,9 @@ class _State:
         return type(other) is type(self) and (
             self.astuple() == other.astuple())  # pyright: ignore[reportAttributeAccessIssue]
 
-    def __repr__(self):
-        return "%s%r" % (type(self).__name__, self.astuple())  # pyright: ignore
+    if MASTER:
+        def __repr__(self):
+            return "%s%r" % (type(self).__name__, self.astuple())  # pyright: ignore
 
 
 class Event(_State):
@@ -330,32 +361,33 @@ class Event(_State):
         self.age_ds = age_ds
         self.pending = pending
 
-    @property
-    def ident(self):
-        return (self.boot, self.seq)
+    if MASTER:
+        @property
+        def ident(self):
+            return (self.boot, self.seq)
 
-    @property
-    def key_name(self):
-        names = KEYS + VOTE_KEYS
-        n = self.key
-        return names[n - 1] if 1 <= n <= len(names) else "key%d" % n
+        @property
+        def key_name(self):
+            names = KEYS + VOTE_KEYS
+            n = self.key
+            return names[n - 1] if 1 <= n <= len(names) else "key%d" % n
 
-    @property
-    def action_name(self):
-        return ACTIONS[self.action - 1] if 1 <= self.action <= len(ACTIONS) else "?"
+        @property
+        def action_name(self):
+            return ACTIONS[self.action - 1] if 1 <= self.action <= len(ACTIONS) else "?"
 
-    def astuple(self):
-        return (self.boot, self.seq, self.key, self.action, self.age_ds, self.pending)
+        def astuple(self):
+            return (self.boot, self.seq, self.key, self.action, self.age_ds, self.pending)
 
-    def __repr__(self):
-        return "Event(boot=%d, seq=%d, %s %s, age=%.1fs, pending=%d)" % (
-            self.boot,
-            self.seq,
-            self.key_name,
-            self.action_name,
-            self.age_ds / 10,
-            self.pending,
-        )
+        def __repr__(self):
+            return "Event(boot=%d, seq=%d, %s %s, age=%.1fs, pending=%d)" % (
+                self.boot,
+                self.seq,
+                self.key_name,
+                self.action_name,
+                self.age_ds / 10,
+                self.pending,
+            )
 
 
 _EVENT = "<BHBBHB"
@@ -377,25 +409,34 @@ def encode_event(addr, ev):
     )
 
 
-def decode_event(payload):
-    _need(payload, (8,), "EVENT")
-    return Event(*struct.unpack(_EVENT, payload))
+if MASTER:
+    def decode_event(payload):
+        _need(payload, (8,), "EVENT")
+        return Event(*struct.unpack(_EVENT, payload))
 
 
 class Info(_State):
-    """What a device says of itself in reply to GET_INFO."""
+    """What a device says of itself in reply to GET_INFO.
 
-    FIELDS = (
-        "role",
-        "firmware",
-        "window",
-        "uptime_s",
-        "crc_errors",
-        "overflows",
-        "resets",
-        "version",
-        "queued",
-    )
+    board: a code (BOARDS, 0 unknown); board_id: 8 bytes unique to the board (RP2040: its
+    flash chip's unique id; unix: random, kept beside the state file), or None. A device
+    whose firmware predates board identity reports board 0 and board_id None.
+    """
+
+    if MASTER:
+        FIELDS = (
+            "role",
+            "firmware",
+            "window",
+            "uptime_s",
+            "crc_errors",
+            "overflows",
+            "resets",
+            "version",
+            "queued",
+            "board",
+            "board_id",
+        )
 
     def __init__(
         self,
@@ -408,6 +449,8 @@ class Info(_State):
         resets=0,
         version=0,
         queued=0,
+        board=0,
+        board_id=None,
     ):
         self.role = role  # role code
         self.firmware = firmware  # (major, minor, patch)
@@ -418,30 +461,43 @@ class Info(_State):
         self.resets = resets  # boot counter
         self.version = version  # applied desired-state version
         self.queued = queued  # events waiting for the master
+        self.board = board  # board code
+        self.board_id = board_id  # 8 bytes, or None
 
-    @property
-    def role_name(self):
-        return ROLES[self.role - 1] if 1 <= self.role <= len(ROLES) else "role%d" % self.role
+    if MASTER:
+        @property
+        def role_name(self):
+            return ROLES[self.role - 1] if 1 <= self.role <= len(ROLES) else "role%d" % self.role
 
-    @property
-    def firmware_text(self):
-        return "%d.%d.%d" % tuple(self.firmware)
+        @property
+        def board_name(self):
+            n = self.board
+            return BOARDS[n - 1] if 1 <= n <= len(BOARDS) else "board" + str(n) if n else "unknown"
 
-    def asdict(self):
-        d = {}
-        for name in self.FIELDS:
-            d[name] = getattr(self, name)
-        d["role"] = self.role_name
-        d["firmware"] = self.firmware_text
-        return d
+        @property
+        def firmware_text(self):
+            return "%d.%d.%d" % tuple(self.firmware)
 
-    astuple = asdict  # what _State compares (its repr is the one below)
+        def asdict(self):
+            d = {}
+            for name in self.FIELDS:
+                d[name] = getattr(self, name)
+            d["role"] = self.role_name
+            d["firmware"] = self.firmware_text
+            d["board"] = self.board_name
+            d["board_id"] = self.board_id and self.board_id.hex()
+            return d
 
-    def __repr__(self):
-        return "Info(%r)" % self.asdict()
+        astuple = asdict  # what _State compares (its repr is the one below)
+
+        def __repr__(self):
+            return "Info(%r)" % self.asdict()
 
 
-_INFO = "<BBBBHIHHHHB"
+# INFO's payload: 28 bytes; firmware from before board identity sends the first 19 (up
+# to queued). board_id None goes out as 8 zero bytes, and 8 zero bytes come back as None
+# (no RP2040 id is all zeros; a random one, 1 in 2**64).
+_INFO = "<BBBBHIHHHHBB8s"
 
 
 def _u16(n):
@@ -450,6 +506,8 @@ def _u16(n):
 
 def encode_info(addr, info):
     major, minor, patch = info.firmware
+    board_id = info.board_id or bytes(8)
+    _need(board_id, (8,), "board_id")
     return encode(
         addr,
         INFO,
@@ -466,14 +524,76 @@ def encode_info(addr, info):
             _u16(info.resets),
             info.version,
             min(info.queued, 0xFF),
+            info.board,
+            board_id,
         ),
     )
 
 
-def decode_info(payload):
-    _need(payload, (struct.calcsize(_INFO),), "INFO")
-    f = struct.unpack(_INFO, payload)
-    return Info(f[0], (f[1], f[2], f[3]), f[4], f[5], f[6], f[7], f[8], f[9], f[10])
+if MASTER:
+    def decode_info(payload):
+        """An Info from a 28-byte payload, or a 19-byte one (older firmware: board 0, no id)."""
+        _need(payload, (19, 28), "INFO")
+        if len(payload) == 19:
+            payload = bytes(payload) + bytes(9)  # board 0, no id
+        f = struct.unpack(_INFO, payload)
+        return Info(f[0], (f[1], f[2], f[3]), f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11],
+                    f[12] if f[12] != bytes(8) else None)
+
+
+# ---- device log ---------------------------------------------------------------------
+# GET_LOG asks for the kept crash text from an offset; LOG answers with the reset cause
+# of the running boot, the boot count of the kept crash, the text's total length and up
+# to 120 bytes of it, so a reply fits a frame. The master reads offset 0, then each
+# offset + len(text), until total. All of it is the master's half: a device answers
+# GET_LOG in this layout itself, reading its flash a piece at a time (appcore.Core._log).
+
+if MASTER:
+    class Log(_State):
+        """A LOG reply: reset_cause (RESET_CAUSES) of the device's running boot;
+        crash_boot, the boot count (INFO resets) in which the kept crash happened, 0 when
+        none is kept; total, the kept text's length; text, its bytes from offset (at most
+        120)."""
+
+        def __init__(self, reset_cause, crash_boot=0, total=0, offset=0, text=b""):
+            self.reset_cause = reset_cause
+            self.crash_boot = crash_boot
+            self.total = total
+            self.offset = offset
+            self.text = text
+
+        @property
+        def reset_cause_name(self):
+            n = self.reset_cause
+            return RESET_CAUSES[n] if n < len(RESET_CAUSES) else "cause%d" % n
+
+        def astuple(self):
+            return (self.reset_cause, self.crash_boot, self.total, self.offset, bytes(self.text))
+
+    def encode_get_log(addr, offset=0):
+        return encode(addr, GET_LOG, struct.pack("<H", offset))
+
+    def decode_get_log(payload):
+        """The offset asked for."""
+        _need(payload, (2,), "GET_LOG")
+        return payload[0] | payload[1] << 8
+
+    def encode_log(addr, log):
+        """LOG; ValueError as decode_log's, for text over 120 bytes or past the total."""
+        payload = struct.pack("<BHHH", log.reset_cause, log.crash_boot, log.total, log.offset)
+        payload += log.text
+        decode_log(payload)  # the receiver's checks
+        return encode(addr, LOG, payload)
+
+    def decode_log(payload):
+        n = len(payload) - 7
+        if n < 0:
+            raise ValueError("LOG payload of %d bytes is too short" % len(payload))
+        cause, boot, total, offset = struct.unpack("<BHHH", payload[:7])
+        if n > 120 or offset + n > total:
+            raise ValueError("LOG text of %d bytes at %d: over 120, or past its total %d"
+                             % (n, offset, total))
+        return Log(cause, boot, total, offset, bytes(payload[7:]))
 
 
 # ---- desired state ----------------------------------------------------------------------
@@ -533,32 +653,33 @@ def FeedbackState(invite=False, thank=None, ack_ds=0):
     return (invite, thank, ack_ds)
 
 
-def encode_set(addr, version, state):
-    """SET carrying a DisplayState, PanelState or FeedbackState (tuple) under a version
-    (1-65535)."""
-    if not 1 <= version <= 0xFFFF:
-        raise ValueError("state version %d out of range 1-65535" % version)
-    if isinstance(state, DisplayState):
-        if not 0 <= state.brightness <= 15:
-            raise ValueError("brightness %d out of range 0-15" % state.brightness)
-        body = struct.pack("<BHBB", ROLE_WINDOW_DISPLAY, version, min(state.blink_s, 255),
-                           state.brightness)
-    elif isinstance(state, PanelState):
-        if not 0 <= state.mode < len(PANEL_MODES):
-            raise ValueError("panel mode %d out of range" % state.mode)
-        flags = (PANEL_TEA if state.tea else 0) | (PANEL_BEEP if state.beep else 0)
-        body = struct.pack("<BHBBHH", ROLE_CALL_PANEL, version, state.mode, flags,
-                           _u16(state.queue), _u16(state.wait_s))
-    elif isinstance(state, tuple):
-        invite, thank, ack_ds = state  # a FeedbackState
-        flags = 1 if invite else 0  # (no text: the payload ends here)
-        if thank is not None:
-            flags |= 2 << VOTE_KEYS.index(thank)  # ValueError for another name
-        return encode(addr, SET, struct.pack("<BHBB", ROLE_FEEDBACK_PAD, version, flags,
-                                             min(max(ack_ds, 0), 255)))
-    else:
-        raise ValueError("unknown state %r" % (state,))
-    return encode(addr, SET, body + _text(state.text))
+if MASTER:
+    def encode_set(addr, version, state):
+        """SET carrying a DisplayState, PanelState or FeedbackState (tuple) under a version
+        (1-65535)."""
+        if not 1 <= version <= 0xFFFF:
+            raise ValueError("state version %d out of range 1-65535" % version)
+        if isinstance(state, DisplayState):
+            if not 0 <= state.brightness <= 15:
+                raise ValueError("brightness %d out of range 0-15" % state.brightness)
+            body = struct.pack("<BHBB", ROLE_WINDOW_DISPLAY, version, min(state.blink_s, 255),
+                               state.brightness)
+        elif isinstance(state, PanelState):
+            if not 0 <= state.mode < len(PANEL_MODES):
+                raise ValueError("panel mode %d out of range" % state.mode)
+            flags = (PANEL_TEA if state.tea else 0) | (PANEL_BEEP if state.beep else 0)
+            body = struct.pack("<BHBBHH", ROLE_CALL_PANEL, version, state.mode, flags,
+                               _u16(state.queue), _u16(state.wait_s))
+        elif isinstance(state, tuple):
+            invite, thank, ack_ds = state  # a FeedbackState
+            flags = 1 if invite else 0  # (no text: the payload ends here)
+            if thank is not None:
+                flags |= 2 << VOTE_KEYS.index(thank)  # ValueError for another name
+            return encode(addr, SET, struct.pack("<BHBB", ROLE_FEEDBACK_PAD, version, flags,
+                                                 min(max(ack_ds, 0), 255)))
+        else:
+            raise ValueError("unknown state %r" % (state,))
+        return encode(addr, SET, body + _text(state.text))
 
 
 def decode_set(payload):

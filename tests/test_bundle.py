@@ -243,7 +243,7 @@ def test_cli_keygen_build_verify(tmp_path):
     done = hallgate("firmware", "build", "--role", "call-panel", "--key", priv, "--out", out,
                     "--version", "3.1.4")
     assert done.returncode == 0, done.stderr
-    assert "15 files (mpy v6.3 for armv6m)" in done.stdout
+    assert "16 files (mpy v6.3 for armv6m)" in done.stdout
 
     done = hallgate("firmware", "verify", out, "--key", pub)
     assert done.returncode == 0, done.stderr

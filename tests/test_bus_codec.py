@@ -183,3 +183,79 @@ def test_one_valid_frame_after_any_garbage_is_found(garbage, frame, chunk):
     # the real frame must still come out, last, exactly once.
     frames, _ = decode_all(garbage + frame, chunk)
     assert frames and frames[-1].to_bytes() == frame
+
+
+# ---- board identity and the device log ----------------------------------------------
+
+
+def test_info_carries_the_board_and_its_id_and_reads_the_older_19_bytes():
+    board_id = bytes.fromhex("e6613852834b2c2f")
+    info = bus.Info(2, (0, 1, 0), 7, 86400, 3, 0, 12, 4, 0, board=2, board_id=board_id)
+    frame = bus.encode_info(7, info)
+    assert len(frame) == 34  # 28 payload bytes
+    back = bus.decode_info(frame[bus.HEADER:-2])
+    assert back == info and back.board_name == "rp2" and back.board_id == board_id
+    d = back.asdict()
+    assert d["board"] == "rp2" and d["board_id"] == "e6613852834b2c2f"
+    assert list(d) == list(bus.Info.FIELDS)
+    # Firmware from before board identity: the first 19 bytes.
+    old = bus.decode_info(frame[bus.HEADER:bus.HEADER + 19])
+    assert (old.board, old.board_id, old.board_name, old.resets) == (0, None, "unknown", 12)
+    assert old.asdict()["board_id"] is None
+    assert old == bus.Info(2, (0, 1, 0), 7, 86400, 3, 0, 12, 4, 0)
+    # No id: 8 zero bytes on the wire, None again when read.
+    plain = bus.Info(1, (0, 1, 0), 3, board=1)
+    assert bus.encode_info(3, plain)[-10:-2] == bytes(8)
+    assert bus.decode_info(bus.encode_info(3, plain)[bus.HEADER:-2]) == plain
+    assert [bus.Info(1, (0, 1, 0), 1, board=n).board_name for n in (0, 1, 2, 7)] == [
+        "unknown", "unix", "rp2", "board7"]
+    assert info != bus.Info(2, (0, 1, 0), 7, 86400, 3, 0, 12, 4, 0, board=2,
+                            board_id=bytes(7) + b"\x01")
+
+
+def test_info_refuses_a_bad_board_id_and_other_lengths():
+    with pytest.raises(ValueError, match="board_id payload of 7 bytes"):
+        bus.encode_info(3, bus.Info(1, (0, 1, 0), 3, board=1, board_id=bytes(7)))
+    for n in (18, 20, 27, 29):
+        with pytest.raises(ValueError, match=f"INFO payload of {n} bytes"):
+            bus.decode_info(bytes(n))
+
+
+def test_log_round_trips_and_a_master_reads_a_long_text_in_pieces():
+    assert bus.decode_get_log(bus.encode_get_log(9)[bus.HEADER:-2]) == 0
+    assert bus.decode_get_log(bus.encode_get_log(9, 300)[bus.HEADER:-2]) == 300
+    kept = b"Traceback (most recent call last):\n" + b"x" * 400 + b"\nValueError: boom\n"
+
+    def device(offset):  # what a device answers (firmware/devlog.py and appcore)
+        offset = min(offset, len(kept))
+        return bus.encode_log(9, bus.Log(2, 11, len(kept), offset, kept[offset:offset + 120]))
+
+    text, offset, pieces = b"", 0, 0
+    while True:
+        log = bus.decode_log(device(offset)[bus.HEADER:-2])
+        assert (log.reset_cause_name, log.crash_boot, log.total) == ("watchdog", 11, len(kept))
+        text += log.text
+        offset = log.offset + len(log.text)
+        pieces += 1
+        if offset >= log.total:
+            break
+    assert text == kept and pieces == 4
+    none = bus.decode_log(bus.encode_log(9, bus.Log(1))[bus.HEADER:-2])
+    assert none == bus.Log(1, 0, 0, 0, b"") and none.reset_cause_name == "power-on"
+    assert [bus.Log(n).reset_cause_name for n in (0, 3, 9)] == ["unknown", "reboot", "cause9"]
+    assert len(bus.encode_log(9, bus.Log(3, 2, 120, 0, b"y" * 120))) == 133  # fits a frame
+
+
+def test_malformed_logs_name_the_problem():
+    with pytest.raises(ValueError, match="GET_LOG payload of 1 bytes"):
+        bus.decode_get_log(b"\x01")
+    with pytest.raises(ValueError, match="LOG payload of 6 bytes is too short"):
+        bus.decode_log(bytes(6))
+    with pytest.raises(ValueError, match="LOG text of 121 bytes at 0: over 120"):
+        bus.decode_log(b"\x01\x01\x00\xff\x00\x00\x00" + b"z" * 121)
+    with pytest.raises(ValueError, match="LOG text of 6 bytes at 5: .* past its total 10"):
+        bus.decode_log(b"\x01\x01\x00\x0a\x00\x05\x00" + b"z" * 6)
+    with pytest.raises(ValueError):
+        bus.encode_log(9, bus.Log(1, 1, 200, 0, b"z" * 121))
+    with pytest.raises(ValueError):
+        bus.encode_log(9, bus.Log(1, 1, 5, 0, b"z" * 6))

@@ -54,6 +54,14 @@ def test_hal_rp2_against_a_fake_machine_module():
     assert done.stdout.strip().endswith("cases ok"), done.stdout
 
 
+@pytest.mark.micropython
+def test_device_log_on_micropython(tmp_path):
+    done = run_micropython(MP_TESTS / "check_devlog.py", tmp_path, path=image(), heapsize="64k",
+                           timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("devlog: 4 cases ok"), done.stdout
+
+
 # ---- start-up parts, on CPython ------------------------------------------------------
 # devconfig imports the codec as `bus`, as on a board: give it the package's module.
 
@@ -71,6 +79,18 @@ def test_config_defaults():
     assert cfg["long_keys"] == ["noshow"] and cfg["queue_len"] == 32
     assert cfg["digits"] == 4 and cfg["state_file"] == "/flash/state.json"
     assert devconfig.check(dict(BASE, role="window-display"))["digits"] == 8
+    # the watchdog (8 s on a board; the unix port's emulation when asked for), and where
+    # the device log's files go: beside the state file
+    assert cfg["watchdog_ms"] == (8000 if sys.platform == "rp2" else 0)
+    assert cfg["files"] == "/flash/state"
+    assert devconfig.check(dict(BASE, watchdog_ms=8000))["watchdog_ms"] == 8000
+    devconfig.sys = type("rp2", (), {"platform": "rp2"})  # as on a Pico
+    try:
+        assert devconfig.check(dict(BASE))["watchdog_ms"] == 8000
+        assert devconfig.check(dict(BASE, watchdog_ms=0))["watchdog_ms"] == 0  # off
+    finally:
+        devconfig.sys = sys
+    assert devconfig.check(dict(BASE, state_file="/x/dev-5"))["files"] == "/x/dev-5"
 
 
 @pytest.mark.parametrize(
@@ -88,6 +108,10 @@ def test_config_defaults():
         ({"idle_text": "123456789"}, "idle_text"),
         ({"queue_len": 0}, "queue_len"),
         ({"debounce": 20}, "debounce"),
+        ({"watchdog_ms": 500}, "watchdog_ms"),  # 0 (off), or 1000-8388
+        ({"watchdog_ms": 9000}, "watchdog_ms"),  # over the RP2040's longest
+        ({"watchdog_ms": True}, "watchdog_ms"),
+        ({"files": "x"}, "files"),  # derived, not a field
     ],
 )
 def test_config_errors_name_the_field(change, field):

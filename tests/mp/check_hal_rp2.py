@@ -89,6 +89,23 @@ def case_feedback_pad_key_leds_and_no_display():
     assert LOG == [("pin", 21, 0), ("pin", 15, 0), ("pin", 21, 1), ("pin", 15, 0)], LOG
 
 
+def case_identity_and_a_watchdog_fed_once_started():
+    b = board()
+    assert b.BOARD == 2 and b.identity == (machine.UNIQUE_ID, 1), b.identity
+    machine.CAUSE[0] = machine.WDT_RESET
+    try:
+        assert board().identity[1] == 2  # watchdog (or machine.reset: devlog's marker)
+    finally:
+        machine.CAUSE[0] = machine.PWRON_RESET
+    del LOG[:]
+    b.watchdog(0)
+    b.feed()
+    assert LOG == [], LOG  # none started: nothing to feed
+    b.watchdog(60000)
+    b.feed()
+    assert LOG == [("wdt", 8388), ("feed",)], LOG  # capped at the RP2040's longest
+
+
 CASES = [
     case_de_high_only_while_the_reply_is_sent,
     case_de_low_from_the_start,
@@ -96,6 +113,7 @@ CASES = [
     case_max7219_set_up_then_text_and_blanking,
     case_led_and_buzzer_made_on_first_use,
     case_feedback_pad_key_leds_and_no_display,
+    case_identity_and_a_watchdog_fed_once_started,
 ]
 
 if __name__ == "__main__":

@@ -32,11 +32,18 @@ def encode_message(addr, m):
             bus.Event(m["boot"], m["seq"], m["key"], m["action"], m["age_ds"], m["pending"]),
         )
     if kind == "info":
+        board_id = m["board_id"]
         return bus.encode_info(
             addr,
             bus.Info(m["role"], tuple(m["firmware"]), m["window"], m["uptime_s"],
-                     m["crc_errors"], m["overflows"], m["resets"], m["version"], m["queued"]),
+                     m["crc_errors"], m["overflows"], m["resets"], m["version"], m["queued"],
+                     board=m["board"], board_id=board_id and unhex(board_id)),
         )
+    if kind == "get_log":
+        return bus.encode_get_log(addr, m["offset"])
+    if kind == "log":
+        return bus.encode_log(addr, bus.Log(m["reset_cause"], m["crash_boot"], m["total"],
+                                            m["offset"], m["text"].encode()))
     if kind == "set_display":
         return bus.encode_set(
             addr, m["version"], bus.DisplayState(m["text"], m["blink_s"], m["brightness"])
@@ -91,6 +98,13 @@ def decode_message(frame, m):
         for name in bus.Info.FIELDS:
             got[name] = getattr(i, name)
         got["firmware"] = list(i.firmware)
+        got["board_id"] = i.board_id and i.board_id.hex()
+    elif kind == "get_log":
+        got = {"offset": bus.decode_get_log(p)}
+    elif kind == "log":
+        lg = bus.decode_log(p)
+        got = {"reset_cause": lg.reset_cause, "crash_boot": lg.crash_boot, "total": lg.total,
+               "offset": lg.offset, "text": lg.text.decode()}
     elif kind in ("set_display", "set_panel"):
         role, version, s = bus.decode_set(p)
         got = {"version": version, "text": s.text}
@@ -135,10 +149,15 @@ def main(path):
         raw = unhex(v["bytes"])
         fr = v["frame"]
         made = encode_message(fr["addr"], v["message"])
-        if made != raw:
+        # encodes_as: a frame of an older layout the decoder still takes (a 19-byte INFO)
+        # is written by today's encoder in today's layout.
+        want = unhex(v["encodes_as"]) if "encodes_as" in v else raw
+        if made != want:
             raise AssertionError(
-                "%s: encoded %s, vector says %s" % (v["name"], made.hex(), raw.hex())
+                "%s: encoded %s, vector says %s" % (v["name"], made.hex(), want.hex())
             )
+        if made != raw:
+            decode_message(bus.Frame(fr["addr"], fr["type"], made[bus.HEADER:-2]), v["message"])
         # Split the frame byte by byte and put garbage in front: the decoder must still
         # return exactly this frame.
         d = bus.Decoder()

@@ -71,3 +71,29 @@ class PWM:
 
     def duty_u16(self, duty):
         LOG.append(("duty", self.pin.id, duty))
+
+
+# Identity and the watchdog (hal_rp2's): an RP2040's 8-byte id, its two reset causes (a case
+# sets CAUSE[0]), and a WDT that logs its start and each feed.
+PWRON_RESET = 1
+WDT_RESET = 3
+CAUSE = [PWRON_RESET]
+UNIQUE_ID = b"\xe6\x61\x38\x52\x83\x4b\x2c\x2f"
+
+
+def unique_id():
+    return UNIQUE_ID
+
+
+def reset_cause():
+    return CAUSE[0]
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        if timeout > 8388:  # the RP2040's longest, as the real one refuses
+            raise ValueError("timeout exceeds 8388")
+        LOG.append(("wdt", timeout))
+
+    def feed(self):
+        LOG.append(("feed",))
