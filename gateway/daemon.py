@@ -151,7 +151,7 @@ class Gateway:
                     (b.name, d.address))
         # The board id last seen at each bus address, kept beside the outbox: a board
         # swapped while the gateway was down is reported at the next start.
-        from hallgate.gateway.master import KnownBoards
+        from hallgate.gateway.boards import KnownBoards
 
         self.boards = KnownBoards(path.with_name("boards.json"))
         self.masters = self._make_masters(pin_factory)

@@ -16,9 +16,9 @@ import os
 import time
 
 import serial
+from hallgate.gateway.master import REPLY_ROOM
 from hallgate.protocols import bus
 
-REPLY_ROOM = 25  # bytes of the longest ordinary reply (INFO), for the response deadline
 MIN_CYCLE = 0.005  # seconds between cycle starts, at least (as the bus master)
 
 

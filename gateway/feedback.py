@@ -650,7 +650,7 @@ class FeedbackPad(FeedbackWindow):
     `poll()`, from FeedbackButtons' sampler, closes voting when its time is up and hands
     the LEDs' state to the master, which sends it to the pad with SET.
 
-    >>> from hallgate.gateway.master import Book
+    >>> from hallgate.gateway.book import Book
     >>> book, got, now = Book(), [], [10.0]
     >>> pad = FeedbackPad(41, book, "hall", 21, on_vote=lambda w, r: got.append(r),
     ...                   clock=lambda: now[0])

@@ -12,7 +12,7 @@ Goals: an update either ends on the new version, confirmed healthy by the device
 leaves the device on the version it had, saying why; a lost or garbled frame costs one
 re-sent chunk; a device that drops off the bus (unplugged, reset, power cut) is waited for
 and the transfer resumes from what it staged.
-Plan: `Transfer` is a sans-I/O state machine, as `master.Book` is: next_request() says
+Plan: `Transfer` is a sans-I/O state machine, as `book.Book` is: next_request() says
 what to send, handle() digests the device's OTA_STATUS (or the failure). Phases:
 begin (OTA_BEGIN; the reply says how much is staged already) -> send (OTA_DATA from
 there; each reply says how far the device is, so a lost reply or a rewind needs nothing

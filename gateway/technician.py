@@ -21,8 +21,9 @@ import threading
 import time
 
 from hallgate.gateway import sniff
+from hallgate.gateway.boards import fetch_log
 from hallgate.gateway.control import ControlError, arg
-from hallgate.gateway.master import DeviceRefused, NoReply, fetch_log
+from hallgate.gateway.master import DeviceRefused, NoReply
 from hallgate.protocols import bus
 
 from hallgate import __version__

@@ -51,8 +51,10 @@ class History:
         line = json.dumps(record, sort_keys=True) + "\n"
         with self._lock:
             try:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line)
+                with open(self.path, "a+b") as f:
+                    if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                        line = "\n" + line  # a line torn by a power cut stays alone
+                    f.write(line.encode())
                     f.flush()
                     os.fsync(f.fileno())
                 lines = self._lines()
@@ -195,7 +197,7 @@ class Updates:
         """The updates running now, and the results of the last hour."""
         running = self.running()
         hour_ago = utc_ts(time.time() - 3600)
-        recent = [r for r in self.history.read(limit=50) if r["ended"] >= hour_ago]
+        recent = [r for r in self.history.read(limit=50) if r.get("ended", "") >= hour_ago]
         return {"running": running, "recent": recent}
 
     def cancel(self, req, session):

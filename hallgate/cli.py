@@ -167,7 +167,9 @@ def _central_config(args):
 
 
 def cmd_central_run(args):
-    """The central queue service on MQTT until SIGTERM or SIGINT."""
+    """The central queue service on MQTT until SIGTERM or SIGINT; with --http, the hall
+    board and the manager's view too (hallgate/web: they read the hall's MQTT topics as a
+    client of their own and publish nothing)."""
     import signal
     import threading
 
@@ -177,19 +179,51 @@ def cmd_central_run(args):
     cfg = _central_config(args)
     if cfg is None:
         return 1
+    if args.http and cfg.broker.startswith("mqtts://") and not args.http_cert:
+        print("hallgate central run: --http on an mqtts:// broker needs the pages' own "
+              "read-only certificate: --http-cert and --http-key (a monitoring one: "
+              "hardware/make_test_ca.py --monitor NAME); the central's own would take "
+              "over its client id", file=sys.stderr)
+        return 2
     central = Central(cfg.queue, cfg.database, dedupe_days=cfg.dedupe_days)
     svc = CentralService(central, cfg.site, cfg.broker, client_id=cfg.client_id,
                          protocol=cfg.protocol,
                          tick_s=cfg.tick_s, stats_s=cfg.stats_s, version=__version__,
                          **{k: str(v) for k in ("ca_file", "cert_file", "key_file")
                             if (v := getattr(cfg, k)) is not None})
+    pages = None
+    if args.http:
+        from hallgate.web.hallpages import HallPages  # the web stack: only when asked
+
+        try:
+            pages = HallPages(cfg.site, cfg.broker, *args.http, protocol=cfg.protocol,
+                              ca_file=str(cfg.ca_file) if cfg.ca_file else None,
+                              cert_file=args.http_cert, key_file=args.http_key)
+        except OSError as e:  # the port is taken, or the address is not this machine's
+            print(f"hallgate central run: --http {args.http[0]}:{args.http[1]}: {e}",
+                  file=sys.stderr)
+            central.close()
+            return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     svc.start()
     logging.getLogger("hallgate.central").info("central %s: %s, db %s", cfg.site, cfg.broker,
                                                cfg.database)
+    if pages is not None:
+        try:
+            pages.start()
+        except RuntimeError as e:  # uvicorn could not start: said, then a clean stop
+            print(f"hallgate central run: the pages: {e}", file=sys.stderr)
+            svc.stop()
+            central.close()
+            return 1
+        logging.getLogger("hallgate.central").info(
+            "pages: hall board %s, manager's view %s", pages.urls["board"],
+            pages.urls["manager"])
     done.wait()
+    if pages is not None:
+        pages.stop()
     svc.stop()
     central.close()
     return 0
@@ -466,6 +500,20 @@ def build_parser():
                    "central/example.toml")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="log lines as text (default) or one JSON object per line")
+    from hallgate.web import http_address  # standard library only
+
+    def http_arg(text):
+        try:
+            return http_address(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument("--http", type=http_arg, metavar="HOST:PORT",
+                   help="also serve the hall board (/board) and the manager's view (/) here, "
+                   "e.g. 0.0.0.0:8080; they read the hall's MQTT topics and change nothing")
+    p.add_argument("--http-cert", metavar="PEM", help="with --http on an mqtts:// broker: "
+                   "the pages' read-only (monitoring) client certificate")
+    p.add_argument("--http-key", metavar="PEM", help="its private key")
     p.set_defaults(func=cmd_central_run)
     p = central_sub.add_parser("report", help="a day's figures: served, waits, no-shows, "
                                "satisfaction per window, service and operator")

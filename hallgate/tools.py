@@ -665,7 +665,7 @@ def cmd_identify(args):
 def _read_log_directly(master, addr):
     """fetch_log through a master that is not polling: each GET_LOG is run by a cycle
     that polls nothing (the master knows no devices)."""
-    from hallgate.gateway.master import fetch_log
+    from hallgate.gateway.boards import fetch_log
 
     def read(offset):
         future = master.read_log(addr, offset)
@@ -683,7 +683,7 @@ def _print_log(r, note):
           + f", {note}")
     print(f"last reset: {r['reset_cause']}")
     if not r["crash_boot"] and not r["total"]:
-        print("no crash kept: the device has not crashed since its log was last cleared")
+        print("no crash kept")
         return
     now = (f"; it is in boot {r['boot']} now" if r.get("boot") is not None
            and r["boot"] != r["crash_boot"] else "")

@@ -22,6 +22,7 @@ from datetime import datetime
 import pytest
 from conftest import FIRMWARE, PROTOCOLS, ROOT, run_micropython, wait_for
 from gpiozero.pins.mock import MockFactory
+from hallgate.gateway.book import Book
 from hallgate.gateway.config import load_config
 from hallgate.gateway.daemon import Gateway
 from hallgate.gateway.feedback import (
@@ -33,7 +34,6 @@ from hallgate.gateway.feedback import (
     FeedbackPad,
     Timings,
 )
-from hallgate.gateway.master import Book
 from hallgate.gateway.outbox import OutboxError
 from hallgate.protocols import bus
 from hallgate.sim.broker import Mosquitto

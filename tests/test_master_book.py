@@ -1,7 +1,7 @@
-"""The bus master's protocol bookkeeping (gateway.master.Book): no port, scripted replies."""
+"""The bus master's protocol bookkeeping (gateway.book.Book): no port, scripted replies."""
 
 import pytest
-from hallgate.gateway.master import GARBLED, TIMEOUT, Book
+from hallgate.gateway.book import GARBLED, TIMEOUT, Book
 from hallgate.protocols import bus
 
 DISPLAY = bus.ROLE_WINDOW_DISPLAY

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.micropython
 
 @pytest.fixture
 def slow_line(tmp_path, bundles):  # noqa: F811
-    """A call panel on the old bundle, mosquitto, and the daemon (updates at 10% of the
+    """A call panel on the old bundle, mosquitto, and the daemon (updates at 20% of the
     bus, offline after 5 s). Yields (device, daemon, config)."""
     with contextlib.ExitStack() as stack:
         hub = BusHub(baud=BAUD).start()
@@ -41,7 +41,7 @@ def slow_line(tmp_path, bundles):  # noqa: F811
                                    devices=[(TARGET, "call-panel", 1)],
                                    windows="[[windows]]\nnumber = 1\n")
         config.write_text(config.read_text() + f'\n[firmware]\npublic_key = "{bundles["pub"]}"'
-                          '\njob_share = 10\noffline_s = 5\n')
+                          '\njob_share = 20\noffline_s = 5\n')
         daemon = Daemon(tmp_path, config)
         stack.callback(daemon.close)
         daemon.start()
@@ -53,8 +53,8 @@ def ota(daemon, *args, timeout=60):
     return hallgate("ota", *args, "--status-file", daemon.status_file, timeout=timeout)
 
 
-def ota_json(daemon, *args):
-    out = ota(daemon, *args, "--json")
+def ota_json(daemon, *args, timeout=60):
+    out = ota(daemon, *args, "--json", timeout=timeout)
     assert out.stdout, out.stderr
     return out.returncode, json.loads(out.stdout)
 
@@ -123,7 +123,7 @@ def test_an_update_is_followed_cancelled_kept_across_a_restart_and_resumed(slow_
     assert h["started"] <= h["ended"] and h["role"] == "call-panel"
     assert h["board_id"] is None or len(h["board_id"]) == 16
 
-    code, doc = ota_json(daemon, TARGET, bundles["new"])
+    code, doc = ota_json(daemon, TARGET, bundles["new"], timeout=240)
     [r] = doc["results"]
     assert code == 0 and r["result"] == "updated", r
     assert r["resumed_from"] and r["resumed_from"][0] >= staged  # not from byte 0
@@ -152,3 +152,28 @@ def test_a_device_gone_mid_update_fails_after_offline_s_with_the_reason(slow_lin
     assert "the next update resumes there" in r["reason"]
     [h] = history(daemon)
     assert (h["outcome"], h["from"], h["runs"]) == ("failed", "0.1.0", "0.1.0")
+
+
+def test_a_bundle_for_another_board_is_refused_before_a_byte_is_sent(slow_line, bundles,  # noqa: F811
+                                                                     tmp_path):
+    dev, daemon, _ = slow_line
+    pico = tmp_path / "pico.zip"  # the same firmware, built for a Pico
+    bundle.build("call-panel", pico, bundles["pub"].with_name("key.pem"), version="0.2.0",
+                 compile=False, board="rp2")
+    before = json.loads(hallgate("bus", "stats", "--json", "--status-file",
+                                 daemon.status_file).stdout)
+    code, doc = ota_json(daemon, TARGET, pico)
+    [r] = doc["results"]
+    assert code == 1 and r["result"] == "skipped", r
+    assert r["reason"] == "a unix board; the bundle is for rp2 boards"
+    after = json.loads(hallgate("bus", "stats", "--json", "--status-file",
+                                daemon.status_file).stdout)
+
+    def jobs(doc):
+        return [b["stats"]["job_exchanges"] for b in doc["buses"].values()]
+
+    assert jobs(after) == jobs(before) == [0]  # not one update request on the line
+    out = hallgate("devices", "--json", "--status-file", daemon.status_file)
+    [row] = json.loads(out.stdout)["devices"]
+    assert (row["firmware"], row["board"]) == ("0.1.0", "unix")
+    assert history(daemon) == []  # a skip is not an update

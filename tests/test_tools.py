@@ -423,7 +423,8 @@ def test_devices_directly_on_the_port_lists_the_firmware_devices(tmp_path, line)
 
 
 def test_without_a_daemon_and_without_a_port_the_error_names_both_ways(tmp_path):
-    for cmd in (["devices"], ["identify", "3"], ["bus", "stats"], ["bus", "sniff"]):
+    for cmd in (["devices"], ["identify", "3"], ["logs", "3"], ["bus", "scan"],
+                ["bus", "stats"], ["bus", "sniff"]):
         out = run(*cmd, "--status-file", tmp_path / "status.json", timeout=30)
         assert out.returncode == 1, (cmd, out.stdout)
         err = out.stderr
@@ -503,6 +504,84 @@ def test_through_the_daemon_devices_identify_stats_and_sniff(daemon_hall):
     times = [r["t"] for r in records]
     assert times == sorted(times) and abs(times[0] - time.time()) < 60
     assert summary["summary"]["frames"] == len([r for r in records if r["kind"] == "frame"])
+    assert daemon.running
+
+
+def table_lines(out):
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    return out.stdout.splitlines()
+
+
+@pytest.mark.micropython
+def test_through_the_daemon_a_readable_table_a_scan_and_an_offline_device(daemon_hall,
+                                                                          tmp_path):
+    hub, devices, daemon, witness = daemon_hall
+    pid = daemon.proc.pid
+
+    # The default table fits 100 columns, with headers a technician can read.
+    lines = table_lines(run("devices", *via_daemon(daemon)))
+    assert all(len(line) <= 100 for line in lines), "\n".join(lines)
+    assert lines[2].split() == ["bus", "addr", "role", "window", "online", "firmware",
+                                "uptime", "boots", "errors", "board", "id"], lines
+    doc, rows = rows_by_address(run("devices", "--json", *via_daemon(daemon)))
+    for addr, role in ((PANEL, "call-panel"), (DISPLAY, "window-display")):
+        line = next(x for x in lines if x.split()[:3] == ["hall", str(addr), role])
+        r = rows[addr]
+        assert line.split()[4:6] == ["yes", r["firmware"]], line
+        assert line.endswith(r["board_id"][-8:] if r["board_id"] else "-"), line
+    assert any(line.startswith("errors: ") for line in lines)
+    wide = table_lines(run("devices", "--wide", *via_daemon(daemon)))
+    assert "counted by the device" in wide[2] and "counted by the gateway" in wide[2]
+    assert {"last", "board", "exchanges", "timeouts", "NAKs"} <= set(wide[3].split())
+    assert max(map(len, wide)) > 100
+
+    # bus scan through the daemon: between its poll cycles; a spare device the config
+    # does not name answers too, and is not taken into the daemon's devices.
+    spare = FirmwareDevice(tmp_path / "d9", 9, "call-panel", 9, hub.add_port("d9"),
+                           ready_timeout=30)
+    try:
+        out = run("bus", "scan", "--addresses", "1-4,9", "--json", *via_daemon(daemon))
+        assert out.returncode == 0, out.stderr
+        found = {r["address"]: r for r in json.loads(out.stdout)}
+        assert set(found) == {PANEL, DISPLAY, 9}
+        assert (found[PANEL]["bus"], found[PANEL]["role"], found[PANEL]["known"],
+                found[PANEL]["configured"]) == ("hall", "call-panel", True, True)
+        assert (found[9]["role"], found[9]["window"], found[9]["known"],
+                found[9]["configured"]) == ("call-panel", 9, False, False)
+        assert found[DISPLAY]["resets"] >= 1 and "board_id" in found[DISPLAY]
+        text = run("bus", "scan", "--addresses", "1-4,9", *via_daemon(daemon)).stdout
+        assert text.startswith(f"3 device(s) answered of 5 address(es) tried: bus hall "
+                               f"({hub.master_path}), via the gateway daemon (pid {pid}"), text
+        assert "not in the daemon's config" in next(
+            x for x in text.splitlines() if x.split()[:2] == ["hall", "9"])
+        _, rows = rows_by_address(run("devices", "--json", *via_daemon(daemon)))
+        assert set(rows) == {PANEL, DISPLAY}  # the scan added nothing
+    finally:
+        spare.close()
+    pressed = press(devices[PANEL])  # the polling went on
+    wait_for(lambda: pressed in witness.sources(), 15, "a press after the scan")
+
+    # A device the daemon knows as offline, and one it does not know: said so.
+    devices[DISPLAY].kill()
+    daemon.wait_status(lambda s: not next(r for r in s["devices"]["table"]
+                                          if r["address"] == DISPLAY)["online"],
+                       "the display offline")
+    out = run("identify", str(DISPLAY), "--seconds", "2", *via_daemon(daemon))
+    assert out.returncode == 1
+    assert f"hallgate: device {DISPLAY} on bus hall is offline (last seen " in out.stderr
+    assert "ago); it did not answer IDENTIFY: check its power" in out.stderr, out.stderr
+    out = run("identify", str(DISPLAY), "--json", *via_daemon(daemon))
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["ok"] is False and "is offline" in doc["error"]
+    out = run("identify", "77", *via_daemon(daemon))
+    assert out.returncode == 1
+    assert "device 77 is not known on bus hall (not in the config, and no scan found it)" \
+        in out.stderr, out.stderr
+    out = run("logs", str(DISPLAY), *via_daemon(daemon))
+    assert out.returncode == 1 and f"device {DISPLAY} on bus hall is offline" in out.stderr
+    lines = table_lines(run("devices", *via_daemon(daemon)))
+    line = next(x for x in lines if x.split()[:2] == ["hall", str(DISPLAY)])
+    assert " NO, " in line and " ago " in line and len(line) <= 100, line
     assert daemon.running
 
 
