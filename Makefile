@@ -1,14 +1,16 @@
 # hallgate: `make demo` | `make test` | `make lint` | `make bench` | `make soak` | `make firmware`
 # Every target sets itself up first: a .venv with the package and its test extra, and
-# Debian's mosquitto, socat and systemd (systemd-analyze checks the unit's sandboxing),
-# installed with apt-get when missing and running as root.
+# Debian's mosquitto, socat, systemd (systemd-analyze checks the unit's sandboxing) and
+# chromium (the pages' tests drive it headless, with Playwright), installed with apt-get
+# when missing and running as root.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STUBS  := $(VENV)/mpstubs
-DEBS   := mosquitto socat systemd
+DEBS   := mosquitto socat systemd chromium
+DEMO_HTTP ?= 127.0.0.1:8080
 PYTEST := $(BIN)/python -m pytest
 
 .PHONY: all setup system-deps test soak lint bench firmware demo clean
@@ -23,7 +25,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests run for real: the broker, the pty linker, systemd-analyze.
+# Debian packages the tests run for real: the broker, the pty linker, systemd-analyze, the
+# browser (Playwright's own browser download is never used: tests/test_web_pages.py).
 system-deps:
 	@missing=""; \
 	for p in $(DEBS); do \
@@ -68,9 +71,10 @@ firmware: setup
 	  $(BIN)/hallgate firmware build --role $$role --key "$(KEY)" --out build/firmware/$$role.zip || exit 1; \
 	done
 
-# A simulated hall day: every part real, on this machine.
+# A simulated hall day: every part real, on this machine; its hall board and manager's view
+# at the URLs it prints (make demo DEMO_HTTP=0.0.0.0:8080 to see them from another machine).
 demo: setup
-	$(BIN)/hallgate sim
+	$(BIN)/hallgate sim --http $(DEMO_HTTP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

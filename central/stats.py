@@ -30,13 +30,29 @@ Definitions (the report says them too, under ``"definitions"``):
   group counts out and in). by_operator also has their `sessions` of the day and
   `logged_in_s` (an open session until now).
 
+Live only (`live_stats`, the retained ``central/stats``; the pages of hallgate/web read
+them, so a board or a manager's view needs nothing but the MQTT topics):
+
+- now.by_service: per service, the visitors `waiting` now, the `longest_wait_s` of them
+  (the whole wait so far, as the panels and alerts count it) and the `windows_open`
+  serving it; with `norm_s` and `warn_s` at the top, a page colours the oldest wait.
+- now.calls: the last `CALLS_KEPT` calls, newest first (ticket, window, service, `at` on
+  the central's clock): a hall board that (re)starts shows them at once. A ticket is
+  listed once, at its latest call; a recall is the same call.
+- queue_by_time: visitors waiting through the day, every `QUEUE_STEP_S` on the local
+  clock, and now: a ticket waits from its issue to its first call (a redirected one
+  also from its redirect, while it waits now; earlier stretches after a redirect are not
+  kept, so they are not counted).
+
 >>> day_stats([], [])["all"]["served"]
 0
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -53,7 +69,10 @@ from .queue import (
     minutes,
 )
 
-__all__ = ["day_stats", "live_stats", "p95", "percentile"]
+__all__ = ["day_stats", "live_stats", "p95", "percentile", "queue_by_time"]
+
+CALLS_KEPT = 12  # now.calls: more than a hall board lists
+QUEUE_STEP_S = 300  # queue_by_time: a point every 5 minutes (divides every zone's offset)
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -256,6 +275,8 @@ def live_stats(queue, *, now: float, day: str | None = None) -> dict:
                     closes=queue.config.closes, services=queue.config.services, now=now,
                     sessions=[r for r in queue.state.sessions.values() if r.day == today])
     waiting = [t for t in queue.tickets.values() if t.state == WAITING]
+    out["warn_s"] = queue.config.warn_s
+    out["tz"] = queue.config.tz
     out["now"] = {
         "at": now,
         "waiting": len(waiting),
@@ -264,5 +285,71 @@ def live_stats(queue, *, now: float, day: str | None = None) -> dict:
                              "ticket": queue.tickets[w.ticket].number if w.ticket else None,
                              "operator": w.operator, "vote_open": w.vote_tid is not None}
                     for n, w in sorted(queue.windows.items())},
+        "by_service": _services_now(queue, waiting, now),
+        "calls": _recent_calls(queue.tickets.values()),
     }
+    out["queue_by_time"] = queue_by_time(
+        [t for t in queue.tickets.values() if t.day == today], now, queue.config.tz)
     return out
+
+
+def _services_now(queue, waiting: list[Ticket], now: float) -> dict:
+    """Per service: how many wait now, the longest whole wait, the windows open for it."""
+    rows = {code: {"waiting": 0, "longest_wait_s": 0.0,
+                   "windows_open": queue.windows_serving(code)}
+            for code in sorted(queue.config.services)}
+    for t in waiting:
+        row = rows.setdefault(t.service, {"waiting": 0, "longest_wait_s": 0.0,
+                                          "windows_open": []})
+        row["waiting"] += 1
+        row["longest_wait_s"] = max(row["longest_wait_s"], round(t.waiting_now(now), 1))
+    return rows
+
+
+def _recent_calls(tickets: Iterable[Ticket]) -> list[dict]:
+    """The last CALLS_KEPT calls, newest first: the tickets called and where."""
+    called = [t for t in tickets if t.called_at is not None and t.state != WAITING]
+    newest = heapq.nlargest(CALLS_KEPT, called, key=lambda t: (t.called_at, t.seq))
+    return [{"ticket": t.number, "window": t.window if t.window is not None
+             else t.ended_window, "service": t.service, "at": t.called_at} for t in newest]
+
+
+def queue_by_time(tickets: Iterable[Ticket], now: float, tz: str | None,
+                  step_s: int = QUEUE_STEP_S) -> dict:
+    """Visitors waiting at every `step_s` of the local clock from the first issue, and
+    now: ``{"step_s", "points": [["08:05", 3], ...]}``. O(n log n) in the tickets.
+
+    >>> from hallgate.central.state import Ticket
+    >>> t = Ticket("d/A/1", "A001", "d", 1, "A", "A", issued_at=600.0, first_called_at=1000.0)
+    >>> queue_by_time([t], 1300.0, "UTC")["points"]
+    [['00:10', 1], ['00:15', 1], ['00:20', 0], ['00:21', 0]]
+    """
+    starts: list[float] = []
+    ends: list[float] = []
+    for t in tickets:
+        first_end = t.first_called_at
+        if first_end is None and t.state == CLOSED:
+            first_end = t.ended_at
+        starts.append(t.issued_at)
+        ends.append(first_end if first_end is not None else math.inf)
+        if t.state == WAITING and t.head_since is not None and t.first_called_at is not None:
+            starts.append(t.head_since)  # waiting again, after a redirect
+            ends.append(math.inf)
+    if not starts:
+        return {"step_s": step_s, "points": []}
+    starts.sort()
+    ends.sort()
+    zone = ZoneInfo(tz) if tz else None
+
+    def point(at: float) -> list:
+        label = datetime.fromtimestamp(at, zone).strftime("%H:%M")
+        return [label, bisect_right(starts, at) - bisect_right(ends, at)]
+
+    at = math.floor(starts[0] / step_s) * step_s
+    points = []
+    while at <= now:
+        points.append(point(at))
+        at += step_s
+    if not points or at - step_s < now:
+        points.append(point(now))
+    return {"step_s": step_s, "points": points}

@@ -45,6 +45,10 @@ def add_sim_parser(sub):
     sim_p.add_argument("--workdir", help="keep the databases and logs (sim.log, gw-*.log) "
                        "here (default: a temporary folder, removed at the end)")
     sim_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim_p.add_argument("--http", type=_http, metavar="HOST:PORT",
+                       help="serve each site's hall board (/board) and manager's view (/) "
+                       "while the day runs, e.g. 127.0.0.1:8080 (more sites: the next ports; "
+                       "port 0: free ones); the URLs are printed at the start")
     sim_p.add_argument("--stay", action="store_true", help="after the day, keep the hall up "
                        "for technician commands (as `hallgate sim lab`) until Ctrl-C")
     sim_p.add_argument("--model-only", action="store_true",
@@ -92,6 +96,15 @@ def _duration_hours(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: hours like 10h, or minutes like 90m") \
             from None
+
+
+def _http(text):
+    from hallgate.web import http_address  # standard library only
+
+    try:
+        return http_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _speed(text):
@@ -188,7 +201,7 @@ def _sites(args):
         options = Options(windows=first.windows, visitors=first.visitors,
                           hours=profile.hours, gateways=first.gateways, speed=args.speed,
                           seed=args.seed, broker=args.broker, broker_kind=args.broker_kind,
-                          model_only=args.model_only, lab=args.stay)
+                          model_only=args.model_only, lab=args.stay, http=args.http)
         return profile_sites(profile, options), profile
     v = {k: getattr(args, k) if getattr(args, k) is not None else d
          for k, d in DEFAULTS.items()}
@@ -197,7 +210,7 @@ def _sites(args):
     options = Options(windows=v["windows"], visitors=v["visitors"], hours=v["duration"],
                       gateways=args.gateways, speed=args.speed, seed=args.seed,
                       broker=args.broker, broker_kind=args.broker_kind,
-                      model_only=args.model_only, lab=args.stay)
+                      model_only=args.model_only, lab=args.stay, http=args.http)
     return copies(options, args.sites), None
 
 
@@ -225,6 +238,10 @@ def cmd_sim_hall(args):
         console.print(f"Profile {profile.name}: {profile.about}", markup=False,
                       highlight=False)
     if args.model_only:
+        if args.http:
+            print("hallgate sim: --http shows a running hall: not with --model-only",
+                  file=sys.stderr)
+            return 2
         return _model_only(args, sites, console, load_text, model_text)
     # The parts' logs would tear up the live view: with --workdir they go to sim.log
     # there (the gateways' to gw-*.log), else only errors are shown.
@@ -262,6 +279,13 @@ def cmd_sim_hall(args):
                                 f"{sum(len(h.layout) for h in town.halls)} gateway(s) and "
                                 f"{devices} firmware devices..."):
                 town.start()
+            for hall in town.halls:
+                if hall.pages is not None:
+                    urls = hall.pages.urls
+                    for what, url in (("hall board", urls["board"]),
+                                      ("manager's view", urls["manager"])):
+                        console.print(f"{hall.site} {what}: {url}", markup=False,
+                                      highlight=False, soft_wrap=True)
             runner = threading.Thread(target=day, name="sim-day", daemon=True)
             runner.start()
 

@@ -23,7 +23,10 @@ Parts, each the real component, nothing re-implemented:
 - kiosk: publishes `ticket/request` at each visitor's arrival;
 - observer: one MQTT client logging the site's topics (sim/observer.py), for the live
   view, for the report's cross-check, and as the people's eye on the kiosk's answers, the
-  central's answers to a key and the vote events of their window.
+  central's answers to a key and the vote events of their window;
+- pages (`Options.http`): the hall board and the manager's view (hallgate/web), reading
+  the site's topics from the broker as they would beside a real central; they outlive a
+  restart of the central, as they would.
 The people (sim/people.py) act only through what a person touches or sees: the panel's
 keys, the feedback buttons, the panel and the display as the firmware shows them.
 """
@@ -86,6 +89,7 @@ class Options:
     baud: int = 921600  # the bus: the fastest BUS.md allows
     model_only: bool = False  # the plan through the central alone (sim/model.py)
     lab: bool = False  # signed firmware on the devices, a key for updates, a spare board
+    http: tuple[str, int] | None = None  # serve the site's board and manager's view here
 
     def __post_init__(self):
         most = 999 if self.model_only else MAX_GATEWAY_WINDOWS * self.gateways
@@ -150,6 +154,7 @@ class Hall:
         self.central_starts = 0
         self.observer = None
         self.lab = None  # sim/lab.py, with Options.lab
+        self.pages = None  # hallgate.web.hallpages.HallPages, with Options.http
         self.lock = threading.Lock()
         self.requests = {}  # request id -> visitor
         self.kiosk_done = threading.Event()
@@ -210,6 +215,14 @@ class Hall:
             dev.start(READY_TIMEOUT)
         self.clock = HallClock(self.opening, max_speed=opts.speed)
         self.start_central()
+        if opts.http:
+            from hallgate.web.hallpages import HallPages
+
+            try:
+                self.pages = HallPages(self.site, url, *opts.http, protocol=protocol,
+                                       client_id=f"hallgate-sim-pages-{self.site}").start()
+            except OSError as e:  # the port is taken
+                raise SimError(f"the pages on {opts.http[0]}:{opts.http[1]}: {e}") from None
         for g, hub in zip(self.layout, self.hubs, strict=True):
             config = gateway_config(
                 self.dir / f"{g.id}.toml", self.site, g, broker_url=url, protocol=protocol,
@@ -267,6 +280,8 @@ class Hall:
 
     def close(self):
         self.stopping.set()
+        if self.pages is not None:
+            self.pages.stop()
         if self.clock is not None:
             self.clock.stop()
         for gw in self.gateways:

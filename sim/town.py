@@ -69,8 +69,12 @@ class Town:
         else:
             self.broker = start_broker(self.dir / "broker", prefer=first.broker_kind)
             url, protocol = self.broker.url, first.protocol or self.broker.protocol
-        for h in self.halls:
-            h.options = dataclasses.replace(h.options, broker=url, protocol=protocol)
+        for k, h in enumerate(self.halls):
+            http = h.options.http
+            if http is not None and http[1]:  # the sites' pages side by side: PORT, PORT+1...
+                http = (http[0], http[1] + k)
+            h.options = dataclasses.replace(h.options, broker=url, protocol=protocol,
+                                            http=http)
             h.start()
         return self
 
