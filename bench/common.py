@@ -93,13 +93,13 @@ class GatewayProcess:
     def __init__(self, config, log_path, *, run=False, status_file=None):
         if run:
             cmd = [sys.executable, "-m", "hallgate.cli", "run", "--config", str(config)]
-            if status_file is not None:
-                cmd += ["--status-file", str(status_file)]
             env = child_env(GPIOZERO_PIN_FACTORY="mock")
         else:
             cmd = [sys.executable, "-m", "hallgate.cli", "sim", "gateway", "--config",
                    str(config)]
             env = child_env()
+        if status_file is not None:  # and its control socket beside it
+            cmd += ["--status-file", str(status_file)]
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
                                      stdout=self.log if run else subprocess.PIPE,

@@ -38,7 +38,8 @@ The role's files: main.py and slots (the boot loader), devmain, devconfig, bootc
 keypad, eventqueue, compat, ota, devlog, protocols/bus.py and protocols/otawire.py, the
 board's HAL (hal_rp2 and max7219 on a Pico, the default; hal_unix for the MicroPython unix
 port that the simulator and the tests run), plus role_panel (call panel), role_display
-(window display) or role_feedback (feedback pad). cpython.py is for CPython only and never goes into a bundle.
+(window display) or role_feedback (feedback pad). cpython.py is for CPython only and never
+goes into a bundle.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -64,9 +65,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography is imported in the functions that use a key: the gateway daemon loads this
+# module (the `hallgate` parser's flash --role choices) but signs and checks nothing at
+# start, and cryptography costs it about 7 MB resident.
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
@@ -126,6 +127,8 @@ class Manifest:
 
 def key_id(public_key):
     """First 16 hex digits of the sha256 of the raw 32-byte Ed25519 public key."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -144,6 +147,9 @@ def canonical(manifest):
 def keygen(private_path, public_path):
     """A new Ed25519 key pair: the private key as PKCS#8 PEM (mode 0600), the public key
     as SubjectPublicKeyInfo PEM. Refuses to overwrite either file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private_path, public_path = Path(private_path), Path(public_path)
     if private_path.resolve() == public_path.resolve():
         raise BundleError(f"private and public key paths are the same ({private_path})")
@@ -177,6 +183,9 @@ def _write_new(path, data, mode):
 
 
 def load_private_key(path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as e:
@@ -190,6 +199,9 @@ def load_private_key(path):
 
 
 def load_public_key(path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except OSError as e:
@@ -312,6 +324,8 @@ def verify(bundle_path, public_key_path):
 
 def load(bundle_path, public_key_path):
     """As `verify`, and the files too: (Manifest, {name: bytes}), every one checked."""
+    from cryptography.exceptions import InvalidSignature
+
     public = load_public_key(public_key_path)
     where = f"bundle {bundle_path}"
 

@@ -7,7 +7,8 @@ on POSIX; the daemon's bus master opens its port the same way), so a tool and th
 never share a line: the second opener gets `PortBusy`. `PlainPoller` polls devices for a
 while to measure the bus (cycle time, timeouts, CRC errors) with plain POLLs that carry no
 ack, so it never takes a key event away from the central service: a device keeps its
-event until the daemon's master acks it (BUS.md, 5).
+event until the daemon's master acks it (BUS.md, 5). A port opened here gets the same
+low-latency adapter settings as the daemon's (gateway/adapter.py).
 Goals: small and independent of the bus master's book (which acks every event it takes).
 """
 
@@ -16,6 +17,7 @@ import os
 import time
 
 import serial
+from hallgate.gateway import adapter
 from hallgate.gateway.master import REPLY_ROOM
 from hallgate.protocols import bus
 
@@ -34,10 +36,11 @@ class PortBusy(PortError):
         self.port = port
 
 
-def open_port(path, baud=115200, timeout=0.005):
-    """The serial port (or pyserial URL) `path`, for this process alone."""
+def open_port(path, baud=115200, timeout=0.005, sysfs=adapter.SYSFS):
+    """The serial port (or pyserial URL) `path`, for this process alone, its adapter set to
+    low latency; `port.adapter` says what it is (gateway/adapter.py)."""
     try:
-        return serial.serial_for_url(path, baud, timeout=timeout, exclusive=True)
+        port = serial.serial_for_url(path, baud, timeout=timeout, exclusive=True)
     except serial.SerialException as e:
         if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) and (
                 "lock" in str(e).lower()):
@@ -45,6 +48,8 @@ def open_port(path, baud=115200, timeout=0.005):
         raise PortError(f"cannot open {path}: {e}") from None
     except OSError as e:
         raise PortError(f"cannot open {path}: {e}") from None
+    port.adapter = adapter.prepare(port, path, sysfs)
+    return port
 
 
 def lock_holder(path):

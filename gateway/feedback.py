@@ -25,7 +25,10 @@ Plan: a ladder of small pieces, each one concern.
                    `poll()` samples them.
   `FeedbackPad`    a FeedbackWindow whose buttons are a pad on the bus: the bus master
                    hands its events to `take()`; `poll()` sends the LED state down.
-  `FeedbackButtons` every window of the gateway and the one `Sampler` thread polling them.
+  `FeedbackButtons` every window of the gateway and the one `Sampler` thread polling them;
+                   it sleeps between presses, woken by the buttons' edges, by voting
+                   opening or closing, and by what each window says is due next
+                   (`poll_due`: voting to close, a retry, a pad's thank-you to end).
 
 Only the input and the output differ. A GPIO press is dated by its first sample and
 delivered through the retry list (the button cannot press again). A pad's press is dated
@@ -248,6 +251,12 @@ class Delivery:
     def pending(self):
         return len(self._line)
 
+    def due_in(self, now):
+        """Seconds until `flush` has something to do (0: now), None while nothing waits."""
+        if not self._line:
+            return None
+        return 0.0 if self._retry_at is None else max(0.0, self._retry_at - now)
+
     def add(self, record):
         if len(self._line) >= self.max_pending:
             victim = next((r for r in self._line if r.get("misuse")), self._line[0])
@@ -401,6 +410,12 @@ class PadLights:
         that restarts later does not thank again)."""
         return self.mode
 
+    def ends_in(self, now):
+        """Seconds until the thank-you ends (0: due now), None when not thanking."""
+        if self._mode != "thanking":
+            return None
+        return max(0.0, self._thank_until - now)
+
     def _set(self, mode, state):
         self._mode = mode
         self.state = state
@@ -453,9 +468,36 @@ class FeedbackWindow:
         self.presses = 0
         self.votes = 0
         self.misuse = dict.fromkeys(REASONS, 0)
+        self._wake = None  # the sampler's wake(), once watched
 
     def __repr__(self):
         return f"<{type(self).__name__} window={self.window!r}>"
+
+    def watch(self, wake):
+        """The sampler's `wake`: called when voting opens or closes, so a sleeping
+        sampler polls at once (a pad's LEDs go down; the auto-close is rescheduled)."""
+        self._wake = wake
+
+    def _woken(self):
+        if self._wake is not None:
+            self._wake()
+
+    def poll_due(self):
+        """Seconds until this window needs a poll without a wake (the sampler's
+        question, gpio.py): voting to close by itself, a retry of on_vote; None if
+        nothing is due."""
+        with self._lock:
+            now = self._clock()
+            dues = [self.delivery.due_in(now)]
+            if self.ballot.is_open:
+                dues.append(max(0.0, self.ballot.closes_at - now))
+            dues += self._dues(now)
+        dues = [d for d in dues if d is not None]
+        return min(dues) if dues else None
+
+    def _dues(self, now):
+        """More due times a subclass knows of (called with the lock held)."""
+        return []
 
     def open_vote(self, ticket, version, timeout_s=None):
         """Open voting for `ticket` (clears the buffer, LEDs invite). Returns False, and
@@ -468,7 +510,8 @@ class FeedbackWindow:
                 return False
             self.lights.invite()
             log.info("window %s: voting open for %s (v%s)", self.window, ticket, version)
-            return True
+        self._woken()
+        return True
 
     def close_vote(self, version):
         """Close voting. Returns False, and changes nothing, when `version` is older than
@@ -481,7 +524,8 @@ class FeedbackWindow:
                 return False
             if self.lights.mode == "inviting":
                 self.lights.off()
-            return True
+        self._woken()
+        return True
 
     def poll(self):
         raise NotImplementedError
@@ -635,6 +679,16 @@ class FeedbackPanel(FeedbackWindow):
                     self.delivery.add(self._judge(vote, onset, now, source))
             self.delivery.flush(now)
 
+    def watch(self, wake):
+        """Wake the sampler at every edge of the buttons, and when voting opens or
+        closes."""
+        super().watch(wake)
+        for button in self.buttons.values():
+            button.watch(wake)
+
+    def _dues(self, now):
+        return [button.poll_due() for button in self.buttons.values()]
+
     def _close_devices(self):
         for button in self.buttons.values():
             button.close()
@@ -700,6 +754,7 @@ class FeedbackPad(FeedbackWindow):
                           "seq": ev.seq}
                 held = self._held = (ev.ident, self._judge(vote, now - ev.age_ds / 10, now,
                                                            source))
+        self._woken()  # a thank-you for the LEDs: the sampler hands it to the master
         self.delivery.hand(held[1])
         with self._lock:
             if self._held is held:
@@ -721,6 +776,11 @@ class FeedbackPad(FeedbackWindow):
                 # when it calls take(), which takes the window's.
                 self.master.set_state(self.address, state, renew=True)
                 self._sent = changes
+
+    def _dues(self, now):
+        if self.lights.changes != self._sent:
+            return [0.0]  # a state still to hand to the master
+        return [self.lights.ends_in(now)]
 
     def state(self):
         out = super().state()

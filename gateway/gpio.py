@@ -1,23 +1,35 @@
-"""GPIO inputs debounced by sampling, and the one thread that samples them.
+"""GPIO inputs debounced by sampling, and the one thread that samples them, woken by edges.
 
 Design note
 -----------
 Operations: a `SampledButton` wraps one gpiozero `InputDevice` and a pure `Debouncer`;
 `poll(now)` reads the pin once and says whether a press was counted (and when it began).
-A `Sampler` runs one thread for any number of pollable objects (anything with `poll()`),
-calling each one every `period_s`.
+A `Sampler` runs one thread for any number of pollable objects (anything with `poll()`):
+it sleeps until an edge (or another reason) wakes it, then calls each one every `period_s`
+while any of them has a contact settling, then sleeps again.
 Goals: one debounce, ours, the same on every pin factory (gpiozero's `bounce_time` is a
 stability filter on lgpio, a lockout on other factories, and ignored by `MockPin`); a press
 counted once however much the contact bounces; a spike shorter than the window counted
-never; stop prompt and bounded.
+never; no CPU spent while nothing happens; stop prompt and bounded.
 Plan: the approach of firmware/keypad.py (the device firmware), ported to CPython with
-float seconds from a monotonic clock (no tick wrap to care about). Sampling rather than
-edge callbacks: the state is one level and two times per pin, there is no callback thread
-racing a timer, and a missed edge cannot leave a button stuck: the next sample corrects it.
+float seconds from a monotonic clock (no tick wrap to care about), plus edges to wake up.
+The pin's edge callback (gpiozero's `when_changed`, in the pin factory's thread: lgpio's
+alert thread on a Pi; the caller's thread for a MockPin) only sets an Event: it judges
+nothing, so there is no callback racing a timer. The sampler then samples as before, every
+period until every contact has settled (the debounce window passed with the contact
+steady), and sleeps again. A missed edge cannot leave a button stuck: every `idle_s` (1 s)
+the sampler samples anyway, 24 pin reads a second for a 12-window hall. A pin factory
+without edge detection is sampled every period, as before.
 
-The cost is one pin read per button per period: with the defaults (5 ms, 20 ms window) a
-press is seen 20-25 ms after the contact settles, and a 12-window hall (24 buttons) costs
-about 5,000 reads a second on the Pi, each a few microseconds with lgpio.
+Pollables tell the sampler what they need (both optional, duck-typed):
+  `watch(wake)`  called once at start with a callable the object calls from any thread
+                 when it needs a poll soon (a pin's edge, a vote opened);
+  `poll_due()`   after each poll: seconds until it needs the next one without a wake,
+                 0 for the next period (a contact settling), None for never.
+An object without `poll_due` is polled every period.
+
+The cost: while a contact settles, one pin read per button per period (5 ms, 20 ms
+window: a press is seen 20 ms after its first edge); at rest, one pass a second.
 """
 
 import logging
@@ -25,6 +37,7 @@ import threading
 import time
 
 from gpiozero import InputDevice
+from gpiozero.exc import GPIOZeroError
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +95,21 @@ class Debouncer:
             return onset
         return None
 
+    @property
+    def settling(self):
+        """True while the last sample differs from the debounced level: only more samples
+        can tell whether it counts (at rest, samples that read the level change nothing)."""
+        return self._raw != self.level
+
 
 class SampledButton:
     """A push button on a GPIO pin, read by sampling and debounced by `Debouncer`.
 
     Wired as usual: between the pin and ground, with the Pi's pull-up (`pull_up=True`).
-    The pin is read through gpiozero's `InputDevice`, which needs no edge detection and
-    no thread; whoever owns the button calls `poll(now)` every few milliseconds.
+    The pin is read through gpiozero's `InputDevice`; whoever owns the button calls
+    `poll(now)` every few milliseconds while `poll_due()` is 0. `watch(wake)` has the
+    pin's edges call `wake()` (where the pin factory detects edges), so an owner may sleep
+    between presses.
 
     A contact already closed when the button is created is taken as its resting state
     (logged): a stuck or miswired button then does not make a phantom press on every
@@ -119,6 +140,8 @@ class SampledButton:
                         "opens (stuck or miswired?)", self.device.pin)
         self.debouncer = Debouncer(debounce_s, level=False)
         self._held_at_start = level
+        self.edges = False  # True once watch() has the pin's edges wake the owner
+        self._wake = None
 
     @property
     def gpio(self):
@@ -145,17 +168,47 @@ class SampledButton:
             return onset
         return None
 
+    def poll_due(self):
+        """0 while the contact settles (sample every period), else None: nothing can
+        change until an edge. Always 0 on a pin whose edges cannot be watched."""
+        if not self.edges or self.debouncer.settling:
+            return 0.0
+        return None
+
+    def watch(self, wake):
+        """Call `wake()` at every edge of the pin (in the pin factory's thread); False,
+        and nothing changes, when the pin factory cannot detect edges."""
+        self._wake = wake
+        pin = self.device.pin
+        try:
+            pin.edges = "both"
+            pin.when_changed = self._edge  # gpiozero keeps a weak reference: we hold it
+        except (GPIOZeroError, NotImplementedError, AttributeError) as e:
+            log.info("pin %s: no edge detection (%s); sampled every period", pin, e)
+            self.edges = False
+            return False
+        self.edges = True
+        return True
+
+    def _edge(self, ticks=None, state=None):
+        wake = self._wake
+        if wake is not None:
+            wake()
+
     def close(self):
+        self._wake = None
         self.device.close()
 
 
 class Sampler:
-    """One thread that calls `poll()` on every registered object every `period_s`.
+    """One thread that polls the registered objects: every `period_s` while any of them
+    needs it, otherwise asleep until one wakes it (`wake()`, a pin's edge), its
+    `poll_due()` comes, or `idle_s` passes (the safety sample).
 
-    A poll that raises is logged and counted (`errors`); the thread goes on with the others.
-    If a pass takes longer than the period, the next one starts at once and the schedule
-    resynchronises instead of trying to catch up. `close()` stops the thread within one
-    period plus the pass in progress.
+    A poll that raises is logged and counted (`errors`), that object is polled again next
+    period, and the thread goes on with the others. If a pass takes longer than the period,
+    the next one starts at once and the schedule resynchronises instead of trying to catch
+    up. `close()` stops the thread within one period plus the pass in progress.
 
     >>> class Ticker:
     ...     n = 0
@@ -169,19 +222,27 @@ class Sampler:
     """
 
     period_s = 0.005  # several samples per 20 ms debounce window
+    idle_s = 1.0  # at rest, a pass this often anyway: a missed edge is not a stuck button
 
-    def __init__(self, pollables=(), period_s=None, name="gpio-sampler"):
+    def __init__(self, pollables=(), period_s=None, name="gpio-sampler", idle_s=None):
         if period_s is not None:
             if not period_s > 0:
                 raise ValueError(f"period_s must be > 0, not {period_s!r}")
             self.period_s = period_s
+        if idle_s is not None:
+            if not idle_s > 0:
+                raise ValueError(f"idle_s must be > 0, not {idle_s!r}")
+            self.idle_s = idle_s
         self._pollables = list(pollables)
         self._name = name
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread = None
         self.passes = 0  # sampling passes done
         self.overruns = 0  # passes that took longer than the period
         self.errors = 0  # polls that raised
+        self.sleeps = 0  # times the thread went to sleep with nothing settling
+        self.wakes = 0  # wake() calls (edges, votes opened, ...)
 
     def add(self, pollable):
         """Register one more object; only before `start()`."""
@@ -189,9 +250,18 @@ class Sampler:
             raise RuntimeError("add() before start()")
         self._pollables.append(pollable)
 
+    def wake(self):
+        """Poll soon (now, if asleep). Any thread; cheap: an Event set."""
+        self.wakes += 1
+        self._woken.set()
+
     def start(self):
         if self._thread is not None:
             raise RuntimeError("sampler already started")
+        for p in self._pollables:
+            watch = getattr(p, "watch", None)
+            if watch is not None:
+                watch(self.wake)
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
         return self
@@ -203,6 +273,7 @@ class Sampler:
     def close(self, timeout=5.0):
         """Stop the thread and wait for it (at most `timeout` seconds); idempotent."""
         self._stop.set()
+        self._woken.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -215,20 +286,36 @@ class Sampler:
     def __exit__(self, *exc):
         self.close()
 
+    def _pass(self):
+        """Poll everything once; seconds until the next poll is needed (0: next period)."""
+        wait = self.idle_s
+        for p in self._pollables:
+            try:
+                p.poll()
+                due = p.poll_due() if hasattr(p, "poll_due") else 0.0
+            except Exception:
+                self.errors += 1
+                log.exception("poll of %r failed", p)
+                due = 0.0
+            if due is not None and due < wait:
+                wait = due
+        self.passes += 1
+        return wait
+
     def _run(self):
         period = self.period_s
         due = time.monotonic()
         while not self._stop.is_set():
-            for p in self._pollables:
-                try:
-                    p.poll()
-                except Exception:
-                    self.errors += 1
-                    log.exception("poll of %r failed", p)
-            self.passes += 1
-            due += period
+            self._woken.clear()  # a wake from here on is seen by the wait below
+            wait = self._pass()
             now = time.monotonic()
-            if now >= due:
-                self.overruns += 1
-                due = now
-            self._stop.wait(due - now)
+            if wait <= 0:  # a contact settling: sample on the period's grid
+                due += period
+                if now >= due:
+                    self.overruns += 1
+                    due = now
+                self._stop.wait(due - now)
+            else:  # at rest: until a wake, the next thing due, or the safety sample
+                self.sleeps += 1
+                self._woken.wait(wait)
+                due = time.monotonic()

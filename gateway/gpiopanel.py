@@ -1,11 +1,12 @@
 """An operator call panel wired straight to the Pi's GPIO, for a small site with no bus.
 
-Keys are debounced by sampling (gateway/gpio.py, the firmware's approach), with the same
-one-second lockout per key as the firmware, so a double click on "call" calls one
-visitor. A counted press is handed to `on_key(window, record)` through the ordered,
-retrying `Delivery` the feedback buttons use: the press is taken when the callback (the
-outbox) returns, and kept and retried if it raises. The LED shows the panel's mode
-(called: blinking, serving: on, otherwise off) and the buzzer beeps when a command asks.
+Keys are debounced by sampling (gateway/gpio.py, the firmware's approach; the sampler
+sleeps until a key's edge wakes it), with the same one-second lockout per key as the
+firmware, so a double click on "call" calls one visitor. A counted press is handed to
+`on_key(window, record)` through the ordered, retrying `Delivery` the feedback buttons
+use: the press is taken when the callback (the outbox) returns, and kept and retried if it
+raises. The LED shows the panel's mode (called: blinking, serving: on, otherwise off) and
+the buzzer beeps when a command asks.
 
     >>> from gpiozero.pins.mock import MockFactory
     >>> pins = MockFactory()
@@ -77,6 +78,18 @@ class GpioCallPanel:
             self.delivery.add({"type": "key", "key": name, "action": "press",
                                "ts": utc_ts(pressed), "source": {"gpio": button.gpio}})
         self.delivery.flush(now)
+
+    def watch(self, wake):
+        """Wake the sampler at every edge of the keys (gateway/gpio.py)."""
+        for button in self.buttons.values():
+            button.watch(wake)
+
+    def poll_due(self):
+        """0 while a key settles, the time to the next retry of on_key, else None."""
+        dues = [b.poll_due() for b in self.buttons.values()]
+        dues.append(self.delivery.due_in(self._clock()))
+        dues = [d for d in dues if d is not None]
+        return min(dues) if dues else None
 
     def show(self, mode, beep=False):
         """Reflect a panel command: the LED by mode, one beep if asked."""

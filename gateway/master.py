@@ -12,7 +12,9 @@ costs the others at most one timeout per cycle; stop is prompt.
 Plan: two layers, as in h11. `Book` (gateway/book.py) is the protocol, with no I/O, no
 threads and no clock of its own: what to send each device, what its reply means, the cycle
 plan, board identity. `BusMaster` is the thin I/O loop on top: write the request, read
-until a reply from that address or the deadline, hand the outcome to the book.
+until a reply from that address or the deadline, hand the outcome to the book. At every open
+of its port it asks the adapter for a 1 ms latency timer (gateway/adapter.py): an FTDI left
+at Linux's 16 ms holds every reply that long.
 
 Jobs (`run_job`, a firmware transfer for one) get the bus between cycles, for at most
 `job_share` of its time: each cycle of T seconds earns them T * share / (1 - share) seconds
@@ -24,11 +26,14 @@ one job exchange longer than without the job.
 
 import concurrent.futures
 import logging
+import os
 import queue
+import select
 import threading
 import time
 
 import serial
+from hallgate.gateway import adapter
 from hallgate.gateway.book import GARBLED, TIMEOUT, Book
 from hallgate.protocols import bus
 
@@ -94,6 +99,7 @@ class BusMaster:
     read_slice = 0.005  # longest single blocking read; bounds stop latency and deadline overrun
     min_cycle = 0.005  # shortest time between cycle starts, to leave the CPU some air
     reopen_delay = 1.0  # seconds between attempts to reopen a failed port
+    sysfs = adapter.SYSFS  # where the adapter's latency timer is looked for (tests: a fake)
 
     def __init__(
         self,
@@ -125,6 +131,9 @@ class BusMaster:
         self.tap = tap
         self.timeout = timeout
         self._url = None
+        # The adapter under the port (gateway/adapter.py): set to low latency at every
+        # open of a port we own; a port handed in says its own (direct.open_port's).
+        self.adapter = None
         if isinstance(port, str):
             self._url = port
             self._port = None
@@ -133,6 +142,8 @@ class BusMaster:
             self._port = port
             self.baudrate = getattr(port, "baudrate", None) or baudrate
             port.timeout = self.read_slice
+            given = getattr(port, "adapter", None)
+            self.adapter = given if isinstance(given, adapter.Adapter) else None
         if tx_enable is not None and not callable(tx_enable):
             pin = tx_enable
             tx_enable = lambda on: pin.on() if on else pin.off()  # noqa: E731
@@ -215,9 +226,14 @@ class BusMaster:
 
     @property
     def stats(self):
-        """The bus counters (a dict snapshot; cycle times in seconds)."""
+        """The bus counters (a dict snapshot; cycle times in seconds), and "adapter": what
+        the port is and its latency timer (gateway/adapter.py; None before the first
+        open)."""
         with self._lock:
-            return self.book.stats.asdict()
+            stats = self.book.stats.asdict()
+        a = self.adapter
+        stats["adapter"] = a.asdict() if a is not None else None
+        return stats
 
     def start(self):
         if self._thread is None:
@@ -391,6 +407,7 @@ class BusMaster:
                 self._port = serial.serial_for_url(
                     self._url, self.baudrate, timeout=self.read_slice, exclusive=True
                 )
+                self.adapter = adapter.prepare(self._port, self._url, self.sysfs)
             except (serial.SerialException, OSError) as e:
                 log.warning("cannot open %s: %s", self._url, e)
                 self._reopen_at = time.monotonic() + self.reopen_delay
@@ -436,9 +453,10 @@ class BusMaster:
             deadline = sent + timeout + (len(request) + room) * self._char
             outcome = TIMEOUT
             last_rx = None
+            read = self._reader(port)
             while outcome is TIMEOUT:
                 idle = False
-                data = port.read(port.in_waiting or 1)
+                data = read()
                 now = time.monotonic()
                 if data:
                     decoder.feed(data)
@@ -465,6 +483,33 @@ class BusMaster:
                     dev.stats.crc_errors += decoder.crc_errors
                 self.book.stats.crc_errors += decoder.crc_errors
         return outcome
+
+    def _reader(self, port):
+        """A function reading what has arrived on `port`, waiting at most read_slice.
+
+        On a POSIX serial port (the adapter, a pty): one select() and one read() of all
+        that came, where pyserial's `read(in_waiting or 1)` makes two of each and an ioctl
+        per reply piece: this loop runs for every exchange, hundreds a second, and its
+        CPU is the gateway's largest while polling. Any other port object: its read()."""
+        posix = getattr(serial, "serialposix", None)
+        fd = getattr(port, "fd", None)
+        if posix is None or not isinstance(port, posix.Serial) or fd is None:
+            return lambda: port.read(port.in_waiting or 1)
+        wait = self.read_slice
+
+        def read():
+            if not select.select((fd,), (), (), wait)[0]:
+                return b""
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return b""
+            if not data:  # readable but empty: the device is gone (as pyserial says)
+                raise serial.SerialException("device reports readiness to read but returned "
+                                             "no data (device disconnected?)")
+            return data
+
+        return read
 
     def _let_talk(self, port):
         """Listen before talking: bytes arrived since the last exchange (a device answering

@@ -20,7 +20,6 @@ import queue
 import threading
 import time
 
-from hallgate.gateway import sniff
 from hallgate.gateway.boards import fetch_log
 from hallgate.gateway.control import ControlError, arg
 from hallgate.gateway.master import DeviceRefused, NoReply
@@ -268,6 +267,8 @@ class Technician:
         """Streams the frames the masters send and receive, decoded (gateway/sniff.py),
         one record per line with its "bus"; ends after "seconds" (if given), when the
         client closes, or at stop. The final object holds the summary."""
+        from hallgate.gateway import sniff  # the decoder: loaded when a technician sniffs
+
         seconds = arg(req, "seconds", float)
         masters = masters_for(self.gw, req)
         chunks = queue.Queue(SNIFF_QUEUE)

@@ -154,6 +154,22 @@ class ToolError(Exception):
     """A technician command that cannot be done; the message says why (exit 1)."""
 
 
+def adapter_lines(a):
+    """The adapter under a bus port (gateway/adapter.py's asdict()), for `bus stats` and
+    `status`: one line, and a WARNING line when its latency timer is above 1 ms."""
+    if not a:
+        return []
+    from hallgate.gateway.adapter import WANT_MS, describe
+
+    lines = [f"adapter: {describe(a)}"]
+    ms = a.get("latency_timer_ms")
+    if a.get("warning"):
+        lines.append(f"WARNING: {a['warning']}")
+    elif ms is not None and ms > WANT_MS:
+        lines.append(f"WARNING: the adapter holds every reply up to {ms} ms (want 1 ms)")
+    return lines
+
+
 def _open_port(args, port, baud, timeout=0.005):
     from hallgate.gateway.direct import PortBusy, PortError, open_port
 
@@ -848,6 +864,8 @@ def cmd_bus_stats(args):
                 poller = PlainPoller(port, addresses, baudrate=t["baud"],
                                      timeout=t["timeout"], tx_enable=tx)
                 report = poller.run(args.seconds)
+            adapter = getattr(port, "adapter", None)
+            report["bus"]["adapter"] = adapter.asdict() if adapter is not None else None
             buses[t["name"]] = {"port": t["port"], "stats": report["bus"],
                                 "devices": {str(a): d for a, d in report["devices"].items()}}
         out = {"via": "port", "ports": [t["port"] for t in targets], "buses": buses}
@@ -861,6 +879,8 @@ def cmd_bus_stats(args):
         print(f"\nbus {name} on {b['port']}: {s['cycles']} poll cycles, "
               f"{_ms(s['cycle_mean'])} mean, {_ms(s['cycle_last'])} last"
               + (f", {_ms(s['cycle_max'])} longest" if "cycle_max" in s else ""))
+        for line in adapter_lines(s.get("adapter")):
+            print(f"  {line}")
         print(f"  exchanges {s['exchanges']}, retries {s['retries']}, timeouts "
               f"{s['timeouts']}, garbled {s['garbled']}, CRC errors {s['crc_errors']}"
               + (f", line busy {s['line_busy']}, port errors {s['port_errors']}"

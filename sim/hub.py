@@ -32,6 +32,14 @@ Plan:
   seconds while bytes waited is flushed (counted), so a restarted device does not answer a
   backlog of stale requests; `reset_port(path)` flushes at once (call it just before
   (re)starting a device process: MicroPython has no tcflush).
+- A USB adapter's latency timer (`latency_timer_ms`, None: a plain UART): the master's
+  end of a real line is often an FTDI chip, which holds what it receives until it has a
+  full USB packet (62 bytes) or its latency timer runs out (16 ms by default on Linux,
+  1 ms once gateway/adapter.py or the udev rule set it), and restarts the timer whenever
+  it sends a packet (with nothing to send it sends a status packet, so the timer ticks
+  steadily). Bytes for the master are held so, then delivered at once; what the master
+  sends goes out at once (USB OUT has no such timer). A poll loop in lock step with the
+  ticks then pays about one timer period per exchange, as on the real adapter.
 - Routing (`route=True`, the simulated hall's choice): a master write that is exactly one
   frame to one address goes only to the drop(s) registered with that address (`add_port(
   name, address=...)`), and a device's bytes only to the master. A correct device ignores
@@ -64,6 +72,7 @@ from hallgate.protocols.bus import HEADER, SYNC
 
 PIECE_S = 0.001  # wire time per delivery when paced: 11 bytes at 115200, 1 byte at 9600
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+USB_PACKET = 62  # data bytes in one FTDI USB packet (64, less 2 status bytes)
 
 MASTER = "master"
 NOISE = "noise"
@@ -98,6 +107,8 @@ class HubStats:
         self.drops = 0  # bytes not delivered to a port whose buffer was full or gone
         self.stale_flushed = 0  # bytes flushed from ports whose reader read nothing
         self.tap_errors = 0
+        self.adapter_ticks = 0  # held bytes delivered to the master at a latency tick
+        self.adapter_full = 0  # full USB packets delivered to the master at once
 
     def asdict(self):
         return dict(self.__dict__)
@@ -165,11 +176,14 @@ class BusHub:
     (a flipped bit in one frame, say).
     stale_after: seconds a port's reader may leave delivered bytes unread before they are
     flushed (None: never).
+    latency_timer_ms: the master's adapter holds its received bytes up to this long (an
+    FTDI's latency timer, 1-255 ms; None: no adapter). May be changed while running.
     """
 
     POLL_INTERVAL = 0.05  # housekeeping period while the line is idle
 
-    def __init__(self, baud=None, tap=None, stale_after=0.5, mangle=None, route=False):
+    def __init__(self, baud=None, tap=None, stale_after=0.5, mangle=None, route=False,
+                 latency_timer_ms=None):
         self.baud = baud
         self.route = route
         self.mangle = mangle  # mangle(port name, bytearray): a fault on the line, in place
@@ -192,6 +206,9 @@ class BusHub:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._closed = False
+        self._held = bytearray()  # for the master, held by its adapter (hub thread only)
+        self._tick_at = 0.0  # when the adapter's latency timer next runs out
+        self.latency_timer_ms = latency_timer_ms
         self._master = self._add(MASTER)
         self.master_path = self._master.path
 
@@ -225,6 +242,29 @@ class BusHub:
                 }
                 for p in self._ports.values()
             }
+
+    @property
+    def latency_timer_ms(self):
+        """The master's adapter's latency timer in ms, or None (no adapter)."""
+        return self._latency_ms
+
+    @latency_timer_ms.setter
+    def latency_timer_ms(self, ms):
+        if ms is not None and not 1 <= ms <= 255:
+            raise ValueError(f"latency_timer_ms must be 1-255 or None, not {ms!r}")
+        self._latency_ms = ms
+        self._latency_s = ms / 1000 if ms else 0.0
+        self._tick_at = time.monotonic() + self._latency_s
+        if self._thread is not None:
+            self._wake()  # held bytes follow the new timer from the next pass
+
+    def next_tick(self, t):
+        """The first time at or after `t` when the adapter's timer runs out (if no full
+        packet restarts it before): when bytes reaching it at `t` go to the master."""
+        period = self._latency_s
+        if not period or t <= self._tick_at:
+            return max(t, self._tick_at) if period else t
+        return self._tick_at + -(-(t - self._tick_at) // period) * period
 
     def inject(self, data):
         """Put `data` on the line as noise: paced like any talker, delivered to everyone."""
@@ -305,6 +345,8 @@ class BusHub:
             wait = self.POLL_INTERVAL
             if self._pieces:
                 wait = min(wait, max(0.0, min(p.end for p in self._pieces) - now))
+            if self._held:
+                wait = min(wait, max(0.0, self._tick_at - now))
             ready = self._wait(wait, now)
             now = time.monotonic()
             for fd in ready:
@@ -318,6 +360,7 @@ class BusHub:
             while self._inject:
                 self._talk(None, bytearray(self._inject.popleft()), now)
             self._deliver_due(time.monotonic())
+            self._adapter_tick(time.monotonic())
             if self.stale_after and now >= next_check:
                 self._flush_stale()
                 next_check = now + self.stale_after
@@ -432,22 +475,59 @@ class BusHub:
             with self._lock:
                 targets = [p for p in self._ports.values() if p is not source]
         for port in targets:
-            try:
-                n = os.write(port.fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError:  # EIO and the like: a port being closed; never stall the line
-                n = 0
-            port.bytes_out += n
-            port.written += n
-            if n < len(data):
-                port.drops += len(data) - n
-                self.stats.drops += len(data) - n
+            if port is self._master and self._latency_s:
+                if not self._held and self._tick_at < chunk.t:
+                    self._tick_at = self.next_tick(chunk.t)  # the timer ran on meanwhile
+                self._held += data  # the adapter holds it (_adapter_tick)
+                self._adapter_full(chunk.t)
+                continue
+            self._write(port, data)
         if self._tap is not None:
             try:
                 self._tap(chunk)
             except Exception:  # a broken sniffer must not take the line down
                 self.stats.tap_errors += 1
+
+    def _write(self, port, data):
+        """Write to a port's reader; what does not fit is dropped and counted."""
+        try:
+            n = os.write(port.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # EIO and the like: a port being closed; never stall the line
+            n = 0
+        port.bytes_out += n
+        port.written += n
+        if n < len(data):
+            port.drops += len(data) - n
+            self.stats.drops += len(data) - n
+
+    def _adapter_full(self, now):
+        """The adapter sends full packets at once, and its timer starts again."""
+        full = len(self._held) // USB_PACKET * USB_PACKET
+        if full:
+            self._write(self._master, bytes(self._held[:full]))
+            del self._held[:full]
+            self.stats.adapter_full += full // USB_PACKET
+            self._tick_at = now + self._latency_s
+
+    def _adapter_tick(self, now):
+        """At each run-out of the adapter's timer, what it holds goes to the master."""
+        period = self._latency_s
+        if not period:
+            if self._held:  # the timer was switched off with bytes held
+                self._write(self._master, bytes(self._held))
+                self._held.clear()
+            return
+        if now < self._tick_at:
+            return
+        if self._held:
+            self._write(self._master, bytes(self._held))
+            self._held.clear()
+            self.stats.adapter_ticks += 1
+        self._tick_at = self.next_tick(now)
+        if self._tick_at <= now:
+            self._tick_at += period
 
     def _flush_stale(self):
         """Flush ports whose reader read nothing since the last check while bytes waited."""

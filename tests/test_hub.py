@@ -216,3 +216,65 @@ def test_stop_is_prompt_and_close_is_idempotent():
     assert time.monotonic() - t0 < 2.5
     hub.close()
     hub.close()
+
+
+# ---- the master's USB adapter: its latency timer --------------------------------------------
+
+
+def test_adapter_latency_timer_holds_replies_until_it_runs_out(opened):
+    """An FTDI-like adapter at the master's end: a short reply reaches the master only when
+    the timer runs out (a lower bound: a loaded machine is only later), all at once."""
+    with BusHub(latency_timer_ms=60) as hub:
+        dev = opened(hub.add_port("d"))
+        with serial.Serial(hub.master_path, 115200, timeout=2) as master:
+            master.reset_input_buffer()
+            for _ in range(3):
+                due = hub.next_tick(time.monotonic())  # before it is sent: a lower bound
+                os.write(dev, b"short reply")
+                assert master.read(11) == b"short reply"
+                assert time.monotonic() >= due - 0.002
+                time.sleep(0.013)  # another phase of the timer
+        assert hub.stats.adapter_ticks >= 3 and hub.stats.adapter_full == 0
+        # The master's own bytes are never held: a device hears them at once.
+        with serial.Serial(hub.master_path, 115200, timeout=2) as master:
+            master.write(b"request")
+            assert read_until(dev, 7) == b"request"
+
+
+def test_adapter_timer_keeps_ticking_while_the_line_is_idle(opened):
+    """After a quiet spell the timer has run on: a reply waits for its next run-out, not
+    for none (the hub must not deliver it at once because it last looked long ago)."""
+    with BusHub(latency_timer_ms=20) as hub:
+        dev = opened(hub.add_port("d"))
+        with serial.Serial(hub.master_path, 115200, timeout=2) as master:
+            for _ in range(5):
+                time.sleep(0.12)  # longer than the hub's idle housekeeping period
+                due = hub.next_tick(time.monotonic())
+                os.write(dev, b"reply")
+                assert master.read(5) == b"reply"
+                assert time.monotonic() >= due - 0.002
+
+
+def test_adapter_sends_full_usb_packets_without_waiting(opened):
+    with BusHub(latency_timer_ms=200) as hub:
+        dev = opened(hub.add_port("d"))
+        with serial.Serial(hub.master_path, 115200, timeout=3) as master:
+            data = bytes(range(200))
+            os.write(dev, data)
+            assert master.read(200) == data
+        assert hub.stats.adapter_full == 3  # 3 x 62 at once, the last 14 at the tick
+
+
+def test_adapter_latency_timer_can_change_and_be_switched_off(opened):
+    with pytest.raises(ValueError):
+        BusHub(latency_timer_ms=0)
+    with BusHub(latency_timer_ms=16) as hub:
+        dev = opened(hub.add_port("d"))
+        assert hub.latency_timer_ms == 16
+        hub.latency_timer_ms = 1
+        assert hub.next_tick(time.monotonic() + 10) <= time.monotonic() + 10.001
+        hub.latency_timer_ms = None
+        with serial.Serial(hub.master_path, 115200, timeout=2) as master:
+            os.write(dev, b"plain")
+            assert master.read(5) == b"plain"
+        assert hub.stats.adapter_ticks == 0

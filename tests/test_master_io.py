@@ -360,3 +360,22 @@ def test_stop_is_prompt_with_every_device_dead():
         assert time.monotonic() - t0 < 1.5
         assert master._thread is None
         master.close()
+
+
+def test_an_adapter_latency_timer_costs_one_period_per_exchange_and_is_reported(line):
+    """The hub models an FTDI left at Linux's 16 ms: each reply waits for the adapter's
+    timer, so a cycle of 3 devices spans at least 2 whole periods (a lower bound). The
+    master says what its port is: a pty, no latency timer to set."""
+    hub, devs, master, taken = line
+    master.min_cycle = 0
+    master.scan(devs, add=True)
+    for _ in range(3):
+        master.run_cycle()  # the devices come online, get their INFO
+    hub.latency_timer_ms = 16
+    for _ in range(3):
+        master.run_cycle()
+        assert master.stats["cycle_last"] >= 2 * 0.016 - 0.001
+    assert master.stats["timeouts"] == 0
+    adapter = master.stats["adapter"]
+    assert adapter["kind"] == "pty" and adapter["latency_timer_ms"] is None
+    assert adapter["warning"] is None
