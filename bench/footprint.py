@@ -14,19 +14,27 @@ window, as a share of one CPU. The device processes' and this process's (hub and
 CPU are reported beside it: on a small machine they compete with the daemon. If fewer
 devices start than asked, the run goes on with those that did, and says so.
 
-    python bench/footprint.py [--devices 32] [--rate 50] [--seconds 20] [--json]
+Then the same daemon again on the same line, with its technician page on (`[http] listen`,
+hallgate/web/gatewaypage.py) and watched as a browser watches it: the page and its
+figures fetched, its event stream open (a push a second) through the idle window. Its
+resident memory, beside the page off, against the 50 MB a gateway on a Pi must stay
+under (the page's budget, issue 13; the daemon was 43 MB there without it).
+
+    python bench/footprint.py [--devices 32] [--rate 50] [--seconds 20] [--no-http] [--json]
 """
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from common import EVENTS, GatewayProcess, Subscriber, hall_config
-from hallgate.sim.broker import Mosquitto
+from hallgate.sim.broker import Mosquitto, free_port
 from hallgate.sim.device import DeviceError, FirmwareDevice
 from hallgate.sim.hub import BusHub
 
@@ -34,6 +42,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 GPIO_WINDOWS = 12  # like + dislike each: 24 buttons on BCM 4-27
 HOLD_MS = 40
 MAX_PER_PANEL = 5.0  # presses/s one key can take: 40 ms closed, debounce, open again
+RSS_TARGET_MB = 50.0  # a gateway on a Pi, its technician page on (issue 13)
 
 
 def cpu_seconds(pid):
@@ -95,7 +104,92 @@ def start_devices(hub, tmp, specs):
     return devices, None
 
 
-def measure(n_devices, rate, seconds, tmp):
+def start_daemon(config, status, log_path, expected):
+    """`hallgate run` on `config`, once `expected` devices are online (or 60 s went by):
+    (process, devices online)."""
+    daemon = GatewayProcess(config, log_path, run=True, status_file=status)
+    deadline = time.monotonic() + 60
+    online = 0
+    while time.monotonic() < deadline and daemon.proc.poll() is None:
+        try:
+            st = json.loads(status.read_text())
+            online = st["devices"]["online"] if st["pid"] == daemon.pid else 0
+            if online == expected:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    if daemon.proc.poll() is not None:
+        raise SystemExit(f"the daemon exited; see {log_path}")
+    return daemon, online
+
+
+class PageWatcher:
+    """What a technician's browser does to the page: fetches it and its figures, then
+    keeps its event stream open (read in a thread), counting the pushes."""
+
+    def __init__(self, port):
+        self.port = port
+        self.events = 0
+        self.conn = None
+        for path in ("/", "/static/gateway.js", "/api/gateway"):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status != 200:
+                raise SystemExit(f"the page answered {r.status} for {path}")
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.conn.request("GET", "/api/gateway/events")
+        self.stream = self.conn.getresponse()
+        self.thread = threading.Thread(target=self._read, name="page-stream", daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            while line := self.stream.readline():
+                if line.startswith(b"event: state"):
+                    self.events += 1
+        except Exception:  # noqa: BLE001 - the stream closed under the read, at the end
+            pass
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+
+
+def measure_http(config_text, tmp, expected, device_pids, seconds):
+    """The daemon again, with its page on and watched: its idle window."""
+    port = free_port()
+    config = tmp / "hall-http.toml"
+    config.write_text(config_text + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    status = tmp / "status-http.json"
+    daemon, online = start_daemon(config, status, tmp / "daemon-http.log", expected)
+    watcher = None
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                watcher = PageWatcher(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the page on port {port} did not answer; see "
+                                     f"{tmp / 'daemon-http.log'}") from None
+                time.sleep(0.2)
+        time.sleep(3)  # settle, as without the page
+        w = window(daemon.pid, device_pids, seconds)
+        w["devices_online"] = online
+        w["pushes_received"] = watcher.events
+    finally:
+        if watcher is not None:
+            watcher.close()
+        daemon.close()
+    return w
+
+
+def measure(n_devices, rate, seconds, tmp, with_page=True):
     panels = (n_devices + 1) // 2
     specs = [(a, "call-panel", a) for a in range(1, panels + 1)]
     specs += [(panels + a, "window-display", a) for a in range(1, n_devices - panels + 1)]
@@ -111,20 +205,7 @@ def measure(n_devices, rate, seconds, tmp):
                                  gpio=gpio)
             status = tmp / "status.json"
             sub = Subscriber(broker.port, topics=(EVENTS,))
-            daemon = GatewayProcess(config, tmp / "daemon.log", run=True, status_file=status)
-            deadline = time.monotonic() + 60
-            online = 0
-            while time.monotonic() < deadline and daemon.proc.poll() is None:
-                try:
-                    st = json.loads(status.read_text())
-                    online = st["devices"]["online"]
-                    if online == len(started):
-                        break
-                except (OSError, ValueError, KeyError):
-                    pass
-                time.sleep(0.2)
-            if daemon.proc.poll() is not None:
-                raise SystemExit(f"the daemon exited; see {daemon.log_path}")
+            daemon, online = start_daemon(config, status, tmp / "daemon.log", len(started))
             time.sleep(3)  # settle: first INFOs, SETs, the device table
             device_pids = [d.pid for d in devices.values()]
             idle = window(daemon.pid, device_pids, seconds)
@@ -153,15 +234,25 @@ def measure(n_devices, rate, seconds, tmp):
             loaded["presses_sent"] = sent_during
             loaded["events_per_s_received"] = round(received / loaded["seconds"], 1)
             sub.close()
+            daemon.close()
+            daemon = None
+            page = (measure_http(config.read_text(), tmp, len(started), device_pids, seconds)
+                    if with_page else None)
         finally:
             if daemon is not None:
                 daemon.close()
             for d in devices.values():
                 d.close()
-    return {"devices_asked": n_devices, "devices_running": len(devices),
-            "devices_online": online, "device_start_error": failed,
-            "gpio_buttons": 2 * GPIO_WINDOWS, "rate_asked": rate, "cpus": os.cpu_count(),
-            "idle": idle, "loaded": loaded}
+    out = {"devices_asked": n_devices, "devices_running": len(devices),
+           "devices_online": online, "device_start_error": failed,
+           "gpio_buttons": 2 * GPIO_WINDOWS, "rate_asked": rate, "cpus": os.cpu_count(),
+           "idle": idle, "loaded": loaded, "rss_target_mb": RSS_TARGET_MB}
+    if page is not None:
+        out["http"] = page
+        out["daemon_rss_mb"] = idle["daemon_rss_mb"]  # the page off, idle
+        out["daemon_rss_http_mb"] = page["daemon_rss_mb"]  # the page on, watched, idle
+        out["daemon_rss_http_added_mb"] = round(page["daemon_rss_mb"] - idle["daemon_rss_mb"], 1)
+    return out
 
 
 def main(argv=None):
@@ -169,6 +260,8 @@ def main(argv=None):
     p.add_argument("--devices", type=int, default=32, help="bus devices (half call panels)")
     p.add_argument("--rate", type=float, default=50.0, help="key presses per second")
     p.add_argument("--seconds", type=float, default=20.0, help="each measured window")
+    p.add_argument("--no-http", dest="http", action="store_false",
+                   help="skip the run with the technician page on")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not 2 <= args.devices <= 32 or not 0 < args.rate <= 200:
@@ -177,7 +270,7 @@ def main(argv=None):
         p.error(f"--rate {args.rate:g} is more than {MAX_PER_PANEL:g} presses/s per call panel "
                 f"({(args.devices + 1) // 2} panels): a key pressed that often never opens")
     with tempfile.TemporaryDirectory() as tmp:
-        r = measure(args.devices, args.rate, args.seconds, Path(tmp))
+        r = measure(args.devices, args.rate, args.seconds, Path(tmp), with_page=args.http)
     if args.json:
         print(json.dumps(r, indent=1))
     else:
@@ -191,6 +284,14 @@ def main(argv=None):
                   f" CPU {w['daemon_cpu_pct']}% of one core; devices {w['devices_cpu_pct']}%,"
                   f" hub+driver {w['bench_cpu_pct']}%, load {w['load_avg_1min']}")
         print(f"  events at the subscriber: {r['loaded']['events_per_s_received']}/s")
+        if "http" in r:
+            h, target = r["http"], r["rss_target_mb"]
+            over = " OVER THE TARGET" if h["daemon_peak_rss_mb"] >= target else ""
+            print(f"  technician page: RSS {r['daemon_rss_mb']} MB off, "
+                  f"{r['daemon_rss_http_mb']} MB on (+{r['daemon_rss_http_added_mb']} MB; "
+                  f"peak {h['daemon_peak_rss_mb']}), idle, a browser's stream open "
+                  f"({h['pushes_received']} pushes); target under {target:g} MB{over}; "
+                  f"CPU {h['daemon_cpu_pct']}% of one core")
     # The load must have happened for the loaded figures to mean anything.
     return 0 if r["loaded"]["events_per_s_received"] >= 0.8 * args.rate else 1
 

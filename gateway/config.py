@@ -41,6 +41,7 @@ from hallgate.protocols import bus
 __all__ = [
     "BAUDS",
     "HEADER_PIN",
+    "TOKEN_MIN",
     "Broker",
     "Bus",
     "BusDevice",
@@ -49,6 +50,7 @@ __all__ = [
     "Gateway",
     "GpioPanel",
     "HallConfig",
+    "Http",
     "Mqtt",
     "Outbox",
     "Problem",
@@ -79,6 +81,7 @@ BUS_WINDOWS = (1, 0xFFFF)  # a bus device keeps its window in 16 bits (protocols
 MAX_BYTES = 1 << 20  # a hall config (or a file it names) past this is not one; they are KBs
 QUOTE_CHARS = 80  # of a value quoted in a message; PATH_CHARS of a path
 PATH_CHARS = 300
+TOKEN_MIN = 16  # characters of the technician page's token
 
 
 # ---- problems -----------------------------------------------------------------------------
@@ -233,6 +236,33 @@ class Firmware:
 
 
 @dataclass(frozen=True)
+class Http:
+    """The technician's page (hallgate/web/gatewaypage.py), served by the daemon only when
+    `listen` is set. On a loopback address it is this machine's; on any other it needs a
+    token, which every request then carries (a login form sets a cookie)."""
+
+    listen: str | None = key("listen", None, 'HOST:PORT the technician\'s page is served '
+                             'on, e.g. "127.0.0.1:8081" (this machine only); absent: no page')
+    token: str | None = key(str, None, "the page's token inline (prefer token_file)")
+    token_file: Path | None = key("file", None, "file holding the page's token")
+
+    @property
+    def address(self):
+        """(host, port) of `listen`; None when no page is served."""
+        if self.listen is None:
+            return None
+        from hallgate.web import http_address  # standard library only
+
+        return http_address(self.listen)
+
+    def read_token(self):
+        """The token: inline, or token_file's text without its line end; else None."""
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.token
+
+
+@dataclass(frozen=True)
 class BusDevice:
     address: int = key(int, doc="bus address, unique on its bus", lo=1, hi=bus.MAX_ADDRESS)
     role: str = key(str, doc="device role", choices=bus.ROLES)
@@ -305,6 +335,7 @@ class HallConfig:
     timings: Timings = key(Timings, Timings(), "timings")
     buses: tuple[Bus, ...] = key(Many(Bus), (), "RS-485 buses")
     firmware: Firmware = key(Firmware, Firmware(), "device firmware updates")
+    http: Http = key(Http, Http(), "the technician's page (off without listen)")
     file: str = ""  # where it was read from (not a TOML key)
 
     def window(self, number):
@@ -683,11 +714,45 @@ def _broker(url, ctx):
     return Broker(url, u.scheme, u.hostname, port)
 
 
+def _listen(v, ctx):
+    """[http] listen: HOST:PORT with the address of an interface (or localhost)."""
+    import ipaddress
+
+    from hallgate.web import http_address  # standard library only
+
+    try:
+        host, port = http_address(v)
+    except ValueError:
+        raise ValueError(f"{_toml(v)}: expected HOST:PORT, e.g. \"127.0.0.1:8081\" (this "
+                         f"machine only) or \"0.0.0.0:8081\" (every interface, with a token)"
+                         ) from None
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{_toml(v)}: {_toml(host)} is not an IP address; listen takes "
+                             f"the address of one of this machine's interfaces, e.g. "
+                             f"127.0.0.1 (this machine only) or 0.0.0.0 (all)") from None
+    if port == 0:
+        raise ValueError(f"{_toml(v)}: port 0 would be a different port at every start; "
+                         f"give one, e.g. 8081")
+    return v
+
+
+def _loopback(listen):
+    """Whether `listen` (checked) is reachable from this machine only."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
 _CONVERT = {
     "slug": _slug,
     "file": _file,
     "path": _outbox_path,
     "url": _broker,
+    "listen": _listen,
 }
 
 
@@ -711,6 +776,7 @@ def _cross_check(top, ctx):
     buses = top.get("buses") or []
     windows = top.get("windows") or []
     _check_mqtt(top.get("mqtt") or {}, ctx)
+    _check_http(top.get("http") or {}, ctx)
     _unique(ctx, "bus name", [(("buses", i, "name"), b.get("name")) for i, b in enumerate(buses)])
     _unique(ctx, "port", [(("buses", i, "port"), b.get("port")) for i, b in enumerate(buses)])
     devices = [(("buses", i, "devices", j), d)
@@ -812,6 +878,39 @@ def _check_mqtt(m, ctx):
     if tls_files and "urls" in m and not any(b.tls for b in m["urls"]):
         fail(tls_files[0], f"{tls_files[0]} is set but no URL uses TLS (mqtts://)")
     _check_files(m, fail)
+
+
+def _check_http(h, ctx):
+    """The technician's page: a token off loopback, one token, and one worth having."""
+    def fail(k, msg):
+        if not ctx.has_failed(("http", k)):
+            ctx.problem(("http", k), msg)
+
+    given = [k for k in ("token", "token_file") if k in h]
+    if len(given) == 2:
+        fail("token", "give token or token_file, not both")
+    if given and "listen" not in h and not ctx.has_failed(("http", "listen")):
+        fail(given[0], f"{given[0]} is set but listen is not: no page is served")
+    tried = [k for k in ("token", "token_file") if ctx.has_failed(("http", k))]
+    if "listen" in h and not given and not tried and not _loopback(h["listen"]):
+        fail("listen", f"{_toml(h['listen'])} is reachable from other machines: the page "
+                       f"then needs a token (token_file = \"/etc/hallgate/page.token\", or "
+                       f"token = \"...\"), or listen on 127.0.0.1 (this machine only)")
+    for k in given:
+        if ctx.has_failed(("http", k)):
+            continue
+        try:
+            token = h[k] if k == "token" else _read_text(h[k]).rstrip("\r\n")
+        except _Unreadable as e:
+            fail(k, f"{_cut(h[k], most=PATH_CHARS)}: {e}")
+            continue
+        where = "" if k == "token" else f"{_cut(h[k], most=PATH_CHARS)}: "
+        if len(token) < TOKEN_MIN:
+            fail(k, f"{where}the token is {len(token)} characters; at least {TOKEN_MIN} "
+                    f"(make one: python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        elif not token.isprintable():
+            fail(k, f"{where}the token has a control character (a tab, a line break inside "
+                    f"it): printable characters only")
 
 
 def _check_files(m, fail):

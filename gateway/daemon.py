@@ -163,6 +163,14 @@ class Gateway:
         self._last_fed = 0
         self._devices_due = True  # the table goes out once at start
         self._drops_taken_at = 0.0
+        # The technician's page ([http] listen; hallgate/web/gatewaypage.py): the web stack
+        # is imported only then. Made here, so it keeps every error the link reports.
+        self.page = None
+        self.page_error = None
+        if config.http.listen is not None:
+            from hallgate.web.gatewaypage import GatewayPage
+
+            self.page = GatewayPage(self, *config.http.address, token=config.http.read_token())
 
     # ---- construction ----------------------------------------------------------------
 
@@ -446,6 +454,15 @@ class Gateway:
                 log.error("control socket %s: %s; `hallgate devices` and the like cannot "
                           "go through this daemon", self.control.path, e)
                 self.control = None
+        if self.page is not None:
+            try:
+                self.page.start()
+            except (OSError, RuntimeError) as e:
+                # As the control socket: the gateway's real work goes on without its page.
+                self.page_error = str(e)
+                log.error("technician page on %s: %s; the gateway runs without it",
+                          self.config.http.listen, e)
+                self.page = None
         log.info("gateway %s/%s started: %d bus(es), %d window(s), outbox %s (%d waiting)",
                  self.site, self.name, len(self.masters), len(self.config.windows),
                  self.config.outbox.path, self.outbox.depth())
@@ -459,6 +476,8 @@ class Gateway:
         self._stopped = True
         if self.control is not None:
             self.control.stop()
+        if self.page is not None:  # before the outbox closes: the page reads it
+            self.page.stop()
         if self.feedback is not None:
             self.feedback.close()
         if self._panel_sampler is not None:
@@ -503,9 +522,12 @@ class Gateway:
             "devices": {"online": sum(r["online"] for r in table), "total": len(table),
                         "table": table},
             "buses": {n: {"port": self.bus_port(n), **{
-                k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events", "duplicates")}}
+                k: s[k] for k in ("cycles", "cycle_mean", "timeouts", "events", "duplicates",
+                                  "adapter")}}
                 for n, s in masters.items()},
             "control": str(self.control.path) if self.control is not None else None,
+            "page": None if self.config.http.listen is None else {
+                "listen": self.config.http.listen, "error": self.page_error},
             "feedback": self.feedback.state() if self.feedback is not None else {},
             "gpio_panels": {w: p.state() for w, p in self.gpio_panels.items()},
             "stale_commands": self.reconciler.stale,

@@ -328,6 +328,9 @@ class MqttLink:
         # A burst big enough for every retained command of a large hall at once (36
         # windows x 3 kinds after a central's bug), then 10 a second; the rest summed up.
         self._limiter = ErrorLimiter(burst=128, per_second=10.0)
+        # on_error(kind, reason, extra): told of every report before the rate limit (the
+        # technician's page keeps the recent ones); it must be quick and must not raise.
+        self.on_error = None
         self._dropped_said = 0  # of stats.errors_dropped, how many a message has reported
 
         # The link thread's own.
@@ -440,6 +443,8 @@ class MqttLink:
         message ("N more like this in the last T s"). While disconnected up to ERROR_QUEUE
         errors wait for the next connection; past that the oldest are dropped, counted in
         stats.errors_dropped, and said in one message once connected."""
+        if self.on_error is not None:
+            self.on_error(kind, reason, extra)
         with self._lock:
             if not self._limiter.offer(str(kind), str(reason), time.monotonic()):
                 self.stats.errors_suppressed += 1

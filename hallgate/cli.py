@@ -14,6 +14,7 @@ from hallgate.sim.cli import add_sim_parser
 from hallgate.tools import (
     DEFAULT_STATUS,
     ToolError,
+    adapter_lines,
     add_port_args,
     add_target_args,
     address_list,
@@ -138,6 +139,15 @@ def cmd_status(args):
               + (f", oldest {oldest:.0f} s old" if oldest is not None else "")
               + (f" (central {central})" if receipt else
                  " (delivery = \"puback\": a broker crash can lose acknowledged events)"))
+    for name, bs in (st.get("buses") or {}).items():
+        print(f"bus {name} on {bs.get('port')}: {bs.get('cycles', 0)} poll cycles, "
+              f"{1000 * (bs.get('cycle_mean') or 0.0):.1f} ms mean")
+        for line in adapter_lines(bs.get("adapter")):
+            print(f"  {line}")
+    page = st.get("page")
+    if page:
+        print(f"page:    http://{page['listen']}/" + (
+            f" NOT SERVED: {page['error']}" if page["error"] else ""))
     # A daemon that is not running polls nobody: its table is what it last saw.
     was = "" if st["running"] else "was "
     print(f"devices: {d['online']}/{d['total']} online" + ("" if st["running"] else

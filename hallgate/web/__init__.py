@@ -1,12 +1,14 @@
-"""The pages: a hall board for the TV on the wall, a manager's view, and (later) the
-gateway's technician page, on one small web stack.
+"""The pages: a hall board for the TV on the wall, a manager's view, and the gateway's
+technician page, on one small web stack.
 
 Design note
 -----------
 Operations: `hallgate central run --http HOST:PORT` (and `hallgate sim --http`, `make
 demo`) serve the hall board at ``/board`` and the manager's view at ``/``
-(hallgate/web/hallpages.py). Nothing here is imported unless a page is configured: the
-gateway daemon is 43 MB resident on a Pi and must stay under 50 MB with its page on.
+(hallgate/web/hallpages.py); the gateway daemon, with ``[http] listen`` in its config,
+serves its technician page (hallgate/web/gatewaypage.py). Nothing here is imported
+unless a page is configured: the gateway daemon is 43 MB resident on a Pi and must stay
+under 50 MB with its page on (bench/footprint.py measures it, on beside off).
 
 The stack, and why (measured on top of the gateway daemon's imports, serving):
 - uvicorn (h11 underneath, pure Python) runs a small ASGI application of ours
@@ -31,9 +33,9 @@ machine), they cannot change the queue whatever a request says, and on the secur
 they run with a read-only monitoring certificate (hardware/mosquitto: ``--http-cert``).
 
 Safety: every page only reads. Unsafe methods (POST, PUT, PATCH, DELETE) are refused
-unless a route asks for them, and then only from the same origin with the page's token
-(the gateway's identify will be the first); bad paths and parameters get a 4xx with a
-line saying why, never a traceback.
+unless a route asks for them (the gateway's identify, its login form), and then only from
+the same origin with the page's token; bad paths and parameters get a 4xx with a line
+saying why, never a traceback.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ not a log line in a thread), serves from a thread of its own; `stop()` ends the 
 then the server.
 Goals: pages that only read; every bad path, method or parameter answered with a 4xx
 and one line saying why, never a traceback (a bug is a logged 500 with no detail);
-requests that change anything (none yet: the gateway's identify will be the first) only
-from the same origin, with the app's token (`csrf_refusal`); headers that keep the pages
+requests that change anything (the gateway's identify, and its login form) only from
+the same origin, with the app's token (`csrf_refusal`); an app may guard its routes (the
+gateway page's login and Host check: `guard`); headers that keep the pages
 out of frames and other sites' scripts (`SECURITY_HEADERS`); bounded memory per client
 (a stream that falls `Broadcaster.backlog` events behind is closed: its browser
 reconnects and gets a fresh snapshot).
@@ -42,7 +43,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 __all__ = ["Broadcaster", "HTTPError", "Request", "Response", "Route", "Stream", "WebApp",
-           "WebServer", "csrf_refusal", "sse"]
+           "WebServer", "csrf_refusal", "host_refusal", "sse"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,14 @@ SECURITY_HEADERS = (
 
 class HTTPError(Exception):
     """Raised by a handler (or a parameter's parser via ValueError): the status and a
-    line for the person or program that asked."""
+    line for the person or program that asked (and headers, e.g. a redirect's location)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,11 @@ class Route:
     handler: Handler
     methods: tuple[str, ...] = ("GET",)  # HEAD is answered wherever GET is
     params: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
+    # Passed without the app's `guard` (a login form, for one).
+    public: bool = False
+    # An unsafe request needs the token header besides the same origin (csrf_refusal);
+    # False only for a plain HTML form (a login), which cannot send headers.
+    token: bool = True
 
 
 def _is_ip(host: str) -> bool:
@@ -143,23 +151,44 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def csrf_refusal(req: Request, token: str, hosts: frozenset[str]) -> str | None:
+def host_refusal(req: Request, hosts: frozenset[str]) -> str | None:
+    """Why the request's Host is not this server's (None: it is): an IP address or one of
+    `hosts`, so a page of another site whose name was made to point here (DNS rebinding)
+    is not answered."""
+    host = req.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if not (_is_ip(name) or name.lower() in hosts):
+        return f"host {host[:100]!r} is not this server's: use its address or {sorted(hosts)}"
+    return None
+
+
+def csrf_refusal(req: Request, token: str, hosts: frozenset[str],
+                 need_token: bool = True) -> str | None:
     """Why an unsafe request is refused (None: allowed). Three checks, each enough alone
     against a plain cross-site form or fetch, together also against DNS rebinding:
     the Host is this machine by an IP address or a known name (`hosts`); the browser says
     the request comes from this origin (Sec-Fetch-Site, else Origin = this host); and
     the request carries the app's token in a header (a cross-site page cannot set one
-    without a CORS preflight, which is refused, nor read the token from our pages)."""
+    without a CORS preflight, which is refused, nor read the token from our pages).
+    Without `need_token` (a login form), the first two: and then the Origin must be there
+    (or Sec-Fetch-Site), so a client that says neither is refused."""
+    why = host_refusal(req, hosts)
+    if why is not None:
+        return why
     host = req.headers.get("host", "")
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    if not (_is_ip(name) or name.lower() in hosts):
-        return f"host {host!r} is not this server's: use its address or {sorted(hosts)}"
     site = req.headers.get("sec-fetch-site")
     origin = req.headers.get("origin")
     if site is not None and site != "same-origin":
         return f"a cross-site request (Sec-Fetch-Site: {site})"
-    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
-        return f"a request from another origin ({origin})"
+    # Under our Referrer-Policy no-referrer, a browser sends "Origin: null" with a POST
+    # (the Fetch standard's rule for a same-origin request, a form's or fetch()'s); then
+    # its Sec-Fetch-Site, which a page cannot set, says where it comes from.
+    if origin is not None and origin not in (f"http://{host}", f"https://{host}") and not (
+            origin == "null" and site == "same-origin"):
+        return f"a request from another origin ({origin[:100]})"
+    if not need_token:
+        return None if site is not None or origin is not None else (
+            "no Origin header: send it from this server's page")
     if not hmac.compare_digest(req.headers.get(TOKEN_HEADER, "").encode("latin-1"),
                                token.encode()):
         return f"no valid {TOKEN_HEADER} header (the page's token)"
@@ -227,11 +256,14 @@ class WebApp:
     """The ASGI application: `routes` by exact path, `static` files served under
     ``/static/NAME`` (name -> file, read now), `on_start` coroutines run on the server's
     loop (e.g. a task that pushes snapshots), `hosts`: names of this machine accepted on
-    unsafe requests besides IP addresses (`csrf_refusal`)."""
+    unsafe requests besides IP addresses (`csrf_refusal`). `guard(req)`, if given, is
+    asked first for every route that is not `public` (before its parameters and body are
+    read): it raises HTTPError to refuse (a login needed, a foreign Host)."""
 
     def __init__(self, routes: list[Route], static: Mapping[str, Path] = {}, *,
                  on_start: list[Callable[[], Awaitable[None]]] | None = None,
-                 hosts: tuple[str, ...] = ()) -> None:
+                 hosts: tuple[str, ...] = (),
+                 guard: Callable[[Request], None] | None = None) -> None:
         self.routes = {r.path: r for r in routes}
         self.files: dict[str, tuple[bytes, str]] = {}
         for name, path in static.items():
@@ -244,6 +276,7 @@ class WebApp:
         self.token = secrets.token_urlsafe(24)
         me = socket.gethostname().lower()
         self.hosts = frozenset({"localhost", me, f"{me}.local", *(h.lower() for h in hosts)})
+        self.guard = guard
         self.closing: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -288,9 +321,11 @@ class WebApp:
                 answer = await answer
         except HTTPError as e:
             answer = Response.text(e.message, e.status)
+            headers = e.headers
             if e.status == 405:
-                allowed = self._allowed(path)
-                answer = Response(405, answer.body, headers=(("allow", allowed),))
+                headers = (*headers, ("allow", self._allowed(path)))
+            if headers:
+                answer = Response(e.status, answer.body, headers=headers)
         if isinstance(answer, Stream) and method == "HEAD":  # the head, not a stream
             closer = getattr(answer.events, "aclose", None)
             if closer is not None:
@@ -316,16 +351,19 @@ class WebApp:
             raise HTTPError(405, f"{method} is not allowed here: {self._allowed(path)}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
+        client = scope.get("client")
+        client = f"{client[0]}:{client[1]}" if client else None
+        if self.guard is not None and route is not None and not route.public:
+            self.guard(Request(method, path, {}, headers, b"", client))
         query = self._query(scope.get("query_string", b""),
                             route.params if route is not None else {})
         body = b""
         if method not in SAFE_METHODS:
             body = await self._body(receive)
-        client = scope.get("client")
-        req = Request(method, path, query, headers, body,
-                      f"{client[0]}:{client[1]}" if client else None)
+        req = Request(method, path, query, headers, body, client)
         if method not in SAFE_METHODS:
-            why = csrf_refusal(req, self.token, self.hosts)
+            why = csrf_refusal(req, self.token, self.hosts,
+                               need_token=route is None or route.token)
             if why is not None:
                 log.warning("web: refused %s %s from %s: %s", method, path, req.client, why)
                 raise HTTPError(403, f"refused: {why}")
