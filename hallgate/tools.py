@@ -363,16 +363,9 @@ def _tool(fn):
 
 
 def _age(seconds):
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    from hallgate.gateway.technician import age_text
+
+    return "-" if seconds is None else age_text(seconds)
 
 
 def _seen(row):

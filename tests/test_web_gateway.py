@@ -18,17 +18,15 @@ restarts and comes back by itself. The README's screenshot comes from here
 
 import contextlib
 import datetime
-import http.client
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import browsing
 import pytest
+from browsing import launched, request
 from conftest import read_retained, wait_for
 from gpiozero.pins.mock import MockFactory
 from hallgate.gateway.config import check_config, load_config
@@ -39,9 +37,6 @@ from harness import CentralProcess, Daemon, Witness, daemon_env, write_hall_conf
 SITE, GW = "page-site", "gw-page"
 PANEL, DISPLAY = 1, 2  # addresses; both at window 1
 CENTRAL_STATUS = f"hall/v1/{SITE}/central/status"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREEN = {"width": 1440, "height": 800}  # a technician's laptop
 TOKEN = "correct-horse-battery-staple-42"
 
@@ -152,17 +147,6 @@ print(json.dumps(seen))
 
 
 # ---- HTTP without a browser --------------------------------------------------------------
-
-def request(port, method, path, headers=None, body=None):
-    """(status, headers, body) of one request on 127.0.0.1:port."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
-
 
 def same_origin(port, **more):
     here = f"127.0.0.1:{port}"
@@ -396,30 +380,12 @@ def test_bad_identify_requests_get_a_4xx_and_cross_site_ones_a_403(lab):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        why = f"{CHROMIUM} is missing: Debian's chromium (make test installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+    with launched() as b:
         yield b
-        b.close()
 
 
 def open_page(browser, url):
-    page = browser.new_page(viewport=SCREEN)
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    # A failed load while the daemon restarts is expected; anything else (a CSP
-    # violation, a script error) is the page's fault.
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and not (
-        "net::ERR_" in m.text or "Failed to load resource" in m.text) else None)
-    page.errors = errors
-    page.goto(url)
-    return page
+    return browsing.open_page(browser, url, SCREEN)
 
 
 def banner(page):
@@ -428,13 +394,7 @@ def banner(page):
 
 
 def screenshot(page, folder, name, readme=False):
-    path = Path(folder) / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True, animations="disabled")
-    if readme and os.environ.get("HALLGATE_SCREENSHOTS"):
-        out = Path(os.environ["HALLGATE_SCREENSHOTS"])
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, out / f"{name}.png")
-    return path
+    return browsing.screenshot(page, folder, name, full_page=True, readme=readme)
 
 
 # Every figure on the page, as the raw values its elements carry.

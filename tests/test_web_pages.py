@@ -14,26 +14,21 @@ turns amber at the warning and red past the norm. Screenshots go to the test's f
 
 import json
 import os
-import shutil
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
+import browsing
 import paho.mqtt.client as paho
 import pytest
+from browsing import launched, screenshot
 from conftest import wait_for
 from hallgate.sim.broker import Mosquitto, free_port, port_accepts
 from harness import Child, hallgate
 from paho.mqtt.enums import CallbackAPIVersion
 
-CHROMIUM = "/usr/bin/chromium"
-# As machines/python.md says works here: no network of its own, a fresh profile (Playwright
-# makes one per launch); sound allowed without a click, as a kiosk board is started.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required"]
 SCREEN = {"width": 1920, "height": 1080}  # the hall's TV
 CALL_BUDGET_S = 1.0  # the issue's "on screen within 1 s of the call"
 SITE = "t-web"
@@ -83,44 +78,12 @@ FIGURES = """() => {
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        why = f"{CHROMIUM} is missing: Debian's chromium (make test installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+    with launched() as b:
         yield b
-        b.close()
 
 
 def open_page(browser, url, spy=False):
-    page = browser.new_page(viewport=SCREEN)
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    # A failed load while the server is down is expected; anything else (a CSP violation,
-    # a script error) is a fault of the page.
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and not (
-        "net::ERR_" in m.text or "Failed to load resource" in m.text) else None)
-    page.errors = errors  # read by the tests: a page must raise nothing
-    if spy:
-        page.add_init_script(SPY)
-    page.goto(url)
-    return page
-
-
-def screenshot(page, folder, name, full_page=False, readme=False):
-    """The page as a PNG in `folder` (the newest call steady, not caught mid-blink); the
-    README's also in $HALLGATE_SCREENSHOTS when set (docs/screens)."""
-    path = Path(folder) / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page, animations="disabled")
-    if readme and os.environ.get("HALLGATE_SCREENSHOTS"):
-        out = Path(os.environ["HALLGATE_SCREENSHOTS"])
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, out / f"{name}.png")
-    return path
+    return browsing.open_page(browser, url, SCREEN, SPY if spy else None)
 
 
 def check_same_clock(page):
@@ -479,7 +442,10 @@ def test_a_simulated_day_on_the_pages(browser, tmp_path):
     serve in time, watched on the board and the manager's view while it runs."""
     from hallgate.sim.hall import Hall, Options
 
-    hall = Hall(Options(windows=6, visitors=60, hours=3, speed=None, seed=2,
+    # The README's pictures want a fuller hall; the check itself a shorter day.
+    windows, visitors, hours = (6, 60, 3) if os.environ.get("HALLGATE_SCREENSHOTS") else (
+        4, 30, 2)
+    hall = Hall(Options(windows=windows, visitors=visitors, hours=hours, speed=None, seed=2,
                         http=("127.0.0.1", 0)), tmp_path / "hall")
     try:
         hall.start()
@@ -495,7 +461,7 @@ def test_a_simulated_day_on_the_pages(browser, tmp_path):
         while day.is_alive():
             # The README's: once a service's oldest wait is past the warning (the picture
             # shows the colours), else at 60% of the day.
-            at = hall.sim_now() / (3 * 3600)
+            at = hall.sim_now() / (hours * 3600)
             if not shot and (at > 0.6 or at > 0.25 and manager.locator(long_wait).count()):
                 screenshot(board, tmp_path, "board", readme=True)
                 screenshot(manager, tmp_path, "manager", full_page=True, readme=True)

@@ -10,30 +10,12 @@ import json
 import socket
 
 import pytest
+from browsing import request
 from hallgate.sim.broker import free_port
 
 from hallgate.web import http_address
 from hallgate.web.asgi import Broadcaster, Response, Route, WebApp, WebServer, sse
 from hallgate.web.hallpages import HallPages
-
-
-def request(port, method, path, headers=None, body=None, raw=None):
-    """(status, headers, body) of one request; `raw`: bytes sent as they are."""
-    if raw is not None:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(raw)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), {}, rest
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")
