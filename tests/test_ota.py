@@ -288,10 +288,11 @@ def test_a_new_version_that_crashes_at_start_rolls_back_by_itself(line, bundles)
 # -- hallgate ota: through the daemon, and directly ---------------------------------------
 
 
-@pytest.fixture
-def daemon_line(tmp_path, bundles):
-    """A call panel flashed with the old bundle, mosquitto, and the daemon polling it,
-    its config holding the bundles' public key."""
+@contextlib.contextmanager
+def ota_daemon(tmp_path, bundles, firmware=""):
+    """A call panel flashed with the old bundle, mosquitto, and the daemon polling it, its
+    config holding the bundles' public key (and `firmware`: more [firmware] lines).
+    Yields (device, daemon, config path)."""
     with contextlib.ExitStack() as stack:
         hub = BusHub(baud=BAUD).start()
         stack.callback(hub.close)
@@ -307,13 +308,19 @@ def daemon_line(tmp_path, bundles):
                                    devices=[(TARGET, "call-panel", 1)],
                                    windows="[[windows]]\nnumber = 1\n")
         config.write_text(config.read_text()
-                          + f'\n[firmware]\npublic_key = "{bundles["pub"]}"\n')
+                          + f'\n[firmware]\npublic_key = "{bundles["pub"]}"\n{firmware}')
         daemon = Daemon(tmp_path, config)
         stack.callback(daemon.close)
         daemon.start()
         daemon.wait_status(lambda s: s["devices"]["online"] == 1, "the panel online",
                            timeout=30)
         wait_for(lambda: (tmp_path / "control.sock").exists(), 10, "the control socket")
+        yield dev, daemon, config
+
+
+@pytest.fixture
+def daemon_line(tmp_path, bundles):
+    with ota_daemon(tmp_path, bundles) as (dev, daemon, _):
         yield dev, daemon
 
 

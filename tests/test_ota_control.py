@@ -1,11 +1,11 @@
 """The daemon's firmware updates as a technician follows them: `hallgate ota --status`,
 `--cancel`, `--history` (kept across a restart), `hallgate status`, a second update of the
-same device refused, and a device gone mid-update failing after `[firmware] offline_s`.
+same device refused, a device gone mid-update failing after `[firmware] offline_s`, and a
+bundle for another board refused before a byte is sent.
 
 The real firmware on MicroPython in slots, the real daemon, the real commands; the bus
 share of updates is set to its minimum so a transfer lasts long enough to be watched."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -13,40 +13,18 @@ import sys
 import pytest
 from conftest import wait_for
 from hallgate.gateway import bundle
-from hallgate.sim.broker import Mosquitto
-from hallgate.sim.device import FirmwareDevice, install_slots
-from hallgate.sim.hub import BusHub
-from harness import Daemon, daemon_env, hallgate, write_hall_config
-from test_ota import BAUD, TARGET, bundles  # noqa: F401 (a fixture)
+from harness import daemon_env, hallgate
+from test_ota import TARGET, bundles, ota_daemon  # noqa: F401 (bundles: a fixture)
 
 pytestmark = pytest.mark.micropython
 
 
 @pytest.fixture
 def slow_line(tmp_path, bundles):  # noqa: F811
-    """A call panel on the old bundle, mosquitto, and the daemon (updates at 20% of the
-    bus, offline after 5 s). Yields (device, daemon, config)."""
-    with contextlib.ExitStack() as stack:
-        hub = BusHub(baud=BAUD).start()
-        stack.callback(hub.close)
-        _, files = bundle.load(bundles["old"], bundles["pub"])
-        flash = install_slots(tmp_path / "flash", files)
-        dev = FirmwareDevice(tmp_path, TARGET, "call-panel", 1, hub.add_port("panel"),
-                             flash_dir=flash)
-        stack.callback(dev.close)
-        broker = Mosquitto(tmp_path / "broker").start()
-        stack.callback(broker.stop)
-        config = write_hall_config(tmp_path, site="ota", gateway="gw", broker_url=broker.url,
-                                   hub_path=hub.master_path,
-                                   devices=[(TARGET, "call-panel", 1)],
-                                   windows="[[windows]]\nnumber = 1\n")
-        config.write_text(config.read_text() + f'\n[firmware]\npublic_key = "{bundles["pub"]}"'
-                          '\njob_share = 20\noffline_s = 5\n')
-        daemon = Daemon(tmp_path, config)
-        stack.callback(daemon.close)
-        daemon.start()
-        daemon.wait_status(lambda s: s["devices"]["online"] == 1, "the panel online", 30)
-        yield dev, daemon, config
+    """test_ota's daemon line, with updates at 20% of the bus. Yields (device, daemon,
+    config)."""
+    with ota_daemon(tmp_path, bundles, "job_share = 20\n") as made:
+        yield made
 
 
 def ota(daemon, *args, timeout=60):
@@ -140,20 +118,21 @@ def test_an_update_is_followed_cancelled_kept_across_a_restart_and_resumed(slow_
     assert out.returncode == 1 and "no update is running on this gateway" in out.stderr
 
 
-def test_a_device_gone_mid_update_fails_after_offline_s_with_the_reason(slow_line, bundles):  # noqa: F811
-    dev, daemon, _ = slow_line
-    proc = start_update(daemon, bundles["new"])
-    try:
-        dev.kill()  # power cut
-        out, err = proc.communicate(timeout=60)  # offline_s is 5: well before the timeout
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_a_device_gone_mid_update_fails_after_offline_s_with_the_reason(tmp_path, bundles):  # noqa: F811
+    with ota_daemon(tmp_path, bundles, "job_share = 20\noffline_s = 5\n") as (dev, daemon, _):
+        proc = start_update(daemon, bundles["new"])
+        try:
+            dev.kill()  # power cut
+            out, err = proc.communicate(timeout=60)  # offline_s is 5: well before that
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        h = history(daemon)
     assert proc.returncode == 1, err
     [r] = json.loads(out)["results"]
     assert r["result"] == "failed" and r["reason"].startswith("offline: no answer for 5 s"), r
     assert "the next update resumes there" in r["reason"]
-    [h] = history(daemon)
+    [h] = h
     assert (h["outcome"], h["from"], h["runs"]) == ("failed", "0.1.0", "0.1.0")
 
 

@@ -7,17 +7,38 @@
 # collector run after that many bytes were allocated, so the samples show what is live
 # plus at most THRESHOLD bytes of garbage; with 0 the collector runs only when the heap
 # is full, as on a board. Prints one JSON line.
+#
+# As on a device (and as tests/mp/soak.py), the config is read first, and through it the
+# codec: bus loads its device half only (bus.MASTER is False), so this heap holds what a
+# device's does. The master's side is a few frames packed and unpacked with struct, in the
+# layouts of protocols/BUS.md.
 
 import gc
 import json
+import struct
 import sys
 
-import bus
-from appcore import Core
-from compat import ticks_add
-from role_panel import CallPanel
-
 ADDR = 7
+
+
+def config():
+    import devconfig  # as devmain does: checked first, then let go
+
+    cfg = devconfig.check({"address": ADDR, "role": "call-panel", "window": 4})
+    del sys.modules["devconfig"]
+    gc.collect()
+    return cfg
+
+
+cfg = config()
+
+import bus  # noqa: E402  (loaded by devconfig already: the device half)
+from appcore import Core  # noqa: E402
+from compat import ticks_add  # noqa: E402
+from role_panel import CallPanel  # noqa: E402
+
+assert not bus.MASTER
+
 KEYS = (0, 1, 2, 3, 5, 6, 7)  # every key but noshow, which wants a long press
 
 
@@ -59,15 +80,15 @@ def step(n, ack, run, request, hal, live_peak):
     run(40)
     hal.levels[key] = 0
     run(140)
-    frame = request(bus.encode_poll(ADDR, ack))
+    frame = request(bus.encode(ADDR, bus.POLL, struct.pack("<BH", *ack) if ack else b""))
     assert frame.mtype == bus.EVENT, frame
-    ack = bus.decode_event(frame.payload).ident
+    ack = struct.unpack_from("<BH", frame.payload)  # (boot, seq)
     if n % 100 == 0:
-        version = n // 100 % 0xFFFF + 1
-        text = "A%03d" % (n % 1000)  # noqa: UP031 - as tests/mp/soak.py, every port
-        state = bus.PanelState(text, 1, n % 50, n % 900, n % 3 == 0, True)
-        request(bus.encode_set(ADDR, version, state))
-        request(bus.encode_get_info(ADDR))
+        version = n // 100 % 0xFFFF + 1  # a panel SET: "Annn" called, tea every third
+        request(bus.encode(ADDR, bus.SET, struct.pack(
+            "<BHBBHH", bus.ROLE_CALL_PANEL, version, 1, 2 | (n % 3 == 0), n % 50, n % 900)
+            + ("A%03d" % (n % 1000)).encode()))  # noqa: UP031 - as tests/mp/soak.py
+        request(bus.encode(ADDR, bus.GET_INFO))
         gc.collect()
         live = gc.mem_alloc()
         if live > live_peak[0]:
@@ -76,11 +97,6 @@ def step(n, ack, run, request, hal, live_peak):
 
 
 def main(events, threshold):
-    import devconfig
-
-    cfg = devconfig.check({"address": ADDR, "role": "call-panel", "window": 4})
-    del sys.modules["devconfig"]
-    gc.collect()
     hal = Loopback()
     clock = [ticks_add(0, -5000)]
     role = CallPanel(hal, cfg, clock[0])
