@@ -1,15 +1,16 @@
 # hallgate: `make demo` | `make test` | `make lint` | `make bench` | `make soak` | `make firmware`
 # Every target sets itself up first: a .venv with the package and its test extra, and
-# Debian's mosquitto, socat, systemd (systemd-analyze checks the unit's sandboxing) and
-# chromium (the pages' tests drive it headless, with Playwright), installed with apt-get
-# when missing and running as root.
+# Debian's mosquitto, socat, systemd (systemd-analyze checks the unit's sandboxing),
+# chromium (the pages' tests drive it headless, with Playwright), nats-server and
+# postgresql (the city: a clustered broker and the workers' database, started by the tests
+# on loopback ports), installed with apt-get when missing and running as root.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STUBS  := $(VENV)/mpstubs
-DEBS   := mosquitto socat systemd chromium
+DEBS   := mosquitto socat systemd chromium nats-server postgresql
 DEMO_HTTP ?= 127.0.0.1:8080
 PYTEST := $(BIN)/python -m pytest
 
