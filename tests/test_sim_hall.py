@@ -101,8 +101,11 @@ def close_enough(full, model):
     return abs(full - model) <= max(30.0, 0.1 * abs(model))
 
 
-def test_a_day_of_160_visitors_balances_and_its_waits_are_the_model_runs(tmp_path):
-    options = Options(windows=10, visitors=160, hours=8, speed=None, seed=SEED)
+# The same load per window and hour (2 visitors) in make test and, twice the size, in soak.
+@pytest.mark.parametrize("windows, visitors, hours", [
+    (6, 72, 6), pytest.param(10, 160, 8, marks=pytest.mark.soak)])
+def test_a_day_balances_and_its_waits_are_the_model_runs(tmp_path, windows, visitors, hours):
+    options = Options(windows=windows, visitors=visitors, hours=hours, speed=None, seed=SEED)
     hall, report, log, tickets, votes = play(tmp_path, options)
     assert_day_balances(hall, report, log, tickets, votes)
     assert report["pressed_again"] == 0  # without faults no press is lost
@@ -130,7 +133,7 @@ def test_a_day_of_160_visitors_balances_and_its_waits_are_the_model_runs(tmp_pat
 
 
 def test_a_central_restart_and_a_gateway_kill_mid_day_still_balance(tmp_path):
-    options = Options(windows=6, visitors=150, hours=6, speed=None, seed=SEED + 1)
+    options = Options(windows=4, visitors=80, hours=6, speed=None, seed=SEED + 1)
     hall, report, log, tickets, votes = play(
         tmp_path, options, faults=[(2 * 3600, "restart_central"), (4 * 3600, "kill_gateway")])
     assert report["central_starts"] == 2 and report["gateway_starts"] == 2
