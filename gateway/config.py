@@ -182,6 +182,11 @@ class Mqtt:
     cert_file: Path | None = key("file", None, "client certificate (PEM); needs key_file")
     key_file: Path | None = key("file", None, "client private key (PEM); needs cert_file")
     keepalive_s: int = key(int, 30, "MQTT keepalive, seconds", lo=5, hi=600)
+    # "windows": window/{n}/{kind} for each served window (what the mosquitto ACL allows);
+    # "kinds": window/+/{kind}, 3 subscriptions whatever the windows (the city's NATS
+    # cluster, where each QoS 1 subscription is a JetStream consumer: hardware/nats/).
+    subscribe: str = key(str, "windows", "desired state: a subscription per window and kind, "
+                         "or one per kind (window/+/kind)", choices=("windows", "kinds"))
 
     def read_password(self):
         """The password: inline, or password_file's text without its line end; else None."""

@@ -247,7 +247,7 @@ class Gateway:
             keepalive=m.keepalive_s, windows=self.config.window_numbers,
             on_command=self.reconciler.offer, on_delivered=self._delivered,
             on_connection=self._connection, delivery=self.config.outbox.delivery,
-            receipt_timeout=self.config.outbox.receipt_timeout_s,
+            receipt_timeout=self.config.outbox.receipt_timeout_s, subscribe=m.subscribe,
         )
 
     # ---- events up -------------------------------------------------------------------

@@ -47,7 +47,7 @@ Plan:
   the only re-send is ours, from the window, in order. The MQTT session still persists on
   the broker (stable client id, clean start off, session expiry for MQTT 5), so QoS 1
   commands published while the gateway was away are delivered when it comes back.
-- On every connection: retained birth, subscribe the served windows (the broker then sends
+- On every connection: retained birth, subscribe the desired state (the broker then sends
   the retained desired state again: converge, not replay) and, with receipts, our receipt
   topic and central/status; the last device table, queued errors, then the window's events
   in order. At most `max_inflight` events without a PUBACK, fewer if the broker's Receive
@@ -58,6 +58,21 @@ Plan:
   alert, or a bare close, on the first read, which paho only logs; `on_log` keeps paho's
   last error of the connection, and a close before any CONNACK is explained from it and
   from our own certificate file (expired? issued by a CA that is not in ca_file? none?).
+- Desired state is subscribed one of two ways (`subscribe`, the config's `[mqtt] subscribe`):
+  "windows" (the default): three topics per served window, `window/{n}/{kind}`, which is what
+  the mosquitto ACL allows (hardware/make_acl.py: a gateway reads its own windows only); a
+  message for another window can only come from a subscription an earlier configuration left
+  in the persistent session, so it is unsubscribed and reported. "kinds": three wildcard
+  topics, `window/+/{kind}`, whatever the windows; messages for the site's other windows are
+  dropped silently (counted in stats.foreign), and set_windows() changes no subscription.
+  Why "kinds": on NATS (the city's broker, hardware/nats/) every QoS 1 subscription is a
+  JetStream consumer; measured there, 96 gateways x 30 per-window subscriptions cost ~480 MB
+  per node and carried ~100 retained publishes/s, 3 per gateway ~365/s. NATS also cannot
+  restrict reads per window under a wildcard (its consumers ignore per-message deny), so
+  its permissions give a gateway its site's three filters (hardware/make_nats.py). The
+  first "kinds" connection of a link also unsubscribes its windows' per-window topics,
+  which a "windows" configuration may have left in the session (each a consumer, and each
+  a second copy of every command).
 - Failover: URLs are tried in turn; the next one right after a failure or a lost connection,
   the backoff delay after each full pass without a connection.
 
@@ -110,6 +125,7 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 ERROR_QUEUE = 100  # errors waiting for a connection; past that the oldest go (counted)
 ERROR_PAYLOAD_CHARS = 256  # how much of an offending payload an error message quotes
 MAX_PACKET = 256 * 1024  # MQTT 5: the broker does not send us larger packets
+SUBSCRIBE_MODES = ("windows", "kinds")  # desired state: per window, or per kind (window +)
 RECEIVE_RESERVE = 4  # of the broker's Receive Maximum, kept for status, devices, errors
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+")  # a DNS name, IPv4, or IPv6 (urlsplit drops the [])
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -190,6 +206,7 @@ class LinkStats:
         "losses",  # established connections that dropped
         "commands",  # valid commands passed to on_command (None for a cleared topic included)
         "rejected",  # malformed commands answered on the errors topic
+        "foreign",  # subscribe="kinds": commands for windows not served here, dropped
         "errors_published",
         "errors_dropped",  # errors that waited for a connection and were pushed out
         "errors_suppressed",  # errors held back by the rate limit (sent as summaries)
@@ -254,6 +271,7 @@ class MqttLink:
         on_delivered=None,
         on_connection=None,
         windows=(),
+        subscribe="windows",
         max_inflight=32,
         delivery="receipt",
         max_unconfirmed=2000,
@@ -291,6 +309,11 @@ class MqttLink:
             raise ValueError("max_inflight: 1-65535")
         if delivery not in ("receipt", "puback"):
             raise ValueError(f"delivery {delivery!r}: 'receipt' or 'puback'")
+        if subscribe not in SUBSCRIBE_MODES:
+            raise ValueError(f"subscribe {subscribe!r}: 'windows' (a topic per window and "
+                             f"kind) or 'kinds' (window/+/kind)")
+        self.subscribe = subscribe
+        self._old_topics_due = subscribe == "kinds"  # see the design note
         self.max_inflight = max_inflight  # PUBLISH packets on the wire without a PUBACK
         self.delivery = delivery
         # Events held until confirmed: by receipt, many more than are on the wire.
@@ -771,6 +794,10 @@ class MqttLink:
             # Everything in the window goes again, in feed order: what had no PUBACK on the
             # last connection, then what was fed since.
             self._resend_all_locked()
+        if self._old_topics_due and windows:
+            # Once per link: what a "windows" configuration left in the persistent session.
+            client.unsubscribe(sorted(self._window_topics(windows)))
+            self._old_topics_due = False
         self._subscribe(client, self._topics(windows))
         self._connected.set()
         log.info("mqtt: connected to %s as %s", url.url, self.client_id)
@@ -783,9 +810,17 @@ class MqttLink:
         log.warning("mqtt: lost %s: %s (%d events to re-send)", url.url, why, len(self._window))
         self._call(self.on_connection, False, url.url)
 
+    def _window_topics(self, windows):
+        return {commands.command_topic(self.site, w, k) for w in windows for k in commands.KINDS}
+
+    def _kind_topics(self):
+        return {commands.command_topic(self.site, "+", k) for k in commands.KINDS}
+
     def _topics(self, windows):
-        topics = {commands.command_topic(self.site, w, k)
-                  for w in windows for k in commands.KINDS}
+        if self.subscribe == "kinds":
+            topics = self._kind_topics() if windows else set()
+        else:
+            topics = self._window_topics(windows)
         if self.delivery == "receipt":
             topics |= {self.receipt_topic, self.central_status_topic}
         return topics
@@ -1015,12 +1050,14 @@ class MqttLink:
         if topic in self._dropped_topics:
             return  # a window we stopped serving; this one was already on its way
         served = self._windows
+        if window not in served and self.subscribe == "kinds":
+            self.stats.foreign += 1  # another gateway's window of this site: normal here
+            return
         if window not in served:
             # Only a subscription left in the persistent session by an earlier
-            # configuration brings these: drop it, and say so.
-            self._unsubscribe(
-                client, {commands.command_topic(self.site, window, k) for k in commands.KINDS}
-            )
+            # configuration brings these (per window, or "kinds" wildcards): drop it, and
+            # say so.
+            self._unsubscribe(client, self._window_topics([window]) | self._kind_topics())
             self._reject(
                 topic,
                 payload,
