@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "local_day", "utc_ts"]
+__all__ = ["Clock", "FakeClock", "ScaledClock", "SystemClock", "local_day", "utc_ts"]
 
 
 class Clock(Protocol):
@@ -34,6 +34,27 @@ class SystemClock:
 
     def now(self) -> float:
         return time.time()
+
+
+class ScaledClock:
+    """Hall time running `speed` times real time, from `start` at the real moment `real0`
+    (epoch seconds): ``start + (time.time() - real0) * speed``. Processes given the same
+    three numbers (a simulated city's central workers) share one hall clock without talking.
+
+    >>> c = ScaledClock(start=1_000.0, speed=60.0, real0=time.time())
+    >>> 1_000.0 <= c.now() < 1_000.0 + 60.0
+    True
+    """
+
+    def __init__(self, start: float, speed: float = 1.0, real0: float | None = None) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed {speed}: must be > 0")
+        self.start = float(start)
+        self.speed = float(speed)
+        self.real0 = time.time() if real0 is None else float(real0)
+
+    def now(self) -> float:
+        return self.start + (time.time() - self.real0) * self.speed
 
 
 class FakeClock:

@@ -2,13 +2,14 @@
 
 Design note
 -----------
-Operations: `CentralService(central, site, url).start()` connects and serves until
-`stop()`. Topics (protocols/MQTT.md): it subscribes ``window/+/event`` and
-``ticket/request`` (QoS 1); each event goes to `Central.handle_event`, each request to
-`Central.issue` (deduped by its ``id``, answered on ``ticket/issued``, or
-``ticket/refused``); it also takes a staff app's logins and logouts on ``staff/session``
-(answered on ``staff/session/result``); every desired
-payload that comes back is published retained, QoS 1, on ``window/{n}/{kind}``. The live
+Operations: `CentralService(central, site, urls).start()` connects and serves until
+`stop()`; `urls` is one broker URL or a list of them (the nodes of a cluster: on a lost
+connection, or a failed attempt, the next one is tried). Topics (protocols/MQTT.md): it
+subscribes ``window/+/event`` and ``ticket/request`` (QoS 1); each event goes to
+`Central.handle_event`, each request to `Central.issue` (deduped by its ``id``, answered on
+``ticket/issued``, or ``ticket/refused``); it also takes a staff app's logins and logouts on
+``staff/session`` (answered on ``staff/session/result``); every desired payload that comes
+back is published retained, QoS 1, on ``window/{n}/{kind}``. The live
 statistics go retained on ``central/stats`` every `stats_s`, wait alerts on
 ``central/alerts`` (a visitor past `warn_s`, then past the norm), the birth and the last will on
 ``central/status``; malformed input and rejected events are logged, counted (`counters`)
@@ -34,7 +35,23 @@ store), publishes the desired state and queues the receipts. A third thread runs
 `publish` is safe from any thread under `loop_start`. On every connection: subscriptions,
 then, once the broker has confirmed them (SUBACK), status online and `all_desired()`
 retained (converge a broker that lost its retained messages). Online only after the
-SUBACK, because gateways send their unconfirmed events again when they see it.
+SUBACK, because gateways send their unconfirmed events again when they see it; and only if
+it granted every subscription (a NATS node just after another died may refuse one: it is
+asked again, backing off from 0.25 to 5 s).
+Failover between URLs: one paho client for the service's life, pointed at the next URL by
+`connect_async(next host)` from `on_disconnect` and `on_connect_fail` (paho's loop thread
+then reconnects there after its backoff). Why not a fresh client per connection, as the
+gateway's link does: the central's client holds nothing of its own to re-send in order
+(events in are acked by the worker, not replayed), keeps its three threads instead of
+making new ones on every failover, and the session it resumes lives in the cluster, not the
+node, so re-sending its unacked publishes (desired state, receipts) to another node of the
+same cluster is what MQTT asks. The price: every URL has the same scheme (TLS is set once
+per paho client), checked at construction.
+Many sites in one process (central/city.py): `ticker=False` leaves out the third thread;
+the owner calls `tick_due()` of every service from one thread of its own instead.
+`stop(offline=False)` leaves without a word (a clean DISCONNECT: no last will either),
+for a worker that lost a site to another: its "offline" must not overwrite the new
+owner's "online".
 
 Example (needs a broker, so not a doctest)::
 
@@ -92,25 +109,41 @@ class CentralService:
     """`Central` wired to a broker. Counters in `counters` (events, duplicates, rejected,
     malformed, tickets, published, connects)."""
 
-    def __init__(self, central: Central, site: str, url: str, *,
+    def __init__(self, central: Central, site: str, urls: str | list[str], *,
                  client_id: str | None = None, tick_s: float = 1.0, stats_s: float = 5.0,
                  protocol: str = "5", keepalive: int = 30, username: str | None = None,
                  password: str | None = None, reconnect_min: float = 0.2,
                  reconnect_max: float = 3.0, version: str = "0.1.0",
                  ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, receipt_batch: int = 200,
-                 receipt_delay_s: float = 0.05) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker url {url!r}: mqtt://host[:port] or mqtts://host[:port]")
+                 receipt_delay_s: float = 0.05, ticker: bool = True) -> None:
+        if isinstance(urls, str):
+            urls = [urls]
+        self.brokers: list[tuple[str, str, int]] = []  # (url, host, port)
+        for url in urls:
+            parts = urlsplit(url)
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or port == -1:
+                raise ValueError(f"broker url {url!r}: mqtt://host[:port] or "
+                                 "mqtts://host[:port]")
+            self.brokers.append((url, parts.hostname,
+                                 port or (8883 if parts.scheme == "mqtts" else 1883)))
+        if not self.brokers:
+            raise ValueError("no broker url")
+        if len({u.split(":", 1)[0] for u, _, _ in self.brokers}) > 1:
+            raise ValueError(f"broker urls {list(urls)}: all mqtt:// or all mqtts://")
         if protocol not in ("5", "3.1.1"):
             raise ValueError(f"protocol {protocol!r}: '5' or '3.1.1'")
         self.central = central
         self.site = site
-        self.url = url
-        self.host = parts.hostname
-        self.tls = parts.scheme == "mqtts"
-        self.port = parts.port or (8883 if self.tls else 1883)
+        self.urls = [u for u, _, _ in self.brokers]
+        self._broker = 0  # index in self.brokers of the one connected or tried
+        self.tls = self.urls[0].startswith("mqtts://")
+        self.ticker = ticker
+        self._next_tick = self._next_stats = 0.0
         self.client_id = client_id or f"hallgate-central-{site}"
         self.tick_s = tick_s
         self.stats_s = stats_s
@@ -127,6 +160,9 @@ class CentralService:
         self._worker: threading.Thread | None = None
         self._messages: queue.SimpleQueue = queue.SimpleQueue()  # (topic, payload, mid, qos)
         self._sub_mid: int | None = None
+        self._connection = 0  # connections made (paho's thread): stale re-subscribes skip
+        self._sub_refusals = 0
+        self._sub_lock = threading.Lock()
         if not 1 <= receipt_batch <= MAX_IDS:
             raise ValueError(f"receipt_batch {receipt_batch}: 1-{MAX_IDS}")
         self.receipt_batch = receipt_batch
@@ -152,11 +188,25 @@ class CentralService:
                    qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         self.client = c
 
     # -- topics -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The broker connected to (or being tried)."""
+        return self.brokers[self._broker][0]
+
+    @property
+    def host(self) -> str:
+        return self.brokers[self._broker][1]
+
+    @property
+    def port(self) -> int:
+        return self.brokers[self._broker][2]
 
     def topic(self, rest: str) -> str:
         return f"{self.prefix}/{rest}"
@@ -173,35 +223,51 @@ class CentralService:
     def start(self) -> CentralService:
         if self._thread is not None:
             raise RuntimeError("CentralService already started")
-        props = None
+        self._connect_async()
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._ticker, name="hallgate-central-tick",
+                                        daemon=True)
+        if self.ticker:
+            self._thread.start()
+        self._worker = threading.Thread(target=self._work, name="hallgate-central-worker",
+                                        daemon=True)
+        self._worker.start()
+        return self
+
+    def _connect_async(self) -> None:
+        """Points paho at the current broker; its loop thread connects."""
         kw: dict[str, Any] = {}
         if self.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY
             kw = {"clean_start": False, "properties": props}
         self.client.connect_async(self.host, self.port, self.keepalive, **kw)
-        self.client.loop_start()
-        self._thread = threading.Thread(target=self._ticker, name="hallgate-central-tick",
-                                        daemon=True)
-        self._thread.start()
-        self._worker = threading.Thread(target=self._work, name="hallgate-central-worker",
-                                        daemon=True)
-        self._worker.start()
-        return self
 
-    def stop(self, timeout: float = 5.0) -> bool:
+    def _next_broker(self) -> None:
+        """paho's thread, after a lost connection or a failed attempt: the next URL."""
+        if len(self.brokers) > 1 and not self._stop.is_set():
+            self._broker = (self._broker + 1) % len(self.brokers)
+            self._connect_async()
+
+    def stop(self, timeout: float = 5.0, *, offline: bool = True) -> bool:
         """Publishes offline (waits for its PUBACK), disconnects, ends both threads, all
-        within about `timeout` s. True if the offline status was acknowledged."""
+        within about `timeout` s. True if the offline status was acknowledged.
+        `offline=False`: a silent clean disconnect (no status, no will), and the messages
+        queued but not committed are left to the broker (not acked: redelivered to the
+        site's next owner)."""
         if self._thread is None:
             return False
         deadline = time.monotonic() + timeout
         self._stop.set()
-        self._thread.join(max(0.1, timeout / 4))
+        if self._thread.is_alive():
+            self._thread.join(max(0.1, timeout / 4))
         if self._worker is not None:
+            if not offline:
+                self._drop_queued()
             self._messages.put(None)  # wakes the worker: it commits, acks, receipts, ends
             self._worker.join(max(0.1, timeout / 4))
         acked = False
-        if self.connected:
+        if self.connected and offline:
             info = self.client.publish(self.topic("central/status"),
                                        self._status("offline", "stopped"), qos=1, retain=True)
             try:
@@ -214,6 +280,13 @@ class CentralService:
         self.client.loop_stop()
         self._thread = None
         return acked
+
+    def _drop_queued(self) -> None:
+        while True:
+            try:
+                self._messages.get_nowait()
+            except queue.Empty:
+                return
 
     def __enter__(self) -> CentralService:
         return self.start()
@@ -260,16 +333,37 @@ class CentralService:
         self.counters["connects"] += 1
         log.info("central: connected to %s (session present: %s)", self.url,
                  flags.session_present)
-        _, self._sub_mid = client.subscribe([(self.topic("window/+/event"), 1),
-                                             (self.topic("ticket/request"), 1),
-                                             (self.topic("staff/session"), 1)])
+        self._connection += 1
+        self._subscribe(self._connection)
+
+    def _subscribe(self, connection: int) -> None:
+        """Our subscriptions, on connection number `connection` (nothing if it is gone)."""
+        if connection != self._connection or self._stop.is_set():
+            return
+        with self._sub_lock:  # the SUBACK must find its mid (a timer's call races paho's)
+            _, self._sub_mid = self.client.subscribe([(self.topic("window/+/event"), 1),
+                                                      (self.topic("ticket/request"), 1),
+                                                      (self.topic("staff/session"), 1)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if mid != self._sub_mid:
+        with self._sub_lock:
+            if mid != self._sub_mid:
+                return
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            # Not subscribed: not online either (gateways would send into the void).
+            # Seen on a NATS cluster just after a node died: its JetStream consumer for
+            # the subscription could not be made yet. Asked again, backing off to 5 s.
+            self.counters["subscriptions_refused"] += 1
+            delay = min(5.0, 0.25 * 2 ** min(self._sub_refusals, 5))
+            self._sub_refusals += 1
+            log.error("central: the broker refused a subscription (%s); again in %.1f s",
+                      refused[0], delay)
+            timer = threading.Timer(delay, self._subscribe, (self._connection,))
+            timer.daemon = True
+            timer.start()
             return
-        for code in reason_codes:
-            if code.is_failure:
-                log.error("central: the broker refused a subscription: %s", code)
+        self._sub_refusals = 0
         # Now subscribed: gateways that see this send their unconfirmed events again.
         client.publish(self.topic("central/status"), self._status("online"), qos=1,
                        retain=True)
@@ -285,6 +379,11 @@ class CentralService:
         if self._connected.is_set():
             log.warning("central: lost the broker %s: %s", self.url, reason_code)
         self._connected.clear()
+        self._next_broker()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        log.info("central: no connection to %s", self.url)
+        self._next_broker()
 
     def _on_message(self, client, userdata, msg) -> None:
         # paho's thread: only queue it (acknowledged by the worker, after the commit)
@@ -447,21 +546,28 @@ class CentralService:
     # -- our thread -------------------------------------------------------------------------
 
     def _ticker(self) -> None:
-        next_tick = next_stats = time.monotonic()
         while not self._stop.wait(min(self.tick_s, self.stats_s)):
-            try:
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + self.tick_s
-                    with self.lock:
-                        desired, alerts = self.central.tick()
-                        self._publish_desired(desired)
-                    for alert in alerts:
-                        self.counters["alerts"] += 1
-                        self._publish(self.topic("central/alerts"),
-                                      {"ts": utc_ts(), **alert}, retain=False)
-                if self.connected and time.monotonic() >= next_stats:
-                    next_stats = time.monotonic() + self.stats_s
-                    self.publish_stats()
-            except Exception:
-                self.counters["internal_errors"] += 1
-                log.exception("central: tick")
+            self.tick_due()
+
+    def tick_due(self) -> None:
+        """`Central.tick` if `tick_s` has passed since the last, the stats if `stats_s`
+        has: what the ticker thread runs, or the owner of many services (`ticker=False`)
+        from one thread of its own. Never raises."""
+        if self._stop.is_set():
+            return
+        try:
+            if time.monotonic() >= self._next_tick:
+                self._next_tick = time.monotonic() + self.tick_s
+                with self.lock:
+                    desired, alerts = self.central.tick()
+                    self._publish_desired(desired)
+                for alert in alerts:
+                    self.counters["alerts"] += 1
+                    self._publish(self.topic("central/alerts"),
+                                  {"ts": utc_ts(), **alert}, retain=False)
+            if self.connected and time.monotonic() >= self._next_stats:
+                self._next_stats = time.monotonic() + self.stats_s
+                self.publish_stats()
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("central: tick")

@@ -7,6 +7,9 @@ One step: `handle_event` and `issue` (apply, then commit). Group commits, as the
 wiring (central/mqtt.py) does them: `apply_event` / `apply_issue` for each message of a
 batch, then one `commit` for all of them; `tick` every second or so; `all_desired` on
 every connection.
+The store is SQLite (central/store.py) unless one is given: the city's workers pass a
+`PgStore` (central/pgstore.py) on the connection that holds the site's lock, and
+`open_store` picks one by its name (a ``postgresql://`` URL or a file).
 """
 
 from __future__ import annotations
@@ -18,23 +21,45 @@ from typing import Any
 from .clock import Clock, SystemClock, local_day
 from .queue import Desired, Outcome, Queue, QueueConfig, Ticket
 from .stats import day_stats, live_stats
-from .store import Store
+from .store import Store, StoreBase
 
-__all__ = ["Central"]
+__all__ = ["Central", "open_store"]
+
+
+def open_store(db: str | Path, site: str | None = None) -> StoreBase:
+    """A SQLite `Store` for a path; a `PgStore` (the city's) for a ``postgresql://`` or
+    ``postgres://`` URL, which needs the `site` its rows are keyed by."""
+    if isinstance(db, str) and db.startswith(("postgresql://", "postgres://")):
+        if not site:
+            raise ValueError("a PostgreSQL store needs the site its rows belong to")
+        from .pgstore import PgStore  # psycopg: only for the city
+
+        return PgStore(db, site)
+    return Store(db)
 
 
 class Central:
     """`dedupe_days`: how many days event ids are remembered, so that an event sent again
     that long after it was committed (its receipt lost, its gateway away) is still taken
     for a duplicate. A gateway re-sends on every reconnect, so days cover any outage a
-    hall would not notice."""
+    hall would not notice.
+    `db`: a SQLite file or a ``postgresql://`` URL (`open_store`, with `site`); or None
+    with `store` given (a city worker's `PgStore` on its locked connection). `close` closes
+    the store (a `PgStore` given a connection leaves that connection to its owner)."""
 
-    def __init__(self, config: QueueConfig, db: str | Path, clock: Clock | None = None,
-                 dedupe_days: int = 14) -> None:
+    def __init__(self, config: QueueConfig, db: str | Path | None, clock: Clock | None = None,
+                 dedupe_days: int = 14, *, store: StoreBase | None = None,
+                 site: str | None = None) -> None:
         self.clock = clock or SystemClock()
         self.config = config
         self.dedupe_days = dedupe_days
-        self.store = Store(db)
+        if store is None:
+            if db is None:
+                raise ValueError("Central: give a database (db) or a store")
+            store = open_store(db, site)
+        elif db is not None:
+            raise ValueError("Central: give a database (db) or a store, not both")
+        self.store = store
         self._load()
         self.store.save(self.queue)
         self.queue.take_desired()

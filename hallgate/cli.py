@@ -239,6 +239,42 @@ def cmd_central_run(args):
     return 0
 
 
+def cmd_central_worker(args):
+    """One of the city's central workers (central/city.py) until SIGTERM or SIGINT: it takes
+    its share of the city file's sites, and a dead worker's; one JSON line per change of
+    ownership on stdout. Exit 2 on a bad city file."""
+    import signal
+    import threading
+
+    from hallgate.central.city import CityConfigError, CityWorker, load_city
+    from hallgate.central.clock import ScaledClock
+
+    try:
+        city = load_city(args.city)
+    except CityConfigError as e:
+        print(f"hallgate central worker: {e}", file=sys.stderr)
+        return 2
+    clock = None
+    if args.clock_start is not None or args.clock_speed is not None:
+        clock = ScaledClock(args.clock_start if args.clock_start is not None else time.time(),
+                            args.clock_speed or 1.0, args.clock_real0)
+    try:
+        worker = CityWorker(city, args.name, clock=clock, poll_s=args.poll,
+                            version=__version__)
+    except (ValueError, RuntimeError) as e:  # a bad name, no psycopg
+        print(f"hallgate central worker: {e}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        worker.run(done)
+    except RuntimeError as e:  # another worker of that name
+        print(f"hallgate central worker: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_central_report(args):
     """A day's figures from the store (the service may be running)."""
     from hallgate.central.clock import local_day
@@ -297,6 +333,70 @@ def cmd_central_report(args):
                   f"{g['misuse']:>6}" + (f"  {g['sessions']} session(s), logged in "
                                           f"{g['logged_in_s'] / 3600:.1f} h"
                                           if title == "operator" else ""))
+    return 0
+
+
+def cmd_central_overview(args):
+    """The city overview (central/overview.py) until SIGTERM or SIGINT: every centre's
+    central/stats and central/status in, city/v1/{city}/overview out; with --http, the
+    city page too (hallgate/web/citypage.py: it reads that topic, publishes nothing)."""
+    import signal
+    import threading
+
+    from hallgate.central.overview import OverviewService
+
+    if not args.verbose:  # a service: its connections are logged, as `central run`'s
+        logging.getLogger().setLevel(logging.INFO)
+    password = None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except OSError as e:
+            print(f"hallgate central overview: --password-file: {e}", file=sys.stderr)
+            return 1
+    mqtt = {"protocol": args.protocol, "username": args.username, "password": password,
+            "ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    try:
+        svc = OverviewService(args.city, args.broker, sites=args.site or None,
+                              period_s=args.period, **mqtt)
+    except ValueError as e:
+        print(f"hallgate central overview: {e}", file=sys.stderr)
+        return 2
+    pages = None
+    if args.http:
+        from hallgate.web.citypage import CityPages  # the web stack: only when asked
+
+        try:
+            pages = CityPages(args.city, args.broker, *args.http, manager=args.manager_url,
+                              **{k: v for k, v in mqtt.items() if k != "cert_file"
+                                 and k != "key_file"},
+                              cert_file=args.http_cert or args.cert_file,
+                              key_file=args.http_key or args.key_file)
+        except ValueError as e:
+            print(f"hallgate central overview: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # the port is taken, or the address is not this machine's
+            print(f"hallgate central overview: --http {args.http[0]}:{args.http[1]}: {e}",
+                  file=sys.stderr)
+            return 1
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    svc.start()
+    logging.getLogger("hallgate.central").info("overview of %s: %s -> %s", args.city,
+                                               ", ".join(args.broker), svc.topic)
+    if pages is not None:
+        try:
+            pages.start()
+        except RuntimeError as e:  # uvicorn could not start: said, then a clean stop
+            print(f"hallgate central overview: the city page: {e}", file=sys.stderr)
+            svc.stop()
+            return 1
+        logging.getLogger("hallgate.central").info("city page: %s", pages.url)
+    done.wait()
+    if pages is not None:
+        pages.stop()
+    svc.stop()
     return 0
 
 
@@ -531,6 +631,54 @@ def build_parser():
     p.add_argument("--day", help="YYYY-MM-DD (default: today in the config's zone)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=cmd_central_report)
+    p = central_sub.add_parser("worker", help="one of the city's central workers: serve a "
+                               "share of the city file's sites (PostgreSQL, many brokers)")
+    p.add_argument("--city", required=True, metavar="TOML",
+                   help="the city file (format: central/city.py)")
+    p.add_argument("--name", required=True, help="this worker's name, unique in the city")
+    p.add_argument("--poll", type=float, default=0.5, metavar="S",
+                   help="seconds between ownership rounds (default 0.5)")
+    p.add_argument("--clock-start", type=float, metavar="EPOCH",
+                   help="hall time at --clock-real0 (default: the system clock)")
+    p.add_argument("--clock-speed", type=float, metavar="X",
+                   help="hall seconds per real second (default 1)")
+    p.add_argument("--clock-real0", type=float, metavar="EPOCH",
+                   help="the real time hall time was --clock-start (default: now)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines (stderr) as text or one JSON object per line")
+    p.set_defaults(func=cmd_central_worker)
+    p = central_sub.add_parser(
+        "overview", help="the city overview: every centre's figures on one retained topic",
+        description="Reads every centre's retained central/stats and central/status "
+        "(hall/v1/+/central/...) and publishes the city's figures per centre and in all, "
+        "retained, on city/v1/CITY/overview when they change (protocols/MQTT.md section "
+        "10); fails over between the --broker URLs (a cluster's nodes). One per city.")
+    p.add_argument("--city", required=True, help="the city's name (a topic level), e.g. "
+                   "moscow")
+    p.add_argument("--broker", required=True, action="append", metavar="URL",
+                   help="mqtt://host[:port] or mqtts://; again for each node of a cluster")
+    p.add_argument("--protocol", choices=("3.1.1", "5"), default="3.1.1",
+                   help="MQTT version (default 3.1.1: what NATS speaks)")
+    p.add_argument("--site", action="append", metavar="NAME", help="a centre of the city "
+                   "(again for each): listed before it publishes, and only these taken "
+                   "(default: every site on the brokers)")
+    p.add_argument("--period", type=float, default=5.0, metavar="S",
+                   help="seconds between looks for a change (default 5)")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", metavar="PATH", help="its password, in a file")
+    p.add_argument("--ca-file", metavar="PEM", help="mqtts://: the brokers' CA")
+    p.add_argument("--cert-file", metavar="PEM", help="mqtts://: this client's certificate")
+    p.add_argument("--key-file", metavar="PEM", help="its private key")
+    p.add_argument("--http", type=http_arg, metavar="HOST:PORT",
+                   help="also serve the city page (/city) here, e.g. 0.0.0.0:8081; it reads "
+                   "the overview topic and changes nothing")
+    p.add_argument("--http-cert", metavar="PEM", help="with --http on mqtts://: the page's "
+                   "read-only (monitoring) certificate (default: --cert-file)")
+    p.add_argument("--http-key", metavar="PEM", help="its private key")
+    p.add_argument("--manager-url", metavar="TEMPLATE", help="with --http: each centre's "
+                   "manager's view, {site} standing for its name, e.g. "
+                   "http://{site}.halls.example:8080/ (the centre's name links to it)")
+    p.set_defaults(func=cmd_central_overview)
 
     add_sim_parser(sub)
 
@@ -589,7 +737,8 @@ def main(argv=None):
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    daemon = (args.command == "run" or getattr(args, "central_command", None) == "run"
+    daemon = (args.command == "run"
+              or getattr(args, "central_command", None) in ("run", "worker")
               or getattr(args, "sim_command", None) == "gateway")
     level = logging.DEBUG if args.verbose else logging.INFO if daemon else logging.WARNING
     logging.basicConfig(level=level, handlers=[handler])
