@@ -100,7 +100,7 @@ from urllib.parse import urlsplit
 from .clock import Clock, SystemClock, utc_ts
 from .config import CentralConfig, ConfigError, load_config_dict
 
-__all__ = ["City", "CityConfigError", "CitySite", "CityWorker", "load_city"]
+__all__ = ["City", "CityConfigError", "CitySite", "CityWorker", "OverviewLead", "load_city"]
 
 log = logging.getLogger(__name__)
 
@@ -640,6 +640,28 @@ class CityWorker:
         if self.leader:
             self._set_leader(False)
         self._event(None, None, "stopped")
+
+
+class OverviewLead:
+    """A worker's `lead_hook`: the city overview (central/overview.py) runs in the worker
+    that holds the city's overview lock, so there is exactly one per city and it moves
+    with the lock when that worker dies."""
+
+    def __init__(self, city: City) -> None:
+        self.city = city
+        self.service: Any = None
+
+    def __call__(self, on: bool) -> None:
+        from .overview import OverviewService
+
+        if on and self.service is None:
+            c = self.city
+            self.service = OverviewService(
+                c.name, c.brokers, protocol=c.protocol, sites=[s.name for s in c.sites],
+                username=c.username, password=c.password, **c.tls_options()).start()
+        elif not on and self.service is not None:
+            self.service.stop()
+            self.service = None
 
 
 def _pid() -> int:

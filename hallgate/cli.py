@@ -246,7 +246,7 @@ def cmd_central_worker(args):
     import signal
     import threading
 
-    from hallgate.central.city import CityConfigError, CityWorker, load_city
+    from hallgate.central.city import CityConfigError, CityWorker, OverviewLead, load_city
     from hallgate.central.clock import ScaledClock
 
     try:
@@ -260,7 +260,8 @@ def cmd_central_worker(args):
                             args.clock_speed or 1.0, args.clock_real0)
     try:
         worker = CityWorker(city, args.name, clock=clock, poll_s=args.poll,
-                            version=__version__)
+                            version=__version__,
+                            lead_hook=None if args.no_overview else OverviewLead(city))
     except (ValueError, RuntimeError) as e:  # a bad name, no psycopg
         print(f"hallgate central worker: {e}", file=sys.stderr)
         return 2
@@ -646,6 +647,9 @@ def build_parser():
                    help="the real time hall time was --clock-start (default: now)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="log lines (stderr) as text or one JSON object per line")
+    p.add_argument("--no-overview", action="store_true",
+                   help="never run the city overview here (by default the worker holding the "
+                        "city's overview lock publishes city/v1/CITY/overview)")
     p.set_defaults(func=cmd_central_worker)
     p = central_sub.add_parser(
         "overview", help="the city overview: every centre's figures on one retained topic",

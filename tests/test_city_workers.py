@@ -98,6 +98,12 @@ class Worker:
                 (now.add if e["owned"] else now.discard)(e["site"])
         return now
 
+    def leads(self):
+        """Whether it runs the city overview now (its last overview line says so)."""
+        said = [e["reason"] for e in list(self.lines)
+                if "site" not in e and e["reason"].startswith("overview-")]
+        return bool(said) and said[-1] == "overview-lead"
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -107,6 +113,29 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+
+
+class OverviewReader:
+    """Every city overview published, with the (real) time it came."""
+
+    def __init__(self, url, city, protocol):
+        host, port = url.split("://", 1)[1].rsplit(":", 1)
+        self.seen = []
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"overview-reader-{city}",
+                        protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311)
+        c.on_connect = lambda c, *_: c.subscribe(f"city/v1/{city}/overview", 1)
+        c.on_message = lambda c, u, m: self.seen.append((time.time(), json.loads(m.payload)))
+        c.connect(host, int(port))
+        c.loop_start()
+        self.client = c
+
+    def after(self, t, sites):
+        return any(at > t and {s for s, f in o["centres"].items() if f.get("online")} == sites
+                   for at, o in list(self.seen))
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def run_city_with_kills(tmp_path, pg, urls, *, n_sites, n_workers, per_site, kills,
@@ -122,6 +151,7 @@ def run_city_with_kills(tmp_path, pg, urls, *, n_sites, n_workers, per_site, kil
     workers = [Worker(city, f"w{k + 1}") for k in range(n_workers)]
     share = -(-n_sites // n_workers)
     links = []
+    overviews = OverviewReader(urls[0], tmp_path.name, protocol)
     try:
         wait_for(lambda: sorted(len(w.owned()) for w in workers)[-1] <= share
                  and sum(len(w.owned()) for w in workers) == n_sites, settle_s,
@@ -163,7 +193,15 @@ def run_city_with_kills(tmp_path, pg, urls, *, n_sites, n_workers, per_site, kil
         counts = journal(pg.dsn, sites)
         assert set(counts) == set(sent)  # 0 lost
         assert {n for n in counts.values()} == {1}  # 0 counted twice
+        # One worker leads the city overview; after the kills it still comes, every centre
+        # in it and online (from the leader that was killed, or a new one).
+        alive = [w for w in workers if w.proc.poll() is None]
+        assert sum(w.leads() for w in alive) == 1, [w.lines for w in workers]
+        last_kill = killed[-1][0]
+        wait_for(lambda: overviews.after(last_kill, set(sites)), 30,
+                 "a city overview after the kills with every centre online")
     finally:
+        overviews.close()
         for link in links:
             link.stop(timeout=2)
         for w in workers:
