@@ -207,6 +207,7 @@ class LinkStats:
         "commands",  # valid commands passed to on_command (None for a cleared topic included)
         "rejected",  # malformed commands answered on the errors topic
         "foreign",  # subscribe="kinds": commands for windows not served here, dropped
+        "subscribe_refused",  # subscriptions the broker refused (each asked again)
         "errors_published",
         "errors_dropped",  # errors that waited for a connection and were pushed out
         "errors_suppressed",  # errors held back by the rate limit (sent as summaries)
@@ -375,6 +376,7 @@ class MqttLink:
         self._sub_mids = {}  # mid -> topics of a SUBSCRIBE on this connection
         self._subscribed = set()
         self._dropped_topics = set()  # unsubscribed on purpose: late messages are dropped
+        self._refused = {}  # topic -> (when to ask again, refusals in a row), this connection
         self._offline_mid = None
         self._timeouts_checked = 0.0  # monotonic time of the last receipt-timeout scan
         self._summaries_checked = 0.0  # ... of the last look for error summaries
@@ -688,6 +690,7 @@ class MqttLink:
         self._sub_mids.clear()
         self._subscribed.clear()
         self._dropped_topics.clear()
+        self._refused.clear()
         self._offline_mid = None
         self._paho_error = None
         self._url = url
@@ -887,6 +890,8 @@ class MqttLink:
             want = self._topics(windows)
             self._unsubscribe(client, self._subscribed - want)
             self._subscribe(client, want - self._subscribed)
+        if self._refused and self.connected:
+            self._subscribe_refused_again(client)
         if self._inbox:
             inbox, self._inbox = self._inbox, []
             for topic, payload in inbox:
@@ -1034,12 +1039,34 @@ class MqttLink:
                      "sent again", self.central[1], n)
 
     def _take_subacks(self):
+        """A refused subscription is asked for again, 0.25 s doubling to 5 s: a clustered
+        broker refuses them for a few seconds after a node dies (NATS, while its streams
+        elect a leader), and without it the gateway would get no desired state until its
+        next connection."""
         subacks, self._suback = self._suback, []
+        now = time.monotonic()
         for mid, codes in subacks:
             topics = self._sub_mids.pop(mid, [])
             for topic, code in zip(topics, codes, strict=False):
                 if code.is_failure:
-                    self.publish_error("subscribe-refused", f"broker said {code}", topic=topic)
+                    self.stats.subscribe_refused += 1
+                    self.publish_error("subscribe-refused", f"broker said {code}; asked again",
+                                       topic=topic)
+                    self._subscribed.discard(topic)
+                    _, n = self._refused.get(topic, (0.0, 0))
+                    self._refused[topic] = (now + min(5.0, 0.25 * 2 ** n), n + 1)
+                else:
+                    self._refused.pop(topic, None)
+
+    def _subscribe_refused_again(self, client):
+        now = time.monotonic()
+        due = {t for t, (at, _) in self._refused.items() if at <= now}
+        due -= self._dropped_topics  # a window no longer served meanwhile
+        if due:
+            for topic in due:
+                at, n = self._refused[topic]
+                self._refused[topic] = (float("inf"), n)  # until its SUBACK
+            self._subscribe(client, due)
 
     def _take_command(self, client, topic, payload):
         where = commands.parse_topic(self.site, topic)

@@ -588,3 +588,36 @@ def test_tls_failure_is_reported_and_retried(broker, tmp_path, make_link):
     wait_for(lambda: link.stats.connect_failures >= 2, what="TLS failures, retried")
     assert not link.connected
     assert link.last_error and f"127.0.0.1:{broker.port}" in link.last_error
+
+
+def test_a_refused_subscription_is_asked_again(broker, witness):
+    """A clustered broker refuses subscriptions for a few seconds after a node dies (NATS:
+    SUBACK 0x80 while its streams elect a leader). The link's first SUBACK is turned into
+    refusals here (mosquitto itself refuses none): the link says so on its errors topic and
+    subscribes those topics again, until they are granted."""
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    link = MqttLink(SITE, GW, [broker.url], windows=[4], delivery="puback", subscribe="kinds")
+    subacks = []  # (mid, topics, granted) as the link's paho callback got them
+    real = link._paho_subscribe
+
+    def first_refused(client, userdata, mid, codes, props):
+        if not subacks:
+            codes = [ReasonCode(PacketTypes.SUBACK, identifier=0x80) for _ in codes]
+        subacks.append((mid, tuple(link._sub_mids.get(mid, ())),
+                        not any(c.is_failure for c in codes)))
+        real(client, userdata, mid, codes, props)
+
+    link._paho_subscribe = first_refused  # read when the link makes its paho client
+    link.start()
+    try:
+        wait_for(lambda: len(subacks) >= 2 and subacks[-1][2], 10, "asked again, granted")
+        refused_topics, again = set(subacks[0][1]), set(subacks[1][1])
+        assert {f"hall/v1/{SITE}/window/+/{k}" for k in ("display", "panel", "vote")} \
+            <= refused_topics == again
+        assert link.stats.subscribe_refused == len(refused_topics)
+        wait_for(lambda: not link._refused, 5, "nothing left to ask for")
+        wait_for(lambda: any("asked again" in e.get("reason", "")
+                             for e in witness.json(ERRORS)), 5, "the refusal reported")
+    finally:
+        link.stop(timeout=2)
