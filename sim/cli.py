@@ -83,6 +83,43 @@ def add_sim_parser(sub):
     p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
     p.add_argument("--workdir", help="keep its files here (default: a temporary folder)")
     p.set_defaults(func=cmd_sim_lab)
+    p = sim_sub.add_parser(
+        "city", help="a city day: many centres' gateways (outbox + MQTT link, no firmware) "
+        "and one real hall on a 3-node NATS cluster, central workers on PostgreSQL; a "
+        "broker node and a worker SIGKILLed mid-day; the day balanced at the end",
+        description="A city day (issue 14). The report names lost and counted_twice "
+        "(events), the kills and the take-over times; exit 0 when the day finished with "
+        "every visitor ended, 0 lost and 0 counted twice.")
+    p.add_argument("--centres", type=int, default=96, help="centres (default 96)")
+    p.add_argument("--visitors", type=int, default=40000,
+                   help="visitors of the whole city (default 40000)")
+    p.add_argument("--duration", type=_duration_hours, default=10.0, metavar="HOURS",
+                   help="opening hours, simulated (default 10h)")
+    p.add_argument("--speed", type=float, default=80.0, help="hall seconds per real second "
+                   "(default 80: 10 h in 7.5 min); the chain's latency counts as hall time")
+    p.add_argument("--seed", type=int, default=1, help="seed of the day's plans")
+    p.add_argument("--fleets", type=int, default=2, help="processes running the centres' "
+                   "gateways and people (default 2)")
+    p.add_argument("--workers", type=int, default=3, help="central workers (default 3)")
+    p.add_argument("--kill-node-at", type=_fraction, default=0.3, metavar="FRACTION",
+                   help="SIGKILL a broker node at this fraction of the day (default 0.3; "
+                   "none: no kill)")
+    p.add_argument("--kill-worker-at", type=_fraction, default=0.6, metavar="FRACTION",
+                   help="SIGKILL a central worker then (default 0.6; none: no kill)")
+    p.add_argument("--node-down", type=float, default=15.0, metavar="SECONDS",
+                   help="real seconds before the killed node restarts (default 15)")
+    p.add_argument("--hall-windows", type=int, default=4, help="windows of the real hall "
+                   "with firmware (default 4; 0: none)")
+    p.add_argument("--limit", type=float, metavar="SECONDS", help="give the day up after "
+                   "this many real seconds (default: 2.5 times the day at --speed, + 2 min)")
+    p.add_argument("--broker", choices=("nats", "mosquitto"), default="nats",
+                   help="nats: a 3-node cluster (default); mosquitto: one broker, no node kill")
+    p.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
+                   help="postgres (default), or a SQLite file per site")
+    p.add_argument("--workdir", help="keep the configs, databases and logs here "
+                   "(default: a temporary folder, removed at the end)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_sim_city)
     return sim_p
 
 
@@ -119,6 +156,84 @@ def _speed(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: more than 0, or max")
     return value
+
+
+def _fraction(text):
+    """``--kill-*-at``: a fraction of the day (0-1), or none."""
+    if text == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fraction of the day, or none") \
+            from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 1")
+    return value
+
+
+def cmd_sim_city(args):
+    """A city day: brokers, database, workers, fleets, a real hall; the balance."""
+    import time
+
+    from hallgate.sim import SimError
+    from hallgate.sim.cityplan import CityOptions
+
+    try:
+        options = CityOptions(
+            centres=args.centres, visitors=args.visitors, hours=args.duration,
+            speed=args.speed, seed=args.seed, fleets=args.fleets, workers=args.workers,
+            kill_node_at=args.kill_node_at if args.broker == "nats" else None,
+            node_down_s=args.node_down, kill_worker_at=args.kill_worker_at,
+            hall_windows=args.hall_windows, real_limit_s=args.limit)
+    except ValueError as e:
+        print(f"hallgate sim city: {e}", file=sys.stderr)
+        return 2
+    import signal
+
+    from hallgate.sim.city import City, city_text
+
+    def terminate(*_):  # SIGTERM: stop every part it started, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.ERROR)
+    out = sys.stderr if args.json else sys.stdout
+    with tempfile.TemporaryDirectory(prefix="hallgate-city-") as tmp:
+        city = City(options, args.workdir or tmp, broker=args.broker, database=args.database)
+        last = [0.0]
+
+        def progress(c):  # a line every 5 s: a log as much as a view
+            if time.monotonic() - last[0] < 5:
+                return
+            last[0] = time.monotonic()
+            s = c.status()
+            print(f"[{s['hall_h']:5.2f} h] issued {s['issued']}/{s['visitors']}, ended "
+                  f"{s['ended']}, events {s['events']} ({s['waiting']} in outboxes), links "
+                  f"{s['connected']}/{s['gateways']}"
+                  + (f", real hall at {s['hall']} h" if s["hall"] is not None else "")
+                  + (f", killed: {', '.join(s['kills'])}"
+                                                         if s["kills"] else ""),
+                  file=out, flush=True)
+
+        try:
+            city.start(say=lambda text: print(text + "...", file=out, flush=True))
+            report = city.run_day(progress)
+        except SimError as e:
+            print(f"hallgate sim city: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            city.close()
+    if args.json:
+        print(json.dumps(report, indent=1), flush=True)
+    else:
+        print(city_text(report), flush=True)
+    ok = report["finished"] and report["every_visitor_ended"] and not report["lost"] and (
+        not report["counted_twice"])
+    return 0 if ok else 1
 
 
 def cmd_sim_bus(args):
