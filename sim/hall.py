@@ -155,6 +155,7 @@ class Hall:
         self.observer = None
         self.lab = None  # sim/lab.py, with Options.lab
         self.pages = None  # hallgate.web.hallpages.HallPages, with Options.http
+        self.gateway_urls = None  # the gateways' broker URLs, if not the hall's one
         self.lock = threading.Lock()
         self.requests = {}  # request id -> visitor
         self.kiosk_done = threading.Event()
@@ -225,7 +226,8 @@ class Hall:
                 raise SimError(f"the pages on {opts.http[0]}:{opts.http[1]}: {e}") from None
         for g, hub in zip(self.layout, self.hubs, strict=True):
             config = gateway_config(
-                self.dir / f"{g.id}.toml", self.site, g, broker_url=url, protocol=protocol,
+                self.dir / f"{g.id}.toml", self.site, g,
+                broker_url=self.gateway_urls or url, protocol=protocol,
                 bus_path=hub.master_path, baud=opts.baud,
                 outbox=self.dir / f"{g.id}.outbox.sqlite",
                 public_key=self.lab.public if self.lab else None)
@@ -250,8 +252,15 @@ class Hall:
         1 s double-click lockout would swallow deliberate presses."""
         return {"lockout_ms": 10, "long_ms": 100}
 
+    def central_store(self):
+        """The central's store: None for its SQLite file `db` (sim/cityhall.py: the city's
+        PostgreSQL)."""
+        return None
+
     def start_central(self):
-        self.central = Central(self.queue_config, self.db, self.clock)
+        store = self.central_store()
+        self.central = Central(self.queue_config, None if store else self.db, self.clock,
+                               store=store)
         self.service = CentralService(self.central, self.site, self.url,
                                       protocol=self.protocol, tick_s=0.1, stats_s=0.5,
                                       client_id=f"hallgate-sim-central-{self.site}").start()

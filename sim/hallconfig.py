@@ -174,7 +174,10 @@ def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, ou
                    public_key=None):
     """Write the hall config of gateway `plan` of `site` to `path`: its bus with a panel
     and a display per window (and a feedback pad past the GPIO pairs), its windows' like /
-    dislike pins on the GPIO; `public_key`: updates over the bus signed with its pair."""
+    dislike pins on the GPIO; `broker_url`: a URL, or a list of them (a cluster's nodes, in
+    failover order); `public_key`: updates over the bus signed with its pair."""
+    urls = ", ".join(f'"{u}"' for u in ([broker_url] if isinstance(broker_url, str)
+                                         else broker_url))
     devices = [f'\n  [[buses.devices]]\n  address = {a}\n  role = "{role}"\n  window = {n}\n'
                for _, a, role, n in plan.devices()]
     windows = []
@@ -192,7 +195,7 @@ site = "{site}"
 id = "{plan.id}"
 
 [mqtt]
-urls = ["{broker_url}"]
+urls = [{urls}]
 protocol = "{protocol}"
 
 [outbox]
