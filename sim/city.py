@@ -414,8 +414,14 @@ class City:
             time.sleep(0.2)
         db = self._database_counts(sites)
         hall = self.hall_result.get("report")
-        if self.hall is not None:  # the real hall's ids: what the witness saw of it
-            ids[HALL_SITE] = set(self.witness.ids[HALL_SITE])
+        # The real hall's daemons keep no ids once delivered: counted, not named. Made:
+        # what its outboxes took; lost: made, minus still held, minus the journal's ids.
+        hall_made = hall_lost = 0
+        if self.hall is not None:
+            box = self.hall.outbox_counts()
+            hall_made = box["added"]
+            hall_lost = max(0, box["added"] - box["depth"]
+                            - len(db["ids"].get(HALL_SITE, ())))
         held = collections.defaultdict(set)  # still in an outbox at the end: not lost
         for r in fleets:
             for site, got in r.get("held", {}).items():
@@ -434,7 +440,7 @@ class City:
         per_10s = collections.Counter()
         for r in fleets:
             per_10s.update({int(k): n for k, n in r["delivered_per_10s"].items()})
-        events = sum(len(v) for v in ids.values())  # the real hall's included
+        events = sum(len(v) for v in ids.values()) + hall_made
         people = collections.Counter()
         for c in centres.values():
             people.update({k: c[k] for k in ("visitors", "issued", "served", "noshow",
@@ -461,7 +467,7 @@ class City:
             "events_per_s": round(events / day_real_s, 1) if day_real_s else None,
             "events_per_s_peak_10s": round(max(per_10s.values(), default=0) / 10, 1),
             "press_to_receipt_ms": _percentiles(latency),
-            "lost": sum(len(v) for v in lost_db.values()),
+            "lost": sum(len(v) for v in lost_db.values()) + hall_lost,
             "lost_at_witness": sum(lost_witness.values()),
             "lost_ids": {s: v[:20] for s, v in lost_db.items() if v},
             "held_in_outboxes": sum(len(v) for v in held.values()),
@@ -509,10 +515,13 @@ class City:
                 took = self.witness.takeovers(at, self.sites, window_s=60.0)
                 back = [v for v in took.values() if v is not None]
                 owned = self._ownership(k["what"].split()[-1], at)
+                again = [v for v in owned.values() if v is not None]
                 k.update(sites=len(took), sites_back=len(back),
                          takeover_s=_percentiles(back),
-                         # the workers' own word: from the kill to another's "owned"
-                         sites_owned=len(owned), owned_s=_percentiles(list(owned.values())))
+                         # the workers' own word: the sites it owned at the kill, and from
+                         # the kill to another worker's "owned"
+                         sites_owned=len(owned), sites_owned_back=len(again),
+                         owned_s=_percentiles(again))
             out.append(k)
         return out
 
@@ -532,14 +541,19 @@ class City:
                     pass
             return out
 
-        mine = {e["site"] for e in events(killed) if e.get("owned") and e.get("site")}
-        out = {}
+        held = {}  # site -> owned by the killed worker, as of its last line before the kill
+        for e in events(killed):
+            if e.get("site") and e["ts"] <= at:
+                held[e["site"]] = bool(e.get("owned"))
+        mine = {site for site, owned in held.items() if owned}
+        out = dict.fromkeys(mine)  # None: not served again
         for name in self.workers:
             if name == killed:
                 continue
             for e in events(name):
-                if e.get("owned") and e.get("site") in mine and e["ts"] > at:
-                    out.setdefault(e["site"], round(e["ts"] - at, 2))
+                if e.get("owned") and e.get("site") in mine and e["ts"] > at \
+                        and out[e["site"]] is None:
+                    out[e["site"]] = round(e["ts"] - at, 2)
         return out
 
     def _database_counts(self, sites):

@@ -61,8 +61,12 @@ def test_a_short_city_day_with_a_node_and_a_worker_killed_balances(tmp_path):
     node, worker = r["kills"]
     assert node["what"] == "broker node 0" and node["at"] > 0 and "restarted_at" in node
     assert node["gateways_moved"] >= 1 and node["gateways_back"] == node["gateways_moved"]
-    assert worker["sites"] >= 1 and worker["sites_back"] == worker["sites"]
-    assert worker["takeover_s"]["max"] < 10
+    # The killed worker's sites, by the workers' own ownership lines. (The report's
+    # `sites`/`sites_back`, from the centrals' status as the independent subscriber saw
+    # it, may be short: on NATS under load it misses some of those retained messages.)
+    assert worker["sites_owned"] >= 1, worker
+    assert worker["sites_owned_back"] == worker["sites_owned"], worker
+    assert worker["owned_s"]["max"] < 10, worker
     assert r["hall"]["finished"] and r["hall"]["outbox"]["depth"] == 0
     assert r["hall"]["outbox"]["dropped_overflow"] == 0
     assert set(r["by_centre"]) == {"c001", "c002", "c003", "c004"}
