@@ -65,7 +65,10 @@ def test_role_on_cpython(case):
 def test_role_on_micropython():
     from hallgate.sim.device import compile_firmware
 
-    done = run_micropython(MP_TESTS / "check_role_feedback.py",
+    # 96k: the cases' own 230 lines compile on the interpreter's heap beside the firmware,
+    # which left 48k at the edge (a MemoryError in one whole-suite run, and with other
+    # argv/env layouts). The firmware's own 48k budget is test_firmware_soak's.
+    done = run_micropython(MP_TESTS / "check_role_feedback.py", heapsize="96k",
                            path=(compile_firmware(), FIRMWARE, PROTOCOLS), timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith(
