@@ -61,6 +61,8 @@ The city file (TOML), every relative path taken from the file's folder::
     name = "msk"                                   # 1-64 letters, digits, '.', '_', '-'
     brokers = ["mqtt://127.0.0.1:4101", "mqtt://127.0.0.1:4102"]   # failover order
     protocol = "3.1.1"                             # optional, default "3.1.1" (or "5")
+    desired = "site"                               # optional, default "windows"; with
+    desired_batch_s = 0.25                         # ... its interval (central/desired.py)
     database = "postgresql://postgres@127.0.0.1:5999/hallgate"
     username = "central"                           # optional: broker user ...
     password = "..."                               # ... and password
@@ -73,7 +75,8 @@ The city file (TOML), every relative path taken from the file's folder::
 
 A site's queue file is the central config of `hallgate central run`; in the city its
 ``site`` must be the `[[sites]]` name when present, and its ``broker``, ``database``,
-``client_id``, ``protocol`` and TLS keys are not used (the city's are). A key the city
+``client_id``, ``protocol``, ``desired`` and TLS keys are not used (the city's are: every
+gateway of the city subscribes the same way). A key the city
 file does not know, a missing or bad value in either file, a file that cannot be read, a
 duplicate site: `CityConfigError` naming the file, the key and its line (or the site and
 its queue file's key); the command exits 2.
@@ -98,7 +101,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from .clock import Clock, SystemClock, utc_ts
-from .config import CentralConfig, ConfigError, load_config_dict
+from .config import CentralConfig, ConfigError, desired_shape, load_config_dict
 
 __all__ = ["City", "CityConfigError", "CitySite", "CityWorker", "OverviewLead", "load_city"]
 
@@ -106,7 +109,7 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CITY_KEYS = {"name", "brokers", "protocol", "database", "username", "password", "ca_file",
-             "cert_file", "key_file"}
+             "cert_file", "key_file", "desired", "desired_batch_s"}
 SITE_KEYS = {"name", "queue"}
 
 
@@ -133,6 +136,8 @@ class City:
     database: str
     sites: list[CitySite]
     protocol: str = "3.1.1"
+    desired: str = "windows"
+    desired_batch_s: float = 0.25
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
@@ -242,6 +247,10 @@ def load_city(path: str | Path) -> City:
     if not database.startswith(("postgresql://", "postgres://")):
         fail(f"city.database: {database!r}: a postgresql://user@host:port/db URL",
              "database", table="[city]")
+    try:
+        desired, batch_s = desired_shape(c, "city.")
+    except ConfigError as e:
+        fail(str(e), "desired_batch_s" if "batch" in str(e) else "desired", table="[city]")
     username = get("username", str, required=False)
     password = get("password", str, required=False)
     files: dict[str, Path] = {}
@@ -294,7 +303,8 @@ def load_city(path: str | Path) -> City:
         keys[key] = sname
         sites.append(CitySite(sname, qpath, config))
     return City(path=path, name=name, brokers=list(brokers), database=database, sites=sites,
-                protocol=protocol, username=username, password=password,
+                protocol=protocol, desired=desired, desired_batch_s=batch_s,
+                username=username, password=password,
                 site_keys={v: k for k, v in keys.items()}, **files)
 
 
@@ -498,7 +508,9 @@ class CityWorker:
                                  protocol=self.city.protocol, tick_s=cfg.tick_s,
                                  stats_s=cfg.stats_s, version=self.version,
                                  username=self.city.username, password=self.city.password,
-                                 ticker=False, **self.city.tls_options())
+                                 ticker=False, desired=self.city.desired,
+                                 desired_batch_s=self.city.desired_batch_s,
+                                 **self.city.tls_options())
         except Exception:
             log.exception("worker %s: site %s would not start", self.name, site)
             conn.close()  # frees the lock for another worker

@@ -20,7 +20,9 @@
 The queue's keys (services, windows, operators, the day, appointments, the selection
 rule's credits) are described in central/queueconfig.py and central/selection.py.
 Optional too: ``client_id`` (default ``hallgate-central-{site}``), ``tick_s`` (1.0),
-``stats_s`` (5.0), ``blink_s``, ``brightness``, and for an ``mqtts://`` broker ``ca_file``,
+``stats_s`` (5.0), ``blink_s``, ``brightness``, ``desired`` ("windows", or "site": one
+snapshot per site on a clustered broker, central/desired.py) with ``desired_batch_s``
+(0.25), and for an ``mqtts://`` broker ``ca_file``,
 ``cert_file`` and ``key_file`` (the client certificate the secured broker of
 hardware/mosquitto/ requires; its CN is the client id). Every error names the key:
 
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .desired import SHAPES
 from .queue import QueueConfig, QueueError
 
 __all__ = ["CentralConfig", "ConfigError", "load_config", "load_config_dict"]
@@ -69,6 +72,8 @@ class CentralConfig:
     # 104-109 against 135-147 us per event through the whole central). The session persists
     # (clean session off) until the broker's persistent_client_expiration.
     protocol: str = "3.1.1"
+    desired: str = "windows"  # or "site" (central/desired.py); the gateways must agree
+    desired_batch_s: float = 0.25
 
 
 def _get(d: dict, key: str, kind, where: str = "", *, required=True, default=None):
@@ -146,6 +151,7 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         if v <= 0:
             raise ConfigError(f"{key}: {v} must be > 0")
     client_id = _get(d, "client_id", str, required=False, default=f"hallgate-central-{site}")
+    desired, batch_s = desired_shape(d, "")
     dedupe_days = _get(d, "dedupe_days", int, required=False, default=14)
     protocol = _get(d, "protocol", str, required=False, default="3.1.1")
     if protocol not in ("3.1.1", "5"):
@@ -170,7 +176,21 @@ def load_config_dict(d: dict[str, Any], base: str | Path) -> CentralConfig:
         raise ConfigError(str(e)) from None
     return CentralConfig(site=site, broker=broker, database=database, queue=qc,
                          client_id=client_id, tick_s=tick_s, stats_s=stats_s,
-                         dedupe_days=dedupe_days, protocol=protocol, **files)
+                         dedupe_days=dedupe_days, protocol=protocol, desired=desired,
+                         desired_batch_s=batch_s, **files)
+
+
+def desired_shape(d: dict[str, Any], where: str) -> tuple[str, float]:
+    """`desired` and `desired_batch_s` of a config table (`where`: its name and a dot)."""
+    desired = _get(d, "desired", str, where, required=False, default="windows")
+    if desired not in SHAPES:
+        raise ConfigError(f'{where}desired: {desired!r} must be "windows" (a topic per '
+                          'window and kind) or "site" (one snapshot per site)')
+    batch_s = float(_get(d, "desired_batch_s", (int, float), where, required=False,
+                         default=0.25))
+    if not 0 <= batch_s <= 60:
+        raise ConfigError(f"{where}desired_batch_s: {batch_s} must be 0-60 seconds")
+    return desired, batch_s
 
 
 def load_config(path: str | Path) -> CentralConfig:

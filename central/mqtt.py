@@ -9,7 +9,9 @@ subscribes ``window/+/event`` and ``ticket/request`` (QoS 1); each event goes to
 `Central.handle_event`, each request to `Central.issue` (deduped by its ``id``, answered on
 ``ticket/issued``, or ``ticket/refused``); it also takes a staff app's logins and logouts on
 ``staff/session`` (answered on ``staff/session/result``); every desired payload that comes
-back is published retained, QoS 1, on ``window/{n}/{kind}``. The live
+back is published retained, QoS 1, on ``window/{n}/{kind}``, or with `desired="site"` in
+one snapshot per site on ``desired``, at most every `desired_batch_s` (central/desired.py,
+for a clustered broker). The live
 statistics go retained on ``central/stats`` every `stats_s`, wait alerts on
 ``central/alerts`` (a visitor past `warn_s`, then past the norm), the birth and the last will on
 ``central/status``; malformed input and rejected events are logged, counted (`counters`)
@@ -81,6 +83,7 @@ from paho.mqtt.properties import Properties
 from hallgate.nodelay import no_delay
 
 from .clock import utc_ts
+from .desired import DesiredOut
 from .messages import (
     GATEWAY_NAME,
     Malformed,
@@ -116,7 +119,8 @@ class CentralService:
                  reconnect_max: float = 3.0, version: str = "0.1.0",
                  ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, receipt_batch: int = 200,
-                 receipt_delay_s: float = 0.05, ticker: bool = True) -> None:
+                 receipt_delay_s: float = 0.05, ticker: bool = True,
+                 desired: str = "windows", desired_batch_s: float = 0.25) -> None:
         if isinstance(urls, str):
             urls = [urls]
         self.brokers: list[tuple[str, str, int]] = []  # (url, host, port)
@@ -163,6 +167,7 @@ class CentralService:
         self._connection = 0  # connections made (paho's thread): stale re-subscribes skip
         self._sub_refusals = 0
         self._sub_lock = threading.Lock()
+        self._leaving = False  # stop(offline=False): the site goes to another worker
         if not 1 <= receipt_batch <= MAX_IDS:
             raise ValueError(f"receipt_batch {receipt_batch}: 1-{MAX_IDS}")
         self.receipt_batch = receipt_batch
@@ -170,6 +175,8 @@ class CentralService:
         self._receipts: dict[str, list[str]] = {}  # gateway -> ids committed, not receipted
         self._receipts_since: float | None = None  # monotonic time of the oldest waiting id
         self._after_commit: list[tuple[str, Any]] = []  # (topic, payload) of the batch
+        self.desired = DesiredOut(self.topic, lambda t, p: self._publish(t, p, retain=True),
+                                  shape=desired, batch_s=desired_batch_s)
         v5 = protocol == "5"
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
@@ -264,6 +271,7 @@ class CentralService:
         if self._worker is not None:
             if not offline:
                 self._drop_queued()
+                self._leaving = True  # the next owner sends the whole desired state
             self._messages.put(None)  # wakes the worker: it commits, acks, receipts, ends
             self._worker.join(max(0.1, timeout / 4))
         acked = False
@@ -307,9 +315,9 @@ class CentralService:
         self.client.publish(topic, _json(payload), qos=1, retain=retain)
         self.counters["published"] += 1
 
-    def _publish_desired(self, desired: list[Desired]) -> None:
-        for d in desired:
-            self._publish(self.topic(f"window/{d.window}/{d.kind}"), d.payload, retain=True)
+    def _publish_desired(self, desired: list[Desired], *, now: bool = False) -> None:
+        if self.desired.add(desired, now=now) and threading.current_thread() is not self._worker:
+            self._messages.put(())  # a snapshot waits: the worker sends it when due
 
     def publish_stats(self) -> None:
         with self.lock:
@@ -368,7 +376,7 @@ class CentralService:
         client.publish(self.topic("central/status"), self._status("online"), qos=1,
                        retain=True)
         with self.lock:
-            self._publish_desired(self.central.all_desired())
+            self._publish_desired(self.central.all_desired(), now=True)
         self._connected.set()
         try:
             self.publish_stats()
@@ -396,6 +404,9 @@ class CentralService:
             wait = 0.5
             if self._receipts_since is not None:
                 wait = max(0.0, self._receipts_since + self.receipt_delay_s - time.monotonic())
+            snapshot_due = self.desired.due_in()
+            if snapshot_due is not None:
+                wait = min(wait, snapshot_due)
             try:
                 first = self._messages.get(timeout=wait)
             except queue.Empty:
@@ -409,12 +420,13 @@ class CentralService:
                     break
                 if item is None:
                     stopping = True
-                else:
+                elif item:  # () only wakes the worker
                     batch.append(item)
             try:
                 if batch:
                     self._apply(batch)
                 self._send_receipts(force=stopping)
+                self.desired.flush(force=stopping and not self._leaving)
             except Exception:
                 self.counters["internal_errors"] += 1
                 log.exception("central: worker")

@@ -197,8 +197,9 @@ def cmd_central_run(args):
         return 2
     central = Central(cfg.queue, cfg.database, dedupe_days=cfg.dedupe_days)
     svc = CentralService(central, cfg.site, cfg.broker, client_id=cfg.client_id,
-                         protocol=cfg.protocol,
-                         tick_s=cfg.tick_s, stats_s=cfg.stats_s, version=__version__,
+                         protocol=cfg.protocol, desired=cfg.desired,
+                         desired_batch_s=cfg.desired_batch_s, tick_s=cfg.tick_s,
+                         stats_s=cfg.stats_s, version=__version__,
                          **{k: str(v) for k in ("ca_file", "cert_file", "key_file")
                             if (v := getattr(cfg, k)) is not None})
     pages = None

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import jsonschema
 import pytest
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
 from hallgate.gateway import commands
 from hallgate.gateway.commands import (
     CommandError,
@@ -43,6 +45,7 @@ TOPICS = {  # the contract's topic tree (MQTT.md section 1), per AsyncAPI channe
     "display": Topic("hall/v1/{site}/window/{n}/display", "display", True, "receive"),
     "panel": Topic("hall/v1/{site}/window/{n}/panel", "panel", True, "receive"),
     "vote": Topic("hall/v1/{site}/window/{n}/vote", "vote", True, "receive"),
+    "desired": Topic("hall/v1/{site}/desired", "desired", True, "receive"),
     "ticket_request": Topic("hall/v1/{site}/ticket/request", "ticket_request", False, "receive"),
     "ticket_issued": Topic("hall/v1/{site}/ticket/issued", "ticket_issued", False, "send"),
     "central_status": Topic("hall/v1/{site}/central/status", "status", True, "send"),
@@ -63,7 +66,11 @@ def schema(name):
 
 
 def validator(name):
-    return jsonschema.Draft7Validator(schema(name))
+    """Its schema, with the sibling schemas it refers to (desired: display, panel, vote)."""
+    registry = Registry().with_resources(
+        (f"{n}.schema.json", Resource.from_contents(schema(n), default_specification=DRAFT7))
+        for n in SCHEMA_NAMES)
+    return jsonschema.Draft7Validator(schema(name), registry=registry)
 
 
 def doc_examples():
