@@ -12,10 +12,11 @@ here from the configs the gateways run (read and checked by gateway/config.py lo
   gateway  hallgate-{site}-{gateway}   write gw/{gateway}/status, devices, errors and
                                        window/{n}/event; read window/{n}/display, panel, vote
                                        (for each window n of its config), gw/{gateway}/receipt
-                                       and central/status
+                                       and central/status; with [mqtt] subscribe = "site"
+                                       desired too (the whole site's desired state)
   central  hallgate-central-{site}     read window/+/event, ticket/request, staff/session,
                                        gw/+/status, devices, errors; write window/+/display,
-                                       panel, vote, session, gw/+/receipt, ticket/issued,
+                                       panel, vote, session, desired, gw/+/receipt, ticket/issued,
                                        refused, staff/session/result, central/status, stats,
                                        alerts, errors
   staff    hallgate-staff-{site}       write staff/session; read staff/session/result and
@@ -57,6 +58,7 @@ class GatewayEntry:
     gateway: str
     windows: tuple[int, ...]
     source: str  # the config file it came from
+    subscribe: str = "windows"  # its [mqtt] subscribe: "site" reads the site's `desired` too
 
 
 class AclError(ValueError):
@@ -98,7 +100,8 @@ def read_gateways(paths):
             config, more = _load_ignoring_missing_files(path)
             notes += more
         entries.append(GatewayEntry(config.gateway.site, config.gateway.id,
-                                    tuple(config.window_numbers), str(path)))
+                                    tuple(config.window_numbers), str(path),
+                                    config.mqtt.subscribe))
     return entries, notes
 
 
@@ -133,6 +136,8 @@ def gateway_block(entry):
     for n in entry.windows:
         lines.append(f"topic write {base}/window/{n}/event")
         lines += [f"topic read {base}/window/{n}/{kind}" for kind in COMMAND_KINDS]
+    if entry.subscribe == "site":  # one snapshot of every window: the site's, not its own
+        lines.append(f"topic read {base}/desired")
     # its receipts, and the central's status (a new `online` makes it re-send)
     lines += [f"topic read {base}/gw/{entry.gateway}/receipt", f"topic read {base}/central/status"]
     return lines
@@ -154,6 +159,7 @@ def central_block(site):
         f"topic read {base}/staff/session",
         *(f"topic read {base}/gw/+/{t}" for t in GATEWAY_TOPICS),
         *(f"topic write {base}/window/+/{kind}" for kind in CENTRAL_WINDOW_KINDS),
+        f"topic write {base}/desired",
         f"topic write {base}/ticket/issued",
         f"topic write {base}/ticket/refused",
         f"topic write {base}/staff/session/result",

@@ -21,7 +21,8 @@ Plan:
   the connection of a client that publishes or subscribes a topic with a '.' in it
   (measured: "characters ' ' and '.' not supported for MQTT topics"; 2.10 maps them to
   '//'). One difference, NATS's: a gateway reads its site's three filters
-  `window/+/{display,panel,vote}`, not its own windows' topics. Measured on nats-server 2.9:
+  `window/+/{display,panel,vote}` and its site's `desired` snapshot (`[mqtt] subscribe =
+  "site"`, the city's way), not its own windows' topics. Measured on nats-server 2.9:
   a wildcard subscription with a deny for some windows still delivers the denied ones at
   QoS 1 (JetStream consumers ignore per-message deny), so reads can be limited per
   subscription filter only, and 30 per-window QoS 1 subscriptions per gateway (each a
@@ -110,11 +111,13 @@ def _block_user(block, user_name):
 
 def _gateway_reads(entry, subjects):
     """A gateway's reads: its own windows' desired state becomes the site's three kind
-    filters (see the design note); its receipt and central/status stay as they are."""
+    filters and the site's `desired` snapshot (see the design note: it reads the whole site
+    either way); its receipt and central/status stay as they are."""
     own = {mqtt_subject(f"hall/v1/{entry.site}/window/{n}/{k}")
            for n in entry.windows for k in COMMAND_KINDS}
     kinds = [mqtt_subject(f"hall/v1/{entry.site}/window/+/{k}") for k in COMMAND_KINDS]
-    return kinds + [s for s in subjects if s not in own]
+    site = mqtt_subject(f"hall/v1/{entry.site}/desired")
+    return kinds + [site] + [s for s in subjects if s not in own and s != site]
 
 
 def certificate_user(cn):

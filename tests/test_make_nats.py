@@ -83,11 +83,12 @@ def test_permissions_equal_the_mosquitto_acl():
         if gateway is None:
             assert subscribes == reads, user["user"]
             continue
-        # The one difference: the site's three kind filters for the windows' own topics.
+        # The one difference: the site's three kind filters and its `desired` snapshot for
+        # the windows' own topics (the whole site either way).
         base = f"hall.v1.{gateway.site}.window"
         kinds = {f"{base}.*.{k}" for k in ("display", "panel", "vote")}
         own = {f"{base}.{n}.{k}" for n in gateway.windows for k in ("display", "panel", "vote")}
-        assert subscribes == (reads - own) | kinds
+        assert subscribes == (reads - own) | kinds | {f"hall.v1.{gateway.site}.desired"}
         assert own <= reads
         # Writes: only its own windows' events, and its own gw/ topics.
         events = {s for s in writes if s.endswith(".event")}
