@@ -184,9 +184,12 @@ class Mqtt:
     keepalive_s: int = key(int, 30, "MQTT keepalive, seconds", lo=5, hi=600)
     # "windows": window/{n}/{kind} for each served window (what the mosquitto ACL allows);
     # "kinds": window/+/{kind}, 3 subscriptions whatever the windows (the city's NATS
-    # cluster, where each QoS 1 subscription is a JetStream consumer: hardware/nats/).
-    subscribe: str = key(str, "windows", "desired state: a subscription per window and kind, "
-                         "or one per kind (window/+/kind)", choices=("windows", "kinds"))
+    # cluster, where each QoS 1 subscription is a JetStream consumer: hardware/nats/);
+    # "site": hall/v1/{site}/desired, one retained snapshot of the whole site (there too: a
+    # retained QoS 1 publish is a replicated write). gateway/desired.py says more.
+    subscribe: str = key(str, "windows", "desired state: a subscription per window and kind "
+                         "(windows), one per kind (kinds: window/+/kind), or one snapshot of "
+                         "the whole site (site: desired)", choices=("windows", "kinds", "site"))
 
     def read_password(self):
         """The password: inline, or password_file's text without its line end; else None."""

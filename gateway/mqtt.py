@@ -58,21 +58,8 @@ Plan:
   alert, or a bare close, on the first read, which paho only logs; `on_log` keeps paho's
   last error of the connection, and a close before any CONNACK is explained from it and
   from our own certificate file (expired? issued by a CA that is not in ca_file? none?).
-- Desired state is subscribed one of two ways (`subscribe`, the config's `[mqtt] subscribe`):
-  "windows" (the default): three topics per served window, `window/{n}/{kind}`, which is what
-  the mosquitto ACL allows (hardware/make_acl.py: a gateway reads its own windows only); a
-  message for another window can only come from a subscription an earlier configuration left
-  in the persistent session, so it is unsubscribed and reported. "kinds": three wildcard
-  topics, `window/+/{kind}`, whatever the windows; messages for the site's other windows are
-  dropped silently (counted in stats.foreign), and set_windows() changes no subscription.
-  Why "kinds": on NATS (the city's broker, hardware/nats/) every QoS 1 subscription is a
-  JetStream consumer; measured there, 96 gateways x 30 per-window subscriptions cost ~480 MB
-  per node and carried ~100 retained publishes/s, 3 per gateway ~365/s. NATS also cannot
-  restrict reads per window under a wildcard (its consumers ignore per-message deny), so
-  its permissions give a gateway its site's three filters (hardware/make_nats.py). The
-  first "kinds" connection of a link also unsubscribes its windows' per-window topics,
-  which a "windows" configuration may have left in the session (each a consumer, and each
-  a second copy of every command).
+- Desired state: which topics are subscribed ("windows", "kinds" or "site", the config's
+  `[mqtt] subscribe`) and what a message on them means is gateway/desired.py's.
 - Failover: URLs are tried in turn; the next one right after a failure or a lost connection,
   the backoff delay after each full pass without a connection.
 
@@ -107,7 +94,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
-from hallgate.gateway import commands
+from hallgate.gateway import desired
 from hallgate.gateway.commands import utc_ts
 from hallgate.gateway.errorlimit import ErrorLimiter
 from hallgate.gateway.tls import Tls, explain_early_close, explain_tls_error, explain_tls_files
@@ -124,8 +111,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 ERROR_QUEUE = 100  # errors waiting for a connection; past that the oldest go (counted)
 ERROR_PAYLOAD_CHARS = 256  # how much of an offending payload an error message quotes
-MAX_PACKET = 256 * 1024  # MQTT 5: the broker does not send us larger packets
-SUBSCRIBE_MODES = ("windows", "kinds")  # desired state: per window, or per kind (window +)
+MAX_PACKET = desired.MAX_SNAPSHOT  # 256 KiB; MQTT 5: the broker sends us nothing larger
+SUBSCRIBE_MODES = desired.MODES  # desired state: per window, per kind (window/+), per site
 RECEIVE_RESERVE = 4  # of the broker's Receive Maximum, kept for status, devices, errors
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+")  # a DNS name, IPv4, or IPv6 (urlsplit drops the [])
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -206,7 +193,9 @@ class LinkStats:
         "losses",  # established connections that dropped
         "commands",  # valid commands passed to on_command (None for a cleared topic included)
         "rejected",  # malformed commands answered on the errors topic
-        "foreign",  # subscribe="kinds": commands for windows not served here, dropped
+        "foreign",  # "kinds", "site": commands (window, kind) for windows not served here
+        "snapshots",  # subscribe="site": site snapshots accepted (rejected ones: `rejected`)
+        "unchanged",  # ... their commands skipped: the same JSON as passed on last time
         "subscribe_refused",  # subscriptions the broker refused (each asked again)
         "errors_published",
         "errors_dropped",  # errors that waited for a connection and were pushed out
@@ -312,9 +301,9 @@ class MqttLink:
             raise ValueError(f"delivery {delivery!r}: 'receipt' or 'puback'")
         if subscribe not in SUBSCRIBE_MODES:
             raise ValueError(f"subscribe {subscribe!r}: 'windows' (a topic per window and "
-                             f"kind) or 'kinds' (window/+/kind)")
+                             f"kind), 'kinds' (window/+/kind) or 'site' (one snapshot of the "
+                             f"site's desired state)")
         self.subscribe = subscribe
-        self._old_topics_due = subscribe == "kinds"  # see the design note
         self.max_inflight = max_inflight  # PUBLISH packets on the wire without a PUBACK
         self.delivery = delivery
         # Events held until confirmed: by receipt, many more than are on the wire.
@@ -346,6 +335,8 @@ class MqttLink:
         self._unsent = collections.deque()  # tokens to send on this connection, in order
         self._windows = frozenset(check_window(w) for w in windows)
         self._windows_changed = False
+        # The link thread's: desired-state topics and messages (gateway/desired.py).
+        self._desired = desired.DesiredSubscription(site, subscribe, self._windows, gateway)
         self._devices_last = None  # payload of the last device table (re-sent on connect)
         self._devices_due = False
         self._errors = collections.deque()
@@ -508,7 +499,9 @@ class MqttLink:
                                "suppressed": dropped})
 
     def set_windows(self, windows):
-        """Serve these windows from now on: subscribes the new ones, unsubscribes the rest."""
+        """Serve these windows from now on. "windows": subscribes the new ones, unsubscribes
+        the rest; "kinds" and "site" change no subscription ("site": a new window's desired
+        state comes at once from the last snapshot)."""
         new = frozenset(check_window(w) for w in windows)
         with self._lock:
             self._windows = new
@@ -797,11 +790,13 @@ class MqttLink:
             # Everything in the window goes again, in feed order: what had no PUBACK on the
             # last connection, then what was fed since.
             self._resend_all_locked()
-        if self._old_topics_due and windows:
-            # Once per link: what a "windows" configuration left in the persistent session.
-            client.unsubscribe(sorted(self._window_topics(windows)))
-            self._old_topics_due = False
-        self._subscribe(client, self._topics(windows))
+        results = self._desired.set_windows(windows)
+        self._desired.new_connection()  # the retained desired state that comes is taken whole
+        leftovers = self._desired.leftovers()  # once per link: an earlier configuration's
+        if leftovers:
+            client.unsubscribe(sorted(leftovers))
+        self._subscribe(client, self._topics())
+        self._act(client, results)
         self._connected.set()
         log.info("mqtt: connected to %s as %s", url.url, self.client_id)
         self._call(self.on_connection, True, url.url)
@@ -813,17 +808,8 @@ class MqttLink:
         log.warning("mqtt: lost %s: %s (%d events to re-send)", url.url, why, len(self._window))
         self._call(self.on_connection, False, url.url)
 
-    def _window_topics(self, windows):
-        return {commands.command_topic(self.site, w, k) for w in windows for k in commands.KINDS}
-
-    def _kind_topics(self):
-        return {commands.command_topic(self.site, "+", k) for k in commands.KINDS}
-
-    def _topics(self, windows):
-        if self.subscribe == "kinds":
-            topics = self._kind_topics() if windows else set()
-        else:
-            topics = self._window_topics(windows)
+    def _topics(self):
+        topics = self._desired.topics()
         if self.delivery == "receipt":
             topics |= {self.receipt_topic, self.central_status_topic}
         return topics
@@ -887,9 +873,11 @@ class MqttLink:
             with self._lock:
                 windows = self._windows
                 self._windows_changed = False
-            want = self._topics(windows)
+            results = self._desired.set_windows(windows)
+            want = self._topics()
             self._unsubscribe(client, self._subscribed - want)
             self._subscribe(client, want - self._subscribed)
+            self._act(client, results)
         if self._refused and self.connected:
             self._subscribe_refused_again(client)
         if self._inbox:
@@ -1069,36 +1057,22 @@ class MqttLink:
             self._subscribe(client, due)
 
     def _take_command(self, client, topic, payload):
-        where = commands.parse_topic(self.site, topic)
-        if where is None:
-            log.warning("mqtt: message on unexpected topic %r ignored", topic)
-            return
-        window, kind = where
         if topic in self._dropped_topics:
             return  # a window we stopped serving; this one was already on its way
-        served = self._windows
-        if window not in served and self.subscribe == "kinds":
-            self.stats.foreign += 1  # another gateway's window of this site: normal here
-            return
-        if window not in served:
-            # Only a subscription left in the persistent session by an earlier
-            # configuration brings these (per window, or "kinds" wildcards): drop it, and
-            # say so.
-            self._unsubscribe(client, self._window_topics([window]) | self._kind_topics())
-            self._reject(
-                topic,
-                payload,
-                f"window {window} is not served by gateway {self.gateway} "
-                f"(serves {', '.join(map(str, sorted(served))) or 'none'}); unsubscribed",
-            )
-            return
-        try:
-            command = commands.parse_command(kind, payload)
-        except commands.CommandError as e:
-            self._reject(topic, payload, str(e))
-            return
-        self.stats.commands += 1
-        self._call(self.on_command, window, kind, command)
+        self._act(client, self._desired.take(topic, payload))
+
+    def _act(self, client, results):
+        """Does what gateway/desired.py's results say, in their order."""
+        for r in results:
+            if isinstance(r, desired.Apply):
+                self.stats.commands += 1
+                self._call(self.on_command, r.window, r.kind, r.command)
+            elif isinstance(r, desired.Reject):
+                self._reject(r.topic, r.payload, r.reason)
+            elif isinstance(r, desired.Unsubscribe):
+                self._unsubscribe(client, r.topics)
+            elif isinstance(r, desired.Count):
+                setattr(self.stats, r.stat, getattr(self.stats, r.stat) + r.n)
 
     def _reject(self, topic, payload, reason):
         self.stats.rejected += 1

@@ -9,8 +9,6 @@ from typing import NamedTuple
 
 import jsonschema
 import pytest
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT7
 from hallgate.gateway import commands
 from hallgate.gateway.commands import (
     CommandError,
@@ -21,6 +19,8 @@ from hallgate.gateway.commands import (
     parse_topic,
     supersedes,
 )
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOLS = ROOT / "protocols"
