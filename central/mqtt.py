@@ -323,6 +323,9 @@ class CentralService:
         with self.lock:
             stats = self.central.stats()
         stats["service"] = dict(sorted(self.counters.items()))
+        # window payloads changed, and the messages that carried them (fewer: "site")
+        stats["service"].update(desired_changes=self.desired.changes,
+                                desired_messages=self.desired.messages)
         self._publish(self.topic("central/stats"), stats, retain=True)
 
     def _error(self, kind: str, reason: str, topic: str, payload: bytes) -> None:

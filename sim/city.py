@@ -246,7 +246,7 @@ class City:
             entries.append((c.site, f"queues/{c.site}.toml"))
         city = self.dir / "city.toml"
         city.write_text(city_toml("sim-city", self.urls, self.protocol, self.database,
-                                  entries))
+                                  entries, desired=self.options.desired))
         return city
 
     def _start_workers(self):
@@ -268,15 +268,9 @@ class City:
                                f"{(self.dir / f'{name}.log').read_text()[-1500:]}")
 
     def _link_options(self):
-        import inspect
-
-        from hallgate.gateway.mqtt import MqttLink
-
-        # Three wildcard subscriptions per gateway instead of three per window, where the
-        # link offers it (issue 14: every QoS 1 subscription is a JetStream consumer).
-        if "subscribe" in inspect.signature(MqttLink).parameters:
-            return {"subscribe": "kinds"}
-        return {}
+        # The site's one snapshot, or three wildcard subscriptions per gateway instead of
+        # three per window (every QoS 1 subscription is a JetStream consumer on NATS).
+        return {"subscribe": "site" if self.options.desired == "site" else "kinds"}
 
     def _start_fleets(self):
         n = self.options.fleets

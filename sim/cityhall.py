@@ -23,7 +23,7 @@ def hall_options(city, centres, *, site, home, protocol):
     visitors = city.hall_visitors or max(1, round(per_window * city.hall_windows))
     return Options(windows=city.hall_windows, visitors=visitors, hours=city.hours,
                    speed=city.speed, seed=city.seed, site=site, broker=home,
-                   protocol=protocol)
+                   protocol=protocol, desired=city.desired)
 
 
 class CityHall(Hall):

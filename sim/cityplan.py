@@ -52,6 +52,9 @@ class CityOptions:
     hall_visitors: int | None = None  # default: a centre's visitors per window, times its
     real_limit_s: float | None = None  # give up then; None: from the day's length
     startup_s: float | None = None  # real seconds from the workers' start to the opening
+    # One retained snapshot per site (central/desired.py: the cluster carried ~18 retained
+    # window messages per visitor at 200-290/s), or "windows": a topic per window and kind.
+    desired: str = "site"
 
     def startup(self):
         """Real seconds for the workers and fleets to come up (measured: 96 sites' centrals
@@ -72,6 +75,8 @@ class CityOptions:
             raise ValueError(f"fleets: 1 to the number of centres, got {self.fleets}")
         if self.workers < 1 or (self.kill_worker_at is not None and self.workers < 2):
             raise ValueError("workers: at least 1, and 2 when one is killed")
+        if self.desired not in ("site", "windows"):
+            raise ValueError(f"desired: 'site' or 'windows', got {self.desired!r}")
         for name in ("kill_node_at", "kill_worker_at"):
             at = getattr(self, name)
             if at is not None and not 0 < at < 1:
@@ -215,11 +220,12 @@ def queue_toml(site, config, *, broker, database, protocol="3.1.1"):
     return "\n".join(lines) + "\n"
 
 
-def city_toml(name, brokers, protocol, database, sites):
+def city_toml(name, brokers, protocol, database, sites, desired="windows"):
     """The city file `hallgate central worker --city` reads; `sites`: (name, queue file)."""
     lines = ["[city]", f"name = {_toml_str(name)}",
              "brokers = [" + ", ".join(_toml_str(b) for b in brokers) + "]",
-             f"protocol = {_toml_str(protocol)}", f"database = {_toml_str(database)}"]
+             f"protocol = {_toml_str(protocol)}", f"database = {_toml_str(database)}",
+             f"desired = {_toml_str(desired)}"]
     for site, queue in sites:
         lines += ["", "[[sites]]", f"name = {_toml_str(site)}", f"queue = {_toml_str(queue)}"]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,9 @@ def add_sim_parser(sub):
     sim_p.add_argument("--seed", type=int, default=1, help="seed of the day's plan")
     sim_p.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) "
                        "instead of starting one, to watch with your own MQTT client")
+    sim_p.add_argument("--desired", choices=("windows", "site"), default="windows",
+                       help="desired state per window topic (default), or one snapshot per "
+                            "site (a clustered broker's way: central/desired.py)")
     sim_p.add_argument("--broker-kind", choices=("auto", "mosquitto", "amqtt"), default="auto",
                        help="the broker to start: mosquitto when installed, else the embedded "
                        "amqtt (MQTT 3.1.1) (default auto)")
@@ -112,6 +115,9 @@ def add_sim_parser(sub):
                    "with firmware (default 4; 0: none)")
     p.add_argument("--limit", type=float, metavar="SECONDS", help="give the day up after "
                    "this many real seconds (default: 2.5 times the day at --speed, + 2 min)")
+    p.add_argument("--desired", choices=("site", "windows"), default="site",
+                   help="desired state in one snapshot per site (default), or per window "
+                   "topic (central/desired.py)")
     p.add_argument("--broker", choices=("nats", "mosquitto"), default="nats",
                    help="nats: a 3-node cluster (default); mosquitto: one broker, no node kill")
     p.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
@@ -185,7 +191,7 @@ def cmd_sim_city(args):
             speed=args.speed, seed=args.seed, fleets=args.fleets, workers=args.workers,
             kill_node_at=args.kill_node_at if args.broker == "nats" else None,
             node_down_s=args.node_down, kill_worker_at=args.kill_worker_at,
-            hall_windows=args.hall_windows, real_limit_s=args.limit)
+            hall_windows=args.hall_windows, real_limit_s=args.limit, desired=args.desired)
     except ValueError as e:
         print(f"hallgate sim city: {e}", file=sys.stderr)
         return 2
@@ -316,7 +322,8 @@ def _sites(args):
         options = Options(windows=first.windows, visitors=first.visitors,
                           hours=profile.hours, gateways=first.gateways, speed=args.speed,
                           seed=args.seed, broker=args.broker, broker_kind=args.broker_kind,
-                          model_only=args.model_only, lab=args.stay, http=args.http)
+                          model_only=args.model_only, lab=args.stay, http=args.http,
+                          desired=args.desired)
         return profile_sites(profile, options), profile
     v = {k: getattr(args, k) if getattr(args, k) is not None else d
          for k, d in DEFAULTS.items()}
@@ -325,7 +332,8 @@ def _sites(args):
     options = Options(windows=v["windows"], visitors=v["visitors"], hours=v["duration"],
                       gateways=args.gateways, speed=args.speed, seed=args.seed,
                       broker=args.broker, broker_kind=args.broker_kind,
-                      model_only=args.model_only, lab=args.stay, http=args.http)
+                      model_only=args.model_only, lab=args.stay, http=args.http,
+                      desired=args.desired)
     return copies(options, args.sites), None
 
 

@@ -90,6 +90,9 @@ class Options:
     model_only: bool = False  # the plan through the central alone (sim/model.py)
     lab: bool = False  # signed firmware on the devices, a key for updates, a spare board
     http: tuple[str, int] | None = None  # serve the site's board and manager's view here
+    # Desired state per window topic, or one snapshot per site (central/desired.py): the
+    # central publishes and the gateways subscribe that way.
+    desired: str = "windows"
 
     def __post_init__(self):
         most = 999 if self.model_only else MAX_GATEWAY_WINDOWS * self.gateways
@@ -230,7 +233,8 @@ class Hall:
                 broker_url=self.gateway_urls or url, protocol=protocol,
                 bus_path=hub.master_path, baud=opts.baud,
                 outbox=self.dir / f"{g.id}.outbox.sqlite",
-                public_key=self.lab.public if self.lab else None)
+                public_key=self.lab.public if self.lab else None,
+                subscribe=opts.desired)
             run = self.dir / g.id  # its status file, and its control socket beside it
             run.mkdir(exist_ok=True)
             self.gateways.append(GatewayHost(config, self.dir / f"{g.id}.log",
@@ -263,6 +267,7 @@ class Hall:
                                store=store)
         self.service = CentralService(self.central, self.site, self.url,
                                       protocol=self.protocol, tick_s=0.1, stats_s=0.5,
+                                      desired=self.options.desired,
                                       client_id=f"hallgate-sim-central-{self.site}").start()
         self.central_starts += 1
         if not self.service.wait_connected(READY_TIMEOUT):

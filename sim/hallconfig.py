@@ -171,11 +171,12 @@ def closing(hours):
 
 
 def gateway_config(path, site, plan, *, broker_url, protocol, bus_path, baud, outbox,
-                   public_key=None):
+                   public_key=None, subscribe="windows"):
     """Write the hall config of gateway `plan` of `site` to `path`: its bus with a panel
     and a display per window (and a feedback pad past the GPIO pairs), its windows' like /
     dislike pins on the GPIO; `broker_url`: a URL, or a list of them (a cluster's nodes, in
-    failover order); `public_key`: updates over the bus signed with its pair."""
+    failover order); `public_key`: updates over the bus signed with its pair; `subscribe`:
+    its [mqtt] subscribe (the central's desired shape)."""
     urls = ", ".join(f'"{u}"' for u in ([broker_url] if isinstance(broker_url, str)
                                          else broker_url))
     devices = [f'\n  [[buses.devices]]\n  address = {a}\n  role = "{role}"\n  window = {n}\n'
@@ -197,6 +198,7 @@ id = "{plan.id}"
 [mqtt]
 urls = [{urls}]
 protocol = "{protocol}"
+subscribe = "{subscribe}"
 
 [outbox]
 path = "{outbox}"

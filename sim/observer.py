@@ -59,6 +59,10 @@ class Observer:
                     self.events.setdefault(body.get("id"), body)
                 else:
                     self.windows.setdefault(int(rest[1]), {})[rest[2]] = body
+            elif rest == ["desired"]:  # the whole site in one message (desired = "site")
+                for n, kinds in ((body or {}).get("windows") or {}).items():
+                    for kind in ("display", "panel", "vote"):
+                        self.windows.setdefault(int(n), {})[kind] = kinds.get(kind)
             elif rest == ["ticket", "issued"] and body:
                 self.issued[body.get("request_id")] = body.get("ticket")
             elif rest == ["ticket", "refused"] and body:  # answered, with no ticket

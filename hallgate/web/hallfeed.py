@@ -3,7 +3,8 @@
 Design note
 -----------
 Operations: `HallFeed(site, url).start()` subscribes, as a client of its own, to the
-site's ``window/+/panel`` and ``window/+/session`` (retained desired state), and
+site's ``window/+/panel`` and ``window/+/session`` (retained desired state; or the panels
+in the site's one ``desired`` message, when its central publishes that way), and
 ``central/stats``, ``central/status``, ``central/alerts`` (protocols/MQTT.md); `board()`
 and `manager()` are snapshots for the pages; `on_change(kind, data)` is called (on the
 MQTT client's thread) with ``"call"`` and the call at once, and with ``"state"`` when
@@ -140,8 +141,8 @@ class HallFeed:
             log.warning("pages: broker %s refused the connection: %s", self.url, reason_code)
             return
         client.subscribe([(self.prefix + t, 1) for t in (
-            "window/+/panel", "window/+/session", "central/stats", "central/status",
-            "central/alerts")])
+            "window/+/panel", "window/+/session", "desired", "central/stats",
+            "central/status", "central/alerts")])
         with self.lock:
             self.connected = True
             self._resync = True  # calls may have been missed while away
@@ -170,11 +171,18 @@ class HallFeed:
             return
         if body is not None and not isinstance(body, dict):
             return
-        call = None
+        calls = []
         with self.lock:
             n = _window(rest)
             if n is not None and rest[2] == "panel":
-                call = self._panel(n, body, retained)
+                calls.append(self._panel(n, body, retained))
+            elif rest == ["desired"]:  # every window's panel in one message
+                windows = (body or {}).get("windows")
+                for key, kinds in (windows.items() if isinstance(windows, dict) else ()):
+                    if key.isdigit() and isinstance(kinds, dict):
+                        panel = kinds.get("panel")
+                        calls.append(self._panel(int(key), panel if isinstance(
+                            panel, dict) else None, retained))
             elif n is not None and rest[2] == "session":
                 self.sessions[n] = body or {}
             elif rest == ["central", "stats"] and body is not None:
@@ -188,8 +196,9 @@ class HallFeed:
                 self.alerts.appendleft(body)
             else:
                 return
-        if call is not None:
-            self._changed("call", call)
+        for call in calls:
+            if call is not None:
+                self._changed("call", call)
         self._changed("state", None)
 
     def _panel(self, n: int, body: dict | None, retained: bool) -> dict | None:
