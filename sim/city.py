@@ -66,7 +66,7 @@ from hallgate.sim.cityplan import (
     plan_centres,
     queue_toml,
 )
-from hallgate.sim.citywatch import Witness
+from hallgate.sim.citywatch import Witness, retained_online
 
 __all__ = ["City", "CityOptions"]
 
@@ -161,6 +161,7 @@ class City:
         self.clock = None
         self.kills = []
         self.problems = []
+        self.witness_missed_online = []  # sites online by their retained status only
         self.started_real = time.monotonic()
         self.startup = {}
 
@@ -184,13 +185,22 @@ class City:
         # a few sites then never said online; a gateway's refused subscription is not
         # retried by the link).
         deadline = time.monotonic() + READY_S
-        while self.witness.online(self.sites) != set(self.sites):
+        probed, confirmed = time.monotonic(), set()
+        while (missing := set(self.sites) - self.witness.online(self.sites) - confirmed):
+            if time.monotonic() > probed + 15:  # the witness may have missed a status
+                probed = time.monotonic()
+                confirmed |= retained_online(self.urls, self.protocol, sorted(missing))
+                continue
             if time.monotonic() > deadline:
-                missing = sorted(set(self.sites) - self.witness.online(self.sites))
                 raise SimError(f"centrals not online within {READY_S:.0f} s: "
-                               f"{', '.join(missing[:10])}... (see {self.dir}/w*.log)")
+                               f"{', '.join(sorted(missing)[:10])}"
+                               f"{'...' if len(missing) > 10 else ''} (see {self.dir}/w*.log)")
             self._check_workers()
             time.sleep(0.2)
+        if confirmed:  # online by their retained status, which the witness did not see
+            log.warning("city: the witness missed the online status of %d site(s): %s",
+                        len(confirmed), ", ".join(sorted(confirmed)))
+            self.witness_missed_online = sorted(confirmed)
         say(f"starting {self.options.fleets} fleet(s) of {len(self.centres)} centres' gateways")
         self._start_fleets()
         if self.options.hall_windows:
@@ -473,7 +483,8 @@ class City:
                 sum(t.values()) for t in db["tickets"].values())), 1),
             "nats": self._nats_figures(),
             "witness": {"deliveries": self.witness.deliveries,
-                        "distinct": self.witness.events()},
+                        "distinct": self.witness.events(),
+                        "missed_online_at_start": self.witness_missed_online},
             "kills": self._kill_report(fleets),
             "by_centre": centres,
             "hall": None if self.hall is None else {

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 
 class FailoverClient:
     def __init__(self, urls, client_id, *, topics=(), on_message=None, protocol="3.1.1",
-                 clean=False, max_inflight=200):
+                 clean=False, max_inflight=200, qos=1):
         self.urls = [(urlsplit(u).hostname, urlsplit(u).port or 1883, u) for u in urls]
         self.k = 0
         self.topics = list(topics)
+        self.qos = qos  # of the subscriptions
         self.on_message = on_message
         self.connections = []
         self.connected = threading.Event()
@@ -82,7 +83,7 @@ class FailoverClient:
         # with the old one (measured: the witness missed events published during a node's
         # death until it stopped re-subscribing).
         if self.topics and not flags.session_present:
-            client.subscribe([(t, 1) for t in self.topics])
+            client.subscribe([(t, self.qos) for t in self.topics])
         self.connections.append((time.time(), "connected", self.url))
         self.connected.set()
 

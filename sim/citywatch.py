@@ -71,3 +71,35 @@ class Witness:
 
     def stop(self):
         self.client.stop()
+
+
+def retained_online(urls, protocol, sites, timeout=5.0):
+    """The sites whose retained central/status says online, read afresh by a clean-session
+    QoS 0 client (no JetStream consumer of its own): a second look for the sites whose
+    status the witness has not seen (on NATS under load it misses some)."""
+    states = {}
+    lock = threading.Lock()
+
+    def take(topic, payload):
+        try:
+            state = json.loads(payload).get("state") if payload else None
+        except ValueError:
+            state = None
+        with lock:
+            states[topic.split("/")[2]] = state
+
+    client = FailoverClient(urls, f"hallgate-city-probe-{time.time_ns()}", protocol=protocol,
+                            clean=True, on_message=take, qos=0,
+                            topics=[f"hall/v1/{s}/central/status" for s in sites])
+    try:
+        client.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with lock:
+                if len(states) == len(sites):
+                    break
+            time.sleep(0.05)
+    finally:
+        client.stop()
+    with lock:
+        return {s for s, state in states.items() if state == "online"}

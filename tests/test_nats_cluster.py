@@ -132,7 +132,8 @@ def gateway_link(urls, gateway="gw-1", windows=(1, 2, 3), **kw):
     rec = Recorder()
     kw.setdefault("username", make_test_ca.gateway_cn(SITE, gateway))
     kw.setdefault("password", PASSWORD)
-    link = MqttLink(SITE, gateway, urls, protocol="3.1.1", subscribe="kinds",
+    kw.setdefault("subscribe", "kinds")
+    link = MqttLink(SITE, gateway, urls, protocol="3.1.1",
                     windows=windows, delivery="puback", on_command=rec.on_command,
                     on_delivered=rec.on_delivered, reconnect_max=1.0, **kw)
     link.rec = rec
@@ -182,6 +183,26 @@ def test_gateway_reads_its_desired_state_and_drops_other_windows(cluster):
             assert [(w, k, c.text) for w, k, c in link.rec.commands] == [(2, "display", "A001")]
             assert link.stats.rejected == 0 and link.stats.errors_published == 0
             assert link.stats.foreign == 1
+        finally:
+            link.stop(timeout=3)
+    finally:
+        central.disconnect()
+        central.loop_stop()
+
+
+def test_the_central_writes_the_site_snapshot_and_a_gateway_reads_its_windows_of_it(cluster):
+    central = client_as(cluster.urls[0], make_test_ca.central_cn(SITE), "central-site")
+    try:
+        snapshot = {"windows": {"2": {"display": {"version": 1, "text": "C003"}},
+                                "5": {"display": {"version": 1, "text": "D004"}}}}
+        central.publish(f"hall/v1/{SITE}/desired", json.dumps(snapshot), qos=1,
+                        retain=True).wait_for_publish(5)
+        link = gateway_link(cluster.urls[2:], subscribe="site").start()
+        try:
+            wait_for(lambda: link.rec.commands, timeout=15, what="gw-1's part of the snapshot")
+            time.sleep(0.2)
+            assert [(w, k, c.text) for w, k, c in link.rec.commands] == [(2, "display", "C003")]
+            assert link.stats.rejected == 0 and link.stats.foreign == 1
         finally:
             link.stop(timeout=3)
     finally:
