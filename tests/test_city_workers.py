@@ -451,6 +451,10 @@ queue = "c002.toml"
     (lambda t: t.replace('brokers', '#'), "city.brokers: missing"),
     (lambda t: t + "[extra]\nx = 1\n", "city.toml:13: extra: unknown key"),
     (lambda t: t.replace(':4102', ':99999'), "city.brokers: 'mqtt://127.0.0.1:99999'"),
+    (lambda t: t.replace('database', 'desired = "all"\ndatabase'),
+     "city.toml:4: city.desired: 'all' must be \"windows\""),
+    (lambda t: t.replace('database', 'desired_batch_s = 99\ndatabase'),
+     "city.toml:4: city.desired_batch_s: 99.0 must be 0-60 seconds"),
 ])
 def test_a_bad_city_file_is_refused_naming_file_key_and_line(tmp_path, change, message):
     for s in ("c001", "c002"):
@@ -478,4 +482,7 @@ def test_a_site_queue_file_error_names_the_site_and_the_cli_exits_2(tmp_path, ca
     (tmp_path / "c002.toml").write_text(QUEUE)
     city = load_city(tmp_path / "city.toml")
     assert [s.name for s in city.sites] == ["c001", "c002"] and city.protocol == "3.1.1"
+    assert (city.desired, city.desired_batch_s) == ("windows", 0.25)
+    (tmp_path / "city.toml").write_text(GOOD.replace("database", 'desired = "site"\ndatabase'))
+    assert load_city(tmp_path / "city.toml").desired == "site"
     assert city.sites[0].config.queue.services
