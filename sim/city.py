@@ -27,15 +27,18 @@ Goals: the figures are measured, not assumed: every event id a gateway took is l
 in the database's journal (`lost`, `counted_twice`) and at the witness; take-over times
 come from what the gateways and the witness saw.
 Measured here (2 cores, nats-server 2.9, PostgreSQL 15): 96 centres at 80x do not keep up.
-Each ticket costs about 15 retained desired-state publishes (the panel's `queue` of every
-window serving its service changes at each issue and call), each a QoS 1 retained message,
-i.e. a replicated JetStream write answered before NATS reads that connection's next packet;
-the cluster sustained about 200-250 of them a second beside the rest (events, receipts,
-tickets) with every core busy, while the city's day asks for ~1,300 a second at 80x. Waits
-grow, and the gateways' receipt timeouts and the operators' calls on stale panels then add
-load (duplicates and rejected calls), so the figures of an overloaded day are those of the
-stall, not of a slower day. Nothing is lost or counted twice meanwhile: what has no
-receipt stays in the outboxes (`held_in_outboxes`).
+Per window, each ticket changed ~11-15 retained payloads (the panel's `queue` of every
+window serving its service changes at each issue and call); published one by one, as
+replicated JetStream writes, the cluster carried 200-250 a second with every core busy
+(~1,300 asked for). With one snapshot per site at most every 0.25 s (`desired = "site"`,
+the default here: central/desired.py) the desired state is no longer the limit: the
+cluster then carried ~250 QoS 1 messages a second in all (events, receipts, tickets,
+snapshots, stats: ~4 per event), ~100 events a second, where the day at 80x asks for
+~330. Once behind, waits grow, and the gateways' receipt timeouts and the operators'
+calls on stale panels add load (duplicates and rejected calls), worst after a node's
+restart, so the figures of an overloaded day are those of the stall, not of a slower
+day. Nothing is lost or counted twice meanwhile: what has no receipt stays in the
+outboxes (`held_in_outboxes`).
 Plan: the day runs on one `ScaledClock` (hall time = start + (real - real0) x speed), given
 to the workers on their command line and to the fleets when they are ready ("go"). Unlike
 `hallgate sim`, hall time never stands still: the chain's latency counts as hall time,
