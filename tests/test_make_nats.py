@@ -152,7 +152,7 @@ def test_example_gateway_config_lists_every_node():
     config = load_config(NATS / "gateway-city.toml")
     assert [u.url for u in config.mqtt.urls] == [
         f"mqtts://nats-{i}.city.example:8883" for i in (1, 2, 3)]
-    assert config.mqtt.protocol == "3.1.1" and config.mqtt.subscribe == "kinds"
+    assert config.mqtt.protocol == "3.1.1" and config.mqtt.subscribe == "site"
     assert config.outbox.delivery == "receipt"
     done = subprocess.run([sys.executable, "-m", "hallgate.cli", "config", "check",
                            str(NATS / "gateway-city.toml")], capture_output=True, text=True,
@@ -161,7 +161,7 @@ def test_example_gateway_config_lists_every_node():
 
 
 def test_subscribe_key_is_checked(tmp_path):
-    text = (NATS / "gateway-city.toml").read_text().replace('subscribe = "kinds"',
+    text = (NATS / "gateway-city.toml").read_text().replace('subscribe = "site"',
                                                              'subscribe = "all"')
     path = tmp_path / "hall.toml"
     path.write_text(text)
@@ -172,7 +172,7 @@ def test_subscribe_key_is_checked(tmp_path):
 
 def test_readme_names_the_nodes_and_the_failure_modes():
     text = (NATS / "README.md").read_text()
-    for needed in ("subscribe = \"kinds\"", "protocol = \"3.1.1\"", "urls", "Failure modes",
+    for needed in ("subscribe = \"site\"", "protocol = \"3.1.1\"", "urls", "Failure modes",
                    "make_nats.py", "nats-hallgate@"):
         assert needed in text, needed
 
