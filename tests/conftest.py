@@ -39,6 +39,16 @@ def run_micropython(script, *args, heapsize="48k", path=(FIRMWARE, PROTOCOLS), t
 
 
 @pytest.fixture
+def broker(tmp_path):
+    """A mosquitto of the test's own on a free loopback port (a module may define its own)."""
+    from hallgate.sim.broker import Mosquitto
+
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
 def micropython():
     return run_micropython
 

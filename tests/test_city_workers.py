@@ -35,13 +35,6 @@ def pg():
         yield server
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
 def need_nats():
     """nats-server: fails under CI (make installs it), skips elsewhere, saying why."""
     import shutil

@@ -22,7 +22,6 @@ from hallgate.gateway.desired import (
     Unsubscribe,
 )
 from hallgate.gateway.mqtt import MAX_PACKET, MqttLink
-from hallgate.sim.broker import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 SITE = "s1"
@@ -331,14 +330,6 @@ class Client:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture

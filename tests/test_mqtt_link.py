@@ -114,14 +114,6 @@ class Recorder:
 
 
 @pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def witness(broker):
     w = Witness(broker)
     yield w
