@@ -90,11 +90,6 @@ class DesiredOut:
             if self._pending and (force or self._due_in() == 0):
                 self._send_snapshot()
 
-    def snapshot(self) -> dict:
-        """The site message as it would go now."""
-        with self._lock:
-            return self._snapshot()
-
     def _due_in(self) -> float:
         return max(0.0, self._sent_at + self.batch_s - self.clock())
 
