@@ -12,6 +12,7 @@ import time
 import uuid
 
 import paho.mqtt.client as paho
+from hallgate.gateway.desired import SnapshotError, parse_snapshot
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hallgate.nodelay import no_delay
@@ -60,9 +61,13 @@ class Observer:
                 else:
                     self.windows.setdefault(int(rest[1]), {})[rest[2]] = body
             elif rest == ["desired"]:  # the whole site in one message (desired = "site")
-                for n, kinds in ((body or {}).get("windows") or {}).items():
+                try:
+                    windows = parse_snapshot(msg.payload)
+                except SnapshotError:  # the central's own: not expected
+                    return
+                for n, kinds in windows.items():
                     for kind in ("display", "panel", "vote"):
-                        self.windows.setdefault(int(n), {})[kind] = kinds.get(kind)
+                        self.windows.setdefault(n, {})[kind] = kinds.get(kind)
             elif rest == ["ticket", "issued"] and body:
                 self.issued[body.get("request_id")] = body.get("ticket")
             elif rest == ["ticket", "refused"] and body:  # answered, with no ticket

@@ -54,6 +54,17 @@ def _window(rest: list[str]) -> int | None:
     return None
 
 
+
+def _site_snapshot(payload: bytes) -> dict:
+    """{window: {kind: payload}} of a site's `desired` message; {} if it is malformed (the
+    gateway's parser: gateway/desired.py)."""
+    from hallgate.gateway.desired import SnapshotError, parse_snapshot
+
+    try:
+        return parse_snapshot(payload)
+    except SnapshotError:
+        return {}
+
 class HallFeed:
     """A read-only MQTT client keeping the hall's state for the pages. `url`:
     ``mqtt://host[:port]`` or ``mqtts://`` (then `ca_file`, and the monitoring
@@ -177,12 +188,10 @@ class HallFeed:
             if n is not None and rest[2] == "panel":
                 calls.append(self._panel(n, body, retained))
             elif rest == ["desired"]:  # every window's panel in one message
-                windows = (body or {}).get("windows")
-                for key, kinds in (windows.items() if isinstance(windows, dict) else ()):
-                    if key.isdigit() and isinstance(kinds, dict):
-                        panel = kinds.get("panel")
-                        calls.append(self._panel(int(key), panel if isinstance(
-                            panel, dict) else None, retained))
+                for w, kinds in _site_snapshot(payload).items():
+                    panel = kinds.get("panel")
+                    calls.append(self._panel(w, panel if isinstance(panel, dict) else None,
+                                             retained))
             elif n is not None and rest[2] == "session":
                 self.sessions[n] = body or {}
             elif rest == ["central", "stats"] and body is not None:
